@@ -1,0 +1,1 @@
+"""Calibration data, INT8 quantization and accuracy drift reports."""

@@ -1,0 +1,1 @@
+"""PyTorch reference model, checkpoint IO, ONNX export and engine building."""

@@ -1,0 +1,174 @@
+"""Config dataclasses read from a CrossLMM ``config.json``.
+
+Field names are Hugging Face's (``SiglipVisionConfig``, ``Qwen2Config``) so a
+real checkpoint's sub-configs load verbatim; unknown keys are kept and written
+back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from crosslmm_edge.runtime.errors import UserError
+
+POOL_MODES = ("bilinear", "avg")
+V2V_SCOPES = ("video", "frame")
+
+
+def _split_known(cls: type, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    known = {k: v for k, v in data.items() if k in names}
+    extra = {k: v for k, v in data.items() if k not in names}
+    return known, extra
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    out = dict(obj.extra)
+    for f in dataclasses.fields(obj):
+        if f.name != "extra":
+            value = getattr(obj, f.name)
+            out[f.name] = _to_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+@dataclass
+class VisionConfig:
+    """SigLIP vision tower (keys of ``transformers.SiglipVisionConfig``)."""
+
+    hidden_size: int = 1152
+    intermediate_size: int = 4304
+    num_hidden_layers: int = 27
+    num_attention_heads: int = 16
+    num_channels: int = 3
+    image_size: int = 384
+    patch_size: int = 14
+    hidden_act: str = "gelu_pytorch_tanh"
+    layer_norm_eps: float = 1e-6
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side (27 for 384 px / patch 14)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens per frame, N."""
+        return self.grid_size**2
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VisionConfig:
+        known, extra = _split_known(cls, data)
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+@dataclass
+class TextConfig:
+    """Qwen2 / Qwen2.5 decoder (keys of ``transformers.Qwen2Config``)."""
+
+    vocab_size: int = 151936
+    hidden_size: int = 1536
+    intermediate_size: int = 8960
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 12
+    num_key_value_heads: int = 2
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 32768
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    tie_word_embeddings: bool = True
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TextConfig:
+        data = dict(data)
+        # transformers >= 5 nests rope_theta in rope_parameters.
+        rope = data.get("rope_parameters") or {}
+        if "rope_theta" not in data and "rope_theta" in rope:
+            data["rope_theta"] = rope["rope_theta"]
+        known, extra = _split_known(cls, data)
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+@dataclass
+class CrossLMMConfig:
+    """The whole model: vision tower, pooling, projector, Qwen2 LLM and DCAL."""
+
+    vision_config: VisionConfig = field(default_factory=VisionConfig)
+    text_config: TextConfig = field(default_factory=TextConfig)
+    pooled_grid: int = 3
+    pool_mode: str = "bilinear"
+    dcal_every: int = 4
+    v2v_scope: str = "video"
+    dcal_mlp: bool = False
+    vision_feature_layer: int = -1
+    video_token_id: int = 151656
+    num_frames: int = 32
+    model_type: str = "crosslmm"
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Pooled tokens per frame that enter the LLM sequence, P = g²."""
+        return self.pooled_grid**2
+
+    @property
+    def num_dcal(self) -> int:
+        return self.text_config.num_hidden_layers // self.dcal_every
+
+    def dcal_after_layer(self, layer: int) -> int | None:
+        """Index j of the DCAL placed right after decoder layer ``layer``, if any."""
+        if (layer + 1) % self.dcal_every == 0:
+            return (layer + 1) // self.dcal_every - 1
+        return None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CrossLMMConfig:
+        known, extra = _split_known(cls, data)
+        known["vision_config"] = VisionConfig.from_dict(known.get("vision_config", {}))
+        known["text_config"] = TextConfig.from_dict(known.get("text_config", {}))
+        config = cls(**known, extra=extra)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    def validate(self) -> None:
+        """Raise ``UserError`` when the config describes no valid CrossLMM."""
+        v, t = self.vision_config, self.text_config
+        problems = []
+        if self.model_type != "crosslmm":
+            problems.append(f"model_type is {self.model_type!r}, expected 'crosslmm'")
+        if self.pool_mode not in POOL_MODES:
+            problems.append(f"pool_mode {self.pool_mode!r} not in {POOL_MODES}")
+        if self.v2v_scope not in V2V_SCOPES:
+            problems.append(f"v2v_scope {self.v2v_scope!r} not in {V2V_SCOPES}")
+        if not 1 <= self.pooled_grid <= v.grid_size:
+            problems.append(f"pooled_grid {self.pooled_grid} outside 1..{v.grid_size}")
+        if self.dcal_every < 1:
+            problems.append(f"dcal_every {self.dcal_every} < 1")
+        if v.hidden_size % v.num_attention_heads:
+            problems.append("vision hidden_size not divisible by num_attention_heads")
+        if t.hidden_size % t.num_attention_heads:
+            problems.append("text hidden_size not divisible by num_attention_heads")
+        if t.num_attention_heads % t.num_key_value_heads:
+            problems.append("num_attention_heads not divisible by num_key_value_heads")
+        if not 0 <= self.video_token_id < t.vocab_size:
+            problems.append(f"video_token_id {self.video_token_id} outside the vocabulary")
+        if problems:
+            raise UserError("invalid CrossLMM config: " + "; ".join(problems))

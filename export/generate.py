@@ -1,0 +1,123 @@
+"""Prefill, one-token decode and sampling for the reference model.
+
+Prefill and decode are separate small functions over a preallocated
+``KVCache``; the video prefix is prefilled once and every question forks from
+it by truncating the cache back to the prefix length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from crosslmm_edge.export.dcal import CrossKV
+from crosslmm_edge.export.kv_cache import KVCache
+from crosslmm_edge.export.model import CrossLMM, VideoFeatures
+
+
+@dataclass
+class Sampling:
+    """Greedy when ``temperature == 0``; else temperature, top-k and top-p."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+
+def text_only(cross: list[CrossKV]) -> list[CrossKV]:
+    """The cross K/V a text-only chunk needs: T2V kept, V2V emptied."""
+    return [CrossKV(c.v2v_key[:, :0], c.v2v_value[:, :0], c.t2v_key, c.t2v_value) for c in cross]
+
+
+def new_cache(model: CrossLMM, max_len: int, batch: int = 1) -> KVCache:
+    """An empty cache sized for ``max_len`` positions."""
+    t = model.config.text_config
+    dtype = model.language_model.model.embed_tokens.weight.dtype
+    return KVCache(t.num_hidden_layers, batch, max_len, t.num_key_value_heads, t.head_dim, dtype)
+
+
+@torch.no_grad()
+def prefill(
+    model: CrossLMM,
+    cache: KVCache,
+    input_ids: Tensor,
+    cross: list[CrossKV],
+    visual_embeds: Tensor | None = None,
+) -> Tensor:
+    """Run a ``[text ; visual]`` chunk at the cache's end; return all its logits [B, L, V]."""
+    batch = input_ids.shape[0]
+    if visual_embeds is None:
+        visual_embeds = model.language_model.model.embed_tokens.weight.new_zeros(batch, 0, 1)
+        visual_embeds = visual_embeds.expand(batch, 0, model.config.text_config.hidden_size)
+        cross = text_only(cross)
+    length = input_ids.shape[1] + visual_embeds.shape[1]
+    positions = torch.arange(cache.length, cache.length + length).expand(batch, length)
+    logits, new_kv = model(input_ids, visual_embeds, positions, cache.past(), cross)
+    cache.append(new_kv)
+    return logits
+
+
+@torch.no_grad()
+def decode_step(model: CrossLMM, cache: KVCache, token: Tensor, cross: list[CrossKV]) -> Tensor:
+    """Feed one token per sequence [B, 1]; return the next-token logits [B, V]."""
+    return prefill(model, cache, token, cross)[:, -1]
+
+
+def prefill_video_prefix(
+    model: CrossLMM, cache: KVCache, prefix_ids: Tensor, video: VideoFeatures
+) -> None:
+    """Prefill ``[system + user header ; visual span]`` into an empty cache."""
+    if cache.length:
+        raise ValueError("the video prefix must start an empty cache")
+    prefill(model, cache, prefix_ids, video.cross, video.visual_embeds)
+
+
+def choose_token(logits: Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
+    """Pick the next token from float32 logits [V] (already masked)."""
+    if sampling.temperature <= 0:
+        return int(torch.argmax(logits))
+    logits = logits / sampling.temperature
+    if sampling.top_k > 0:
+        kth = torch.topk(logits, min(sampling.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, 0) - sorted_probs < sampling.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.no_grad()
+def generate(
+    model: CrossLMM,
+    cache: KVCache,
+    cross: list[CrossKV],
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    banned_ids: Sequence[int] = (),
+    sampling: Sampling | None = None,
+) -> Iterator[tuple[int, float]]:
+    """Prefill ``prompt_ids`` (text) at the cache's end, then decode.
+
+    Yields (token id, its log-probability under the full-vocabulary softmax).
+    A stop token is yielded and ends generation; it is not written to the cache.
+    """
+    sampling = sampling or Sampling()
+    generator = None
+    if sampling.seed is not None:
+        generator = torch.Generator().manual_seed(sampling.seed)
+    logits = prefill(model, cache, torch.tensor([list(prompt_ids)]), cross)[0, -1]
+    for step in range(max_new_tokens):
+        logits = logits.float()
+        logits[list(banned_ids)] = float("-inf")
+        token = choose_token(logits, sampling, generator)
+        yield token, float(torch.log_softmax(logits, -1)[token])
+        if token in stop_ids or step == max_new_tokens - 1:
+            return
+        logits = decode_step(model, cache, torch.tensor([[token]]), cross)[0]

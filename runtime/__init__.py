@@ -1,0 +1,1 @@
+"""Torch-free inference: video decoding, prompts, backends and generation."""
