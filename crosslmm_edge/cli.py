@@ -16,10 +16,11 @@ from crosslmm_edge.runtime.errors import UserError
 
 # Modules that add subcommands, in --help order.
 COMMAND_MODULES = (
-    "crosslmm_edge.export.commands",
-    "crosslmm_edge.runtime.commands",
-    "crosslmm_edge.calibration.commands",
-    "crosslmm_edge.demo",
+    "crosslmm_edge.assistant_commands",  # ask, chat: checkpoint or package
+    "crosslmm_edge.export.checkpoint_commands",  # compose
+    "crosslmm_edge.export.package_commands",  # export, verify, lint-trt
+    "crosslmm_edge.calibration.commands",  # synth-video, eval
+    "crosslmm_edge.demo",  # demo
 )
 
 
