@@ -11,11 +11,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
-
 from crosslmm_edge.export.dcal import CrossKV
 from crosslmm_edge.export.kv_cache import KVCache
 from crosslmm_edge.export.model import CrossLMM, VideoFeatures
+from torch import Tensor
 
 
 @dataclass
@@ -105,7 +104,8 @@ def generate(
 ) -> Iterator[tuple[int, float]]:
     """Prefill ``prompt_ids`` (text) at the cache's end, then decode.
 
-    Yields (token id, its log-probability under the full-vocabulary softmax).
+    Yields (token id, its log-probability under the full-vocabulary softmax of the
+    unmasked logits).
     A stop token is yielded and ends generation; it is not written to the cache.
     """
     sampling = sampling or Sampling()
@@ -115,9 +115,12 @@ def generate(
     logits = prefill(model, cache, torch.tensor([list(prompt_ids)]), cross)[0, -1]
     for step in range(max_new_tokens):
         logits = logits.float()
+        # Log-probabilities under the model's own softmax over the whole
+        # vocabulary, taken before the placeholder is masked out of sampling.
+        logprobs = torch.log_softmax(logits, -1)
         logits[list(banned_ids)] = float("-inf")
         token = choose_token(logits, sampling, generator)
-        yield token, float(torch.log_softmax(logits, -1)[token])
+        yield token, float(logprobs[token])
         if token in stop_ids or step == max_new_tokens - 1:
             return
         logits = decode_step(model, cache, torch.tensor([[token]]), cross)[0]

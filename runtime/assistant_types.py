@@ -66,3 +66,6 @@ class Assistant(Protocol):
     def follow_up(self, question: str, options: GenerationOptions,
                   on_text: TokenCallback | None = None) -> Answer:
         """Answer as the next turn of the current conversation."""
+
+    def reset(self) -> None:
+        """Forget the conversation; the video and its prefix cache stay."""

@@ -1,0 +1,56 @@
+"""Open the right assistant for a model path (checkpoint folder or package)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from crosslmm_edge.runtime.assistant_types import Assistant
+from crosslmm_edge.runtime.errors import UserError
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """A CrossLMM checkpoint: config.json with model_type crosslmm and safetensors."""
+    config = folder / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        kind = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+    weights = (folder / "model.safetensors", folder / "model.safetensors.index.json")
+    return kind == "crosslmm" and any(p.is_file() for p in weights)
+
+
+def open_assistant(model_path: str, **kwargs: Any) -> Assistant:
+    """An ``Assistant`` for ``model_path``.
+
+    A checkpoint folder gets the PyTorch reference (torch imported only
+    here); a package folder (``manifest.json``) gets the torch-free runtime.
+    ``kwargs`` (``max_context``, ``system``) go to the assistant; ``provider``
+    (an execution provider) only to the runtime.
+    """
+    folder = Path(model_path)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: model folder not found")
+    provider = kwargs.pop("provider", None)
+    if (folder / "manifest.json").is_file():
+        from crosslmm_edge.runtime.assistant import RuntimeAssistant
+
+        return RuntimeAssistant(folder, provider=provider, **kwargs)
+    if provider is not None:
+        raise UserError(f"--provider applies to packages only; {folder} is not one")
+    if is_checkpoint(folder):
+        from crosslmm_edge.export.reference_assistant import ReferenceAssistant
+
+        return ReferenceAssistant(folder, **kwargs)
+    if (folder / "config.json").is_file():
+        # Let the checkpoint loader say precisely what is wrong (bad JSON, pickle...).
+        from crosslmm_edge.export.checkpoint import load_checkpoint
+
+        load_checkpoint(folder)
+    raise UserError(
+        f"{folder / 'config.json'} not found: {folder} is neither a CrossLMM checkpoint "
+        "nor a model package (manifest.json)"
+    )

@@ -1,0 +1,193 @@
+"""The PyTorch reference behind ``ask``/``chat`` on a checkpoint folder.
+
+One video at a time: its frames are encoded once, the video prefix (system
+prompt, user header, visual span) is prefilled once, and every question
+forks from that cache by truncating back to the prefix length.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from crosslmm_edge.export.checkpoint import load_checkpoint
+from crosslmm_edge.export.generate import Sampling, generate, new_cache, prefill_video_prefix
+from crosslmm_edge.export.kv_cache import KVCache
+from crosslmm_edge.export.model import VideoFeatures
+from crosslmm_edge.runtime.assistant_types import Answer, GenerationOptions, TokenCallback
+from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.prompt import PromptBuilder
+
+INITIAL_CACHE = 1024  # positions; the cache grows on demand up to the context limit
+
+
+class ReferenceAssistant:
+    """``Assistant`` over a CrossLMM checkpoint folder, run by the PyTorch reference."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        max_context: int | None = None,
+        system: str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.model = load_checkpoint(checkpoint, dtype)
+        self.config = self.model.config
+        self.prompt = PromptBuilder.from_dir(Path(checkpoint))
+        self.max_context = max_context or self.config.text_config.max_position_embeddings
+        self.system = system
+        self.video: VideoFeatures | None = None
+        self.cache: KVCache | None = None
+        self.prefix_length = 0
+        self.questions_on_video = 0
+        self.pending_ids: list[int] = []  # answer tokens not yet in the cache (follow-ups)
+
+    # -- video ------------------------------------------------------------
+    def set_video(self, path: str, num_frames: int | None = None) -> None:
+        """Decode, encode and prefill a video file."""
+        from crosslmm_edge.runtime.video import load_video
+
+        frames = load_video(
+            path, num_frames or self.config.num_frames, self.config.vision_config.image_size
+        )
+        self.set_frames(frames)
+
+    @torch.no_grad()
+    def set_frames(self, pixels: np.ndarray) -> None:
+        """Use preprocessed frames float32 [T, 3, S, S] as the current video."""
+        size = self.config.vision_config.image_size
+        pixels = np.asarray(pixels)
+        if pixels.ndim != 4 or pixels.shape[1:] != (3, size, size) or not len(pixels):
+            raise UserError(f"frames must be float32 [T, 3, {size}, {size}], got {pixels.shape}")
+        prefix_ids = self.prompt.video_prefix_ids(self.system)
+        visual_tokens = len(pixels) * self.config.tokens_per_frame
+        length = len(prefix_ids) + visual_tokens
+        if length > self.max_context:  # refused before the expensive encoding
+            raise UserError(
+                f"the video prefix needs {length} positions ({len(prefix_ids)} prompt + "
+                f"{visual_tokens} visual tokens), more than the context of "
+                f"{self.max_context}; use fewer frames"
+            )
+        dtype = self.model.language_model.model.embed_tokens.weight.dtype
+        video = self.model.encode_video(torch.from_numpy(pixels).to(dtype))
+        self.cache = new_cache(self.model, min(self.max_context, max(INITIAL_CACHE, 2 * length)))
+        prefill_video_prefix(self.model, self.cache, torch.tensor([prefix_ids]), video)
+        self.video, self.prefix_length = video, length
+        self.questions_on_video = 0
+        self.pending_ids = []
+
+    def reset(self) -> None:
+        """Forget the conversation; the next question starts from the video prefix."""
+        if self.cache is not None:
+            self.cache.truncate(self.prefix_length)
+        self.pending_ids = []
+
+    # -- questions --------------------------------------------------------
+    def ask(
+        self, question: str, options: GenerationOptions, on_text: TokenCallback | None = None
+    ) -> Answer:
+        """Answer in a fresh turn that starts from the video prefix."""
+        self._require_video()
+        self.reset()
+        return self._answer(question, self.prompt.first_question_ids(question), options, on_text)
+
+    def follow_up(
+        self, question: str, options: GenerationOptions, on_text: TokenCallback | None = None
+    ) -> Answer:
+        """Answer as the next turn of the current conversation."""
+        self._require_video()
+        if self.cache.length == self.prefix_length:  # no turn yet: this is the first
+            return self.ask(question, options, on_text)
+        ids = self.pending_ids + self.prompt.next_turn_ids(question)
+        return self._answer(question, ids, options, on_text)
+
+    def _require_video(self) -> None:
+        if self.video is None:
+            raise UserError("no video: call set_video first")
+
+    def _answer(
+        self,
+        question: str,
+        prompt_ids: list[int],
+        options: GenerationOptions,
+        on_text: TokenCallback | None,
+    ) -> Answer:
+        needed = self.cache.length + len(prompt_ids) + options.max_new_tokens
+        if needed > self.max_context:
+            raise UserError(
+                f"prompt + video + max_new_tokens = {self.cache.length} cached + "
+                f"{len(prompt_ids)} prompt + {options.max_new_tokens} new = {needed} tokens, "
+                f"more than the context of {self.max_context}"
+            )
+        self._grow_cache(needed)
+        reused = self.questions_on_video > 0
+        self.questions_on_video += 1
+        tokens, logprobs, times = self._run_generation(prompt_ids, options, on_text)
+        self._remember_end(tokens)
+        stops = set(self.prompt.stop_token_ids)
+        keep = len(tokens) - (1 if tokens and tokens[-1] in stops else 0)
+        decode_s = times[-1] - times[1] if len(times) > 2 else 0.0
+        return Answer(
+            question=question,
+            answer=self.prompt.decode(tokens[:keep]),
+            token_ids=tokens[:keep],
+            ttft_s=times[1] - times[0] if len(times) > 1 else 0.0,
+            decode_tokens_per_s=(len(times) - 2) / decode_s if decode_s > 0 else 0.0,
+            video_prefix_reused=reused,
+            logprobs=logprobs[:keep] if options.logprobs else None,
+        )
+
+    def _run_generation(
+        self, prompt_ids: list[int], options: GenerationOptions, on_text: TokenCallback | None
+    ) -> tuple[list[int], list[float], list[float]]:
+        """Generate; return tokens, their log-probabilities and the clock at each step.
+
+        times[0] is the start of the prompt's prefill, times[i] the moment
+        token i-1 was ready.
+        """
+        sampling = Sampling(options.temperature, options.top_p, options.top_k, options.seed)
+        stops = set(self.prompt.stop_token_ids)
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        times = [time.perf_counter()]
+        shown = ""
+        steps = generate(
+            self.model,
+            self.cache,
+            self.video.cross,
+            prompt_ids,
+            options.max_new_tokens,
+            sorted(stops),
+            banned_ids=[self.config.video_token_id],
+            sampling=sampling,
+        )
+        for token, logprob in steps:
+            times.append(time.perf_counter())
+            tokens.append(token)
+            logprobs.append(logprob)
+            if on_text is not None and token not in stops:
+                text = self.prompt.decode(tokens)
+                if len(text) > len(shown) and not text.endswith("\ufffd"):
+                    on_text(text[len(shown) :])
+                    shown = text
+        return tokens, logprobs, times
+
+    def _remember_end(self, tokens: list[int]) -> None:
+        """Keep what a follow-up must feed before ``next_turn_ids``.
+
+        generate leaves the last token out of the cache; ``next_turn_ids``
+        starts with ``<|im_end|>``, so a stop token needs nothing more, and an
+        answer cut by max_new_tokens needs its last token fed back.
+        """
+        stopped = bool(tokens) and tokens[-1] in self.prompt.stop_token_ids
+        self.pending_ids = [] if stopped or not tokens else [tokens[-1]]
+
+    def _grow_cache(self, needed: int) -> None:
+        """Reallocate the cache (copying its valid entries) when ``needed`` exceeds it."""
+        if needed <= self.cache.capacity:
+            return
+        bigger = new_cache(self.model, min(self.max_context, max(needed, 2 * self.cache.capacity)))
+        bigger.append(self.cache.past())
+        self.cache = bigger
