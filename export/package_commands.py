@@ -1,0 +1,124 @@
+"""The ``export``, ``verify`` and ``lint-trt`` subcommands (torch imported only when run)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``export``, ``verify`` and ``lint-trt`` to the CLI."""
+    export = subparsers.add_parser(
+        "export",
+        help="export a CrossLMM checkpoint to a model package (three ONNX graphs)",
+        description="Write vision_encoder.onnx, pooling.onnx, llm.onnx, the tokenizer files "
+        "and manifest.json into a package folder, atomically.",
+    )
+    export.add_argument("checkpoint", help="CrossLMM checkpoint folder")
+    export.add_argument("--out", required=True, help="package folder to create")
+    export.add_argument(
+        "--max-frames", type=int, help="most frames per video (default: num_frames)"
+    )
+    export.add_argument("--max-context", type=int, help="most positions (default: model's, ≤ 8192)")
+    export.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
+    export.add_argument("--force", action="store_true", help="replace an existing --out")
+    export.add_argument(
+        "--all-logits", action="store_true", help="llm.onnx returns every position's logits"
+    )
+    export.set_defaults(func=run_export)
+
+    verify = subparsers.add_parser(
+        "verify",
+        help="compare a package's graphs in ONNX Runtime with the PyTorch model",
+        description="Run each graph on random inputs at 1, 2 and max frames, chunks of 1 and "
+        "more tokens, empty and non-empty past; print each output's max abs error and cosine; "
+        "then check that the chained graphs pick the same greedy tokens. Exit 1 on failure.",
+    )
+    verify.add_argument("package", help="model package folder")
+    verify.add_argument("--checkpoint", help="source checkpoint (default: the manifest's)")
+    verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    verify.set_defaults(func=run_verify)
+
+    lint = subparsers.add_parser(
+        "lint-trt",
+        help="check that a package's graphs use only ops and dtypes TensorRT 10 parses",
+        description="Static check against TensorRT 10.0's ONNX operator support; exit 1 "
+        "naming each unsupported op, dtype or attribute.",
+    )
+    lint.add_argument("package", help="model package folder (or one .onnx file)")
+    lint.set_defaults(func=run_lint)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Export and print where the package went."""
+    from crosslmm_edge.export.package import export_package
+
+    manifest = export_package(
+        args.checkpoint,
+        args.out,
+        max_frames=args.max_frames,
+        max_context=args.max_context,
+        dtype=args.dtype,
+        force=args.force,
+        log=_progress,
+        all_logits=args.all_logits,
+    )
+    limits = manifest.limits
+    print(
+        f"wrote {args.out} ({manifest.precision}, max_frames={limits['max_frames']}, "
+        f"max_context={limits['max_context']})"
+    )
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Verify and print one line per output; exit 1 when any exceeds its tolerance."""
+    from crosslmm_edge.export.verify import verify_package
+
+    report = verify_package(args.package, args.checkpoint, seed=args.seed, log=print)
+    worst = report.worst
+    verdict = "PASS" if report.ok else "FAIL"
+    print(
+        f"{verdict}: worst {worst.graph}/{worst.output} max_abs={worst.max_abs:.2e} "
+        f"(tolerance {worst.tolerance:.1e}); chained greedy tokens "
+        f"{'equal' if report.chain.onnx_tokens == report.chain.torch_tokens else 'differ'}"
+    )
+    return 0 if report.ok else 1
+
+
+def _onnx_files(target: Path) -> list[Path]:
+    from crosslmm_edge.runtime.errors import UserError
+    from crosslmm_edge.runtime.manifest import load_manifest
+
+    if target.is_file() and target.suffix == ".onnx":
+        return [target]
+    manifest = load_manifest(target)
+    files = [
+        target / art.file
+        for graph in manifest.graphs.values()
+        for art in graph.artifacts
+        if art.backend == "onnx"
+    ]
+    if not files:
+        raise UserError(f"{target}: the manifest lists no ONNX graph")
+    return files
+
+
+def run_lint(args: argparse.Namespace) -> int:
+    """Lint every ONNX graph of the package; print each problem."""
+    from crosslmm_edge.export.lint_trt import lint_file
+    from crosslmm_edge.export.trt_support import TRT_VERSION
+
+    failed = False
+    for path in _onnx_files(Path(args.package)):
+        problems = lint_file(path)
+        for problem in problems:
+            print(problem.line())
+        print(f"{path.name}: {'FAIL' if problems else 'ok'} (TensorRT {TRT_VERSION} ONNX support)")
+        failed = failed or bool(problems)
+    return 1 if failed else 0

@@ -1,0 +1,234 @@
+"""Check a package's graphs in ONNX Runtime against the PyTorch reference.
+
+Each graph runs on fresh random inputs at several sizes (1, 2 and max frames;
+chunks of 1 and more tokens; empty and non-empty past; text-only and visual
+chunks) and every output is compared with ``CrossLMM``'s own methods — not
+the export wrappers — so the pooling MatMul is checked against the
+interpolation it replaces. A chained run (vision → pooling → prefill →
+greedy decode) must pick the same tokens as the reference ``generate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crosslmm_edge.export.checkpoint import checkpoint_hash, load_checkpoint
+from crosslmm_edge.export.dcal import CrossKV
+from crosslmm_edge.export.graph_specs import (
+    LLM,
+    POOLING,
+    VISION_ENCODER,
+    ExportLimits,
+    GraphSpec,
+    graph_specs,
+    llm_sizes,
+    random_inputs,
+)
+from crosslmm_edge.export.model import CrossLMM
+from crosslmm_edge.export.package import DTYPES
+from crosslmm_edge.export.verify_chain import ChainResult, tolerance_for, verify_chain
+from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.manifest import Manifest, load_manifest
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """One output of one graph at one size: its error against PyTorch."""
+
+    graph: str
+    case: str
+    output: str
+    max_abs: float
+    cosine: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs <= self.tolerance
+
+    def line(self) -> str:
+        status = "ok" if self.ok else "FAIL"
+        return (
+            f"{self.graph:<15} {self.case:<34} {self.output:<16} "
+            f"max_abs={self.max_abs:.2e} cos={self.cosine:.6f} {status}"
+        )
+
+
+def compare(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
+    """Max abs error and cosine similarity (1.0 for empty or all-zero tensors)."""
+    if reference.shape != actual.shape:
+        raise ValueError(f"shape {actual.shape} differs from PyTorch's {reference.shape}")
+    if reference.size == 0:
+        return 0.0, 1.0
+    ref, act = reference.astype(np.float64).ravel(), actual.astype(np.float64).ravel()
+    norms = np.linalg.norm(ref) * np.linalg.norm(act)
+    cosine = float(ref @ act / norms) if norms > 0 else 1.0
+    return float(np.abs(ref - act).max()), cosine
+
+
+def pytorch_reference(
+    role: str, model: CrossLMM, all_logits: bool = False
+) -> Callable[..., list[torch.Tensor]]:
+    """The PyTorch computation of graph ``role``, outputs flattened in spec order."""
+
+    def vision(pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        return [model.encode_frames(pixel_values)]
+
+    def pooling(patch_features: torch.Tensor) -> list[torch.Tensor]:
+        video = model.pool_and_project(patch_features)
+        cross = [t for c in video.cross for t in (c.v2v_key, c.v2v_value, c.t2v_key, c.t2v_value)]
+        return [video.visual_embeds, *cross]
+
+    def llm(
+        input_ids: torch.Tensor,
+        visual_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        *caches: torch.Tensor,
+    ) -> list[torch.Tensor]:
+        split = 2 * model.config.text_config.num_hidden_layers
+        past = [(caches[i], caches[i + 1]) for i in range(0, split, 2)]
+        cross = [CrossKV(*caches[j : j + 4]) for j in range(split, len(caches), 4)]
+        logits, new_kv = model(input_ids, visual_embeds, position_ids, past, cross)
+        logits = logits.float() if all_logits else logits[:, -1].float()
+        return [logits, *[t for kv in new_kv for t in kv]]
+
+    return {VISION_ENCODER: vision, POOLING: pooling, LLM: llm}[role]
+
+
+def size_cases(
+    model: CrossLMM, limits: ExportLimits
+) -> dict[str, list[tuple[str, dict[str, int]]]]:
+    """Named dynamic sizes to test per role."""
+    frames = sorted({1, min(2, limits.max_frames), limits.max_frames})
+    framed = [(f"frames={f}", {"frames": f}) for f in frames]
+    config, top = model.config, limits.max_frames
+    chunks = [  # (text_len, frames, past_len, memory frames)
+        (1, 0, 0, 1),
+        (5, 0, 0, 2),
+        (1, 0, 9, top),
+        (4, 0, 6, 2),
+        (3, 1, 0, 1),
+        (2, min(2, top), 5, min(2, top)),
+        (3, top, 0, top),
+        (0, 1, 4, top),
+    ]
+    llm = [
+        (f"text={t},frames={f},past={p},mem={m}", llm_sizes(config, t, f, p, m))
+        for t, f, p, m in chunks
+    ]
+    return {VISION_ENCODER: framed, POOLING: framed, LLM: llm}
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _check_io_names(session, spec: GraphSpec, path: Path) -> None:
+    names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    want = ([t.name for t in spec.inputs], [t.name for t in spec.outputs])
+    if names != want:
+        raise UserError(f"{path}: inputs/outputs differ from the manifest's contract")
+
+
+@torch.no_grad()
+def verify_graph(
+    pkg: Path,
+    spec: GraphSpec,
+    manifest: Manifest,
+    model: CrossLMM,
+    cases: list[tuple[str, dict[str, int]]],
+    seed: int,
+) -> list[OutputCheck]:
+    """Run graph ``spec`` at each case in ONNX Runtime and PyTorch; compare every output."""
+    path = pkg / manifest.graphs[spec.role].artifact("onnx").file
+    session = _session(path)
+    _check_io_names(session, spec, path)
+    all_logits = len(spec.outputs[0].dims) == 3  # llm logits [1, seq_len, V]
+    reference = pytorch_reference(spec.role, model, all_logits)
+    generator = torch.Generator().manual_seed(seed)
+    checks = []
+    for case, sizes in cases:
+        inputs = random_inputs(spec, sizes, model.config.text_config.vocab_size, generator)
+        expected = reference(*inputs.values())
+        actual = session.run(None, {name: t.numpy() for name, t in inputs.items()})
+        for tensor, ref, act in zip(spec.outputs, expected, actual, strict=True):
+            ref32 = ref.float().numpy()
+            max_abs, cosine = compare(ref32, act.astype(np.float32))
+            tolerance = tolerance_for(manifest.precision, ref32)
+            checks.append(OutputCheck(spec.role, case, tensor.name, max_abs, cosine, tolerance))
+    return checks
+
+
+def resolve_checkpoint(manifest: Manifest, checkpoint: str | Path | None) -> Path:
+    """The checkpoint to compare with: the given one, else the manifest's source if present."""
+    if checkpoint is None:
+        source = Path(manifest.source.get("checkpoint", ""))
+        if not manifest.source.get("checkpoint") or not source.is_dir():
+            raise UserError(
+                f"the package's source checkpoint {str(source)!r} is gone; pass --checkpoint DIR"
+            )
+        checkpoint = source
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise UserError(f"{checkpoint}: checkpoint folder not found")
+    if checkpoint_hash(checkpoint) != manifest.source.get("checkpoint_sha256"):
+        raise UserError(
+            f"{checkpoint}: not the checkpoint this package was exported from (hash differs)"
+        )
+    return checkpoint
+
+
+def load_for_verify(
+    pkg_dir: str | Path, checkpoint: str | Path | None
+) -> tuple[Manifest, CrossLMM]:
+    """The package's manifest and the reference model at the package's precision."""
+    manifest = load_manifest(pkg_dir, verify_hashes=True)
+    model = load_checkpoint(resolve_checkpoint(manifest, checkpoint), DTYPES[manifest.precision][0])
+    return manifest, model
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    checks: list[OutputCheck]
+    chain: ChainResult
+
+    @property
+    def ok(self) -> bool:
+        return self.chain.ok and all(check.ok for check in self.checks)
+
+    @property
+    def worst(self) -> OutputCheck:
+        return max(self.checks, key=lambda check: check.max_abs / check.tolerance)
+
+
+def verify_package(
+    pkg_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda line: None,
+) -> VerifyReport:
+    """Every graph of a package at every size case, then the chained greedy run.
+
+    ``log`` receives one line per output and one for the chain.
+    """
+    pkg = Path(pkg_dir)
+    manifest, model = load_for_verify(pkg, checkpoint)
+    limits = ExportLimits(**manifest.limits)
+    all_logits = len(manifest.graphs["llm"].outputs[0].dims) == 3
+    specs = graph_specs(model.config, limits, DTYPES[manifest.precision][1], all_logits)
+    cases = size_cases(model, limits)
+    checks = []
+    for role, spec in specs.items():
+        for check in verify_graph(pkg, spec, manifest, model, cases[role], seed):
+            log(check.line())
+            checks.append(check)
+    chain = verify_chain(pkg, manifest, model, seed=seed)
+    log(chain.line())
+    return VerifyReport(checks, chain)
