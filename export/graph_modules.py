@@ -81,7 +81,9 @@ class LLMGraph(nn.Module):
         split = 2 * self.num_layers
         past = [(caches[i], caches[i + 1]) for i in range(0, split, 2)]
         cross = [CrossKV(*caches[j : j + 4]) for j in range(split, len(caches), 4)]
-        logits, new_kv = self.model(input_ids, visual_embeds, position_ids, past, cross)
+        logits, new_kv = self.model(
+            input_ids, visual_embeds, position_ids, past, cross, last_only=not self.all_logits
+        )
         outputs = [logits.float() if self.all_logits else logits[:, -1].float()]  # [1, (L,) V]
         for key, value in new_kv:
             outputs += [key, value]

@@ -81,13 +81,15 @@ class CrossLMM(nn.Module):
         position_ids: Tensor,
         past: list[KV],
         cross: list[CrossKV],
+        last_only: bool = False,
     ) -> tuple[Tensor, list[KV]]:
         """Run one chunk ``[text ; visual]`` through the LLM.
 
         input_ids: [B, S]; visual_embeds: [B, Nv, D]; position_ids: [B, S+Nv];
         past: per layer (k, v), each [B, P, kvh, hd]; cross: per DCAL.
-        Returns logits [B, S+Nv, V] and the chunk's new cache entries per
-        layer, each [B, S+Nv, kvh, hd].
+        Returns logits [B, S+Nv, V] (``last_only``: [B, 1, V], which spares a
+        prefill the head's matmul over every position) and the chunk's new
+        cache entries per layer, each [B, S+Nv, kvh, hd].
         """
         lm = self.language_model
         text_len = input_ids.shape[1]
@@ -101,6 +103,8 @@ class CrossLMM(nn.Module):
             if j is not None:
                 text, visual = self.dcal[j](h[:, :text_len], h[:, text_len:], cross[j])
                 h = torch.cat([text, visual], dim=1)
+        if last_only:
+            h = h[:, -1:]
         logits = nn.functional.linear(lm.model.norm(h), lm.head_weight())
         return logits, new_kv
 
