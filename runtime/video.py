@@ -189,7 +189,7 @@ def _encoder_settings() -> tuple[str, str, dict[str, str]]:
     mpeg4 encoder also accepts at odd sizes) is the fallback.
     """
     if "libx264" in av.codecs_available:
-        return "libx264", "yuv444p", {"crf": "4", "preset": "medium"}
+        return "libx264", "yuv444p", {"crf": "4", "preset": "medium", "threads": "1"}
     return "mpeg4", "yuv420p", {"qscale": "1"}
 
 

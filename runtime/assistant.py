@@ -1,0 +1,385 @@
+"""``RuntimeAssistant``: the Assistant protocol over a model package, torch-free.
+
+One video at a time. ``set_video`` decodes, encodes (chunk by chunk) and
+prefills the video prefix once; ``ask`` forks from that prefix by truncating
+the KV cache (no re-encoding, no re-prefill); ``follow_up`` prefills only the
+new turn's tokens. The video state can be saved and loaded, keyed by the
+video's content, the frame sampling and the package.
+
+Timing: the first question about a freshly prepared video reports a
+``ttft_s`` that includes preparing the video (decode, encode, prefix
+prefill), since that is what a user waits for; later questions, and
+questions on a state loaded from a file, only pay for their own prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from crosslmm_edge.runtime.assistant_types import Answer, GenerationOptions, TokenCallback
+from crosslmm_edge.runtime.backends import open_backend
+from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.generation import ChunkShapes, run_chunk, stream_tokens
+from crosslmm_edge.runtime.kv_cache import KVCache, cache_from_prefix
+from crosslmm_edge.runtime.package import open_package
+from crosslmm_edge.runtime.prompt import PromptBuilder
+from crosslmm_edge.runtime.sampling import Sampler
+from crosslmm_edge.runtime.video_state import (
+    DEFAULT_CHUNK_FRAMES,
+    StateKey,
+    VideoState,
+    append_to_state,
+    encode_chunks,
+    encode_frames,
+    load_state,
+    save_state,
+)
+
+
+class RuntimeAssistant:
+    """``Assistant`` over an exported package, run by an inference backend.
+
+    provider: execution provider (cpu, cuda, tensorrt; None = best available).
+    max_context: a lower context limit than the package's. system: system prompt.
+    threads: intra-op threads (0 = backend default). chunk_frames: frames encoded
+    per graph run. verify_hashes: check graph files against the manifest's sha256.
+    """
+
+    def __init__(
+        self,
+        package_dir: str | Path,
+        provider: str | None = None,
+        max_context: int | None = None,
+        system: str | None = None,
+        threads: int = 0,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+        verify_hashes: bool = True,
+    ) -> None:
+        # Hashes are checked as each graph loads; off, a start skips reading GBs twice.
+        self.package = open_package(package_dir, verify=False)
+        self.dims = self.package.dims
+        self.backend = open_backend(provider, threads)
+        self.prompt = PromptBuilder.from_dir(self.package.folder)
+        self.sessions = {
+            role: self.backend.load(
+                self.package.graph_path(role, verify_hashes),
+                role,
+                self.package.manifest.graphs[role],
+            )
+            for role in ("vision_encoder", "pooling", "llm")
+        }
+        self.max_context = min(max_context or self.package.max_context, self.package.max_context)
+        self.system = system
+        self.chunk_frames = chunk_frames
+        past = self.sessions["llm"].inputs["past_key.0"]
+        self.shapes = ChunkShapes(
+            self.dims.hidden_size, self.dims.num_kv_heads, self.dims.head_dim, past.dtype
+        )
+        self.state: VideoState | None = None
+        self.cache: KVCache | None = None
+        self.text_cross: dict = {}
+        self.prefix_length = 0
+        self.prefix_reused = False  # the prefix of the current video came from a cache
+        self.setup_s = 0.0  # unreported video preparation time, added to the next TTFT
+        self.pending_ids: list[int] = []
+        self.keep_v2v = False  # live video: keep V2V so a changed window can re-prefill
+        self.last_prompt_tokens = 0  # tokens the last turn prefilled (its prompt only)
+
+    # -- video ------------------------------------------------------------
+    def state_key(self, path: str, num_frames: int | None = None) -> StateKey:
+        """The key a state for ``path`` sampled at ``num_frames`` must carry."""
+        from crosslmm_edge.runtime.video import video_fingerprint
+
+        return StateKey(
+            video_fingerprint(path),
+            num_frames or self.dims.num_frames,
+            self.dims.image_size,
+            self.package.manifest_sha256,
+        )
+
+    def set_video(
+        self, path: str, num_frames: int | None = None, state_file: str | None = None
+    ) -> None:
+        """Prepare ``path``: from ``state_file`` when given (checked), else encode it."""
+        from crosslmm_edge.runtime.video import iter_video_chunks
+
+        start = time.perf_counter()
+        frames = num_frames or self.dims.num_frames
+        self._check_frames(frames)
+        key = self.state_key(path, frames)
+        if state_file is not None:
+            state = load_state(state_file, key)
+            self._check_state_shapes(state, state_file)
+            self._install(state, start)
+            return
+        chunks = iter_video_chunks(path, frames, self.dims.image_size, self.chunk_frames)
+        self.set_frames_from_chunks(chunks, key, start)
+
+    def set_frames_from_chunks(self, chunks, key: StateKey, start: float | None = None) -> None:
+        """Use chunks of preprocessed frames [f, 3, S, S] as the current video."""
+        start = time.perf_counter() if start is None else start
+        count, embeds, cross = encode_chunks(
+            self.sessions["vision_encoder"], self.sessions["pooling"], chunks
+        )
+        self._check_frames(count)
+        self._install(VideoState(key, count, embeds, cross), start)
+
+    def save_video_state(self, path: str | Path) -> None:
+        """Write the current video state and its prefix cache to ``path``."""
+        state = self._require_video()
+        state.prefix_ids = self.prompt.video_prefix_ids(self.system)
+        keys, values = self.cache.prefix_arrays()
+        state.prefix_keys = [k[:, : self.prefix_length] for k in keys]
+        state.prefix_values = [v[:, : self.prefix_length] for v in values]
+        save_state(state, path)
+
+    def reset(self) -> None:
+        """Forget the conversation; the next question starts from the video prefix."""
+        if self.cache is not None:
+            self.cache.truncate(self.prefix_length)
+        self.pending_ids = []
+
+    def _check_state_shapes(self, state: VideoState, origin: str) -> None:
+        """Refuse a state file whose arrays do not fit this model (damaged or hand-made)."""
+        d, f = self.dims, state.num_frames
+        kv = (d.num_kv_heads, d.head_dim)
+        expected = {"visual_embeds": (1, f * d.tokens_per_frame, d.hidden_size)}
+        expected.update({name: (1, f * d.patches_per_frame, *kv) for name in state.cross})
+        found = {"visual_embeds": state.visual_embeds.shape}
+        found.update({name: value.shape for name, value in state.cross.items()})
+        prefix = [k.shape[2:] for k in state.prefix_keys + state.prefix_values]
+        t2v = sum(name.startswith("t2v") for name in state.cross)
+        if (
+            found != expected
+            or t2v != 2 * d.num_dcal
+            or len(prefix) != 2 * d.num_layers
+            or any(shape != kv for shape in prefix)
+        ):
+            raise UserError(f"video state {origin} does not fit this package's model")
+
+    def _check_frames(self, frames: int) -> None:
+        if frames > self.package.max_frames:
+            raise UserError(
+                f"{frames} frames requested, but package {self.package.folder} "
+                f"was exported for at most {self.package.max_frames}"
+            )
+
+    def _install(self, state: VideoState, start: float) -> None:
+        """Make ``state`` current: reuse its prefix cache or prefill the prefix."""
+        prefix_ids = self.prompt.video_prefix_ids(self.system)
+        length = self._check_prefix(prefix_ids, state)
+        self._upload_text_cross(state)
+        reusable = state.has_prefix and state.prefix_ids == prefix_ids
+        if reusable:
+            self.cache = cache_from_prefix(
+                state.prefix_keys, state.prefix_values, self.max_context, self.backend.upload
+            )
+        else:
+            self.cache = self._prefill_prefix(state, prefix_ids)
+        if self.dims.v2v_scope == "video" and not self.keep_v2v:
+            state.cross = state.t2v()  # V2V is read by visual tokens only: done with it
+        state.prefix_keys = state.prefix_values = None  # the live cache holds them now
+        self.state, self.prefix_length, self.prefix_reused = state, length, reusable
+        self.pending_ids = []
+        self.setup_s = 0.0 if reusable else time.perf_counter() - start
+
+    def _check_prefix(self, prefix_ids: list[int], state: VideoState) -> int:
+        """The video prefix's length; refused when it leaves no room in the context."""
+        length = len(prefix_ids) + state.visual_embeds.shape[1]
+        if length >= self.max_context:
+            raise UserError(
+                f"the video prefix needs {length} positions ({len(prefix_ids)} prompt + "
+                f"{state.visual_embeds.shape[1]} visual tokens), the context holds "
+                f"{self.max_context}; use fewer frames"
+            )
+        return length
+
+    def _upload_text_cross(self, state: VideoState) -> None:
+        """T2V of the whole memory on the device; V2V empty (text chunks have no visual part)."""
+        self.text_cross = {name: self.backend.upload(value) for name, value in state.t2v().items()}
+        self.text_cross.update(
+            {name.replace("t2v", "v2v"): self.shapes.no_memory() for name in state.t2v()}
+        )
+
+    def _prefill_prefix(self, state: VideoState, prefix_ids: list[int]) -> KVCache:
+        if not state.v2v():
+            raise UserError(
+                "this video state holds no prefix cache for the current system "
+                "prompt and no V2V memory to rebuild it; recompute it from the video"
+            )
+        self._check_prefix(prefix_ids, state)
+        d = self.dims
+        cache = KVCache.empty(
+            d.num_layers,
+            self.max_context,
+            d.num_kv_heads,
+            d.head_dim,
+            self.shapes.dtype,
+            self.backend.zeros,
+        )
+        cross = {**self.text_cross, **{n: self.backend.upload(v) for n, v in state.v2v().items()}}
+        run_chunk(self.sessions["llm"], cache, prefix_ids, state.visual_embeds, cross)
+        return cache
+
+    # -- live video -------------------------------------------------------
+    def start_live(self, pixels: np.ndarray) -> None:
+        """Start a live video from its first preprocessed frames [f, 3, S, S]."""
+        self.keep_v2v = True
+        key = StateKey("live", 0, self.dims.image_size, self.package.manifest_sha256)
+        self.set_frames_from_chunks([pixels], key)
+
+    def append_frames(self, pixels: np.ndarray) -> None:
+        """Add frames [f, 3, S, S] after the current ones; only they are encoded.
+
+        With ``v2v_scope="frame"`` they are prefilled as one visual-only chunk
+        after the cached prefix, nothing earlier is recomputed (the header
+        tokens keep the memory they saw when they were prefilled). With
+        ``"video"`` every visual token sees every frame, so the prefix is
+        prefilled again from the kept embeddings (the LLM only, no re-encoding).
+        """
+        state = self._require_video()
+        self._check_frames(state.num_frames + pixels.shape[0])
+        start = time.perf_counter()
+        embeds, cross = encode_frames(
+            self.sessions["vision_encoder"], self.sessions["pooling"], pixels
+        )
+        append_to_state(state, embeds, cross, pixels.shape[0])
+        self.reset()
+        self._upload_text_cross(state)
+        if self.dims.v2v_scope != "frame":
+            self._reprefill(state)
+        else:
+            self.check_fits(embeds.shape[1], 0)
+            v2v = {
+                name: self.backend.upload(value)
+                for name, value in cross.items()
+                if name.startswith("v2v")
+            }
+            run_chunk(self.sessions["llm"], self.cache, [], embeds, {**self.text_cross, **v2v})
+            self.prefix_length, self.prefix_reused = self.cache.length, False
+        self.setup_s += time.perf_counter() - start
+
+    def keep_last_frames(self, count: int) -> None:
+        """Drop all but the last ``count`` frames and prefill the prefix again (no re-encoding)."""
+        state = self._require_video()
+        drop = state.num_frames - count
+        if drop <= 0:
+            return
+        start = time.perf_counter()
+        p, n = self.dims.tokens_per_frame, self.dims.patches_per_frame
+        state.visual_embeds = state.visual_embeds[:, drop * p :]
+        state.cross = {name: value[:, drop * n :] for name, value in state.cross.items()}
+        state.num_frames = count
+        self._upload_text_cross(state)
+        self._reprefill(state)
+        self.setup_s += time.perf_counter() - start
+
+    def _reprefill(self, state: VideoState) -> None:
+        prefix_ids = self.prompt.video_prefix_ids(self.system)
+        self.cache = self._prefill_prefix(state, prefix_ids)
+        self.prefix_length, self.prefix_reused = self.cache.length, False
+        self.pending_ids = []
+
+    def _require_video(self) -> VideoState:
+        if self.state is None:
+            raise UserError("no video: call set_video first")
+        return self.state
+
+    # -- questions --------------------------------------------------------
+    def ask(
+        self, question: str, options: GenerationOptions, on_text: TokenCallback | None = None
+    ) -> Answer:
+        """Answer in a fresh turn that starts from the video prefix."""
+        self._require_video()
+        self.reset()
+        return self._answer(
+            question, self.prompt.first_question_ids(question, self.system), options, on_text
+        )
+
+    def follow_up(
+        self, question: str, options: GenerationOptions, on_text: TokenCallback | None = None
+    ) -> Answer:
+        """Answer as the next turn of the current conversation (only new tokens prefilled)."""
+        self._require_video()
+        if self.cache.length == self.prefix_length:  # no turn yet: this is the first
+            return self.ask(question, options, on_text)
+        ids = self.pending_ids + self.prompt.next_turn_ids(question, self.system)
+        return self._answer(question, ids, options, on_text)
+
+    def check_fits(self, prompt_len: int, max_new_tokens: int) -> None:
+        """Refuse up front a turn that would overflow the package's context."""
+        needed = self.cache.length + prompt_len + max_new_tokens
+        if needed > self.max_context:
+            raise UserError(
+                f"prompt + video + max_new_tokens = {self.cache.length} cached (video prefix "
+                f"{self.prefix_length}) + {prompt_len} prompt + {max_new_tokens} new = "
+                f"{needed} tokens, more than the context of {self.max_context}"
+            )
+
+    def _answer(
+        self,
+        question: str,
+        prompt_ids: list[int],
+        options: GenerationOptions,
+        on_text: TokenCallback | None,
+    ) -> Answer:
+        self.check_fits(len(prompt_ids), options.max_new_tokens)
+        self.last_prompt_tokens = len(prompt_ids)
+        reused = self.prefix_reused
+        tokens, logprobs, times = self._generate(prompt_ids, options, on_text)
+        times[0] -= self.setup_s
+        self.setup_s, self.prefix_reused = 0.0, True
+        stops = self.prompt.stop_token_ids
+        stopped = bool(tokens) and tokens[-1] in stops
+        self.pending_ids = [] if stopped or not tokens else [tokens[-1]]
+        keep = len(tokens) - int(stopped)
+        decode_s = times[-1] - times[1] if len(times) > 2 else 0.0
+        return Answer(
+            question=question,
+            answer=self.prompt.decode(tokens[:keep]),
+            token_ids=tokens[:keep],
+            ttft_s=times[1] - times[0] if len(times) > 1 else 0.0,
+            decode_tokens_per_s=(len(times) - 2) / decode_s if decode_s > 0 else 0.0,
+            video_prefix_reused=reused,
+            logprobs=logprobs[:keep] if options.logprobs else None,
+        )
+
+    def _generate(
+        self, prompt_ids: list[int], options: GenerationOptions, on_text: TokenCallback | None
+    ) -> tuple[list[int], list[float], list[float]]:
+        """Tokens, log-probabilities, and the clock at the start and at each token."""
+        sampler = Sampler(
+            options.temperature,
+            options.top_p,
+            options.top_k,
+            options.seed,
+            banned_ids=[self.dims.video_token_id],
+        )
+        stops = self.prompt.stop_token_ids
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        times = [time.perf_counter()]
+        shown = ""
+        steps = stream_tokens(
+            self.sessions["llm"],
+            self.cache,
+            self.text_cross,
+            self.shapes,
+            prompt_ids,
+            sampler,
+            options.max_new_tokens,
+            sorted(stops),
+        )
+        for token, logprob in steps:
+            times.append(time.perf_counter())
+            tokens.append(token)
+            logprobs.append(logprob)
+            if on_text is not None and token not in stops:
+                text = self.prompt.decode(tokens)
+                if len(text) > len(shown) and not text.endswith("\ufffd"):
+                    on_text(text[len(shown) :])
+                    shown = text
+        return tokens, logprobs, times

@@ -1,0 +1,288 @@
+"""Inference backends: a session runs one named graph on named arrays.
+
+The runtime talks only to this interface, so ONNX Runtime (CPU, CUDA or
+TensorRT execution providers) and, later, a native TensorRT engine are
+interchangeable. Arrays that must stay on the device between steps (KV caches,
+cross K/V) are ``DeviceArray``s allocated by the backend; a graph reads them
+and writes its outputs straight into slices of them, so a decode step moves
+only the new token, the new cache rows and the logits.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.manifest import GraphEntry
+
+# Short names accepted by --provider, best first for the automatic choice.
+# TensorRT is never chosen automatically: its first run builds engines for
+# minutes, which a user should opt into.
+PROVIDER_NAMES = {
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+AUTO_ORDER = ("cuda", "cpu")
+
+ONNX_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output: name, numpy dtype, dims (int or symbolic name)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]
+
+
+class DeviceArray(ABC):
+    """A preallocated array in the backend's memory, batch size 1.
+
+    ``rows(start, stop)`` views positions along axis 1 without copying; with
+    batch 1 such a view is contiguous, so a graph can read or write it in place.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @abstractmethod
+    def rows(self, start: int, stop: int) -> DeviceArray:
+        """The view of positions ``start:stop`` along axis 1."""
+
+    @abstractmethod
+    def numpy(self) -> np.ndarray:
+        """A host copy (or, for host memory, the array itself)."""
+
+
+class HostArray(DeviceArray):
+    """A ``DeviceArray`` in host memory: a contiguous numpy array."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        if array.shape[:1] != (1,) or not array.flags.c_contiguous:
+            raise ValueError(f"need a contiguous batch-1 array, got {array.shape}")
+        self.array = array
+        self.shape, self.dtype = array.shape, array.dtype
+
+    def rows(self, start: int, stop: int) -> HostArray:
+        return HostArray(self.array[:, start:stop])
+
+    def numpy(self) -> np.ndarray:
+        return self.array
+
+    @property
+    def pointer(self) -> int:
+        return self.array.ctypes.data
+
+
+class GraphSession(ABC):
+    """One loaded graph."""
+
+    name: str
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+
+    @abstractmethod
+    def run(
+        self,
+        feeds: Mapping[str, np.ndarray | DeviceArray],
+        write_to: Mapping[str, DeviceArray] | None = None,
+        fetch: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the graph.
+
+        feeds: every input, host arrays or device arrays (device arrays are
+        read in place). write_to: outputs written in place into device arrays
+        of exactly the output's shape. fetch: outputs returned as host arrays
+        (default: every output not in ``write_to``).
+        """
+
+
+class Backend(ABC):
+    """Loads graphs and owns the memory they read and write."""
+
+    name: str
+    provider: str
+
+    @abstractmethod
+    def load(self, path: Path, name: str, graph: GraphEntry | None = None) -> GraphSession:
+        """Load the graph file ``path``; ``name`` is for messages.
+
+        ``graph`` (the manifest's entry) gives the dynamic ranges that engine
+        builders need for their optimisation profiles.
+        """
+
+    @abstractmethod
+    def zeros(self, shape: Sequence[int], dtype: np.dtype) -> DeviceArray:
+        """A zero-filled array in the backend's memory."""
+
+    @abstractmethod
+    def upload(self, array: np.ndarray) -> DeviceArray:
+        """A copy of a host array in the backend's memory (the array itself on CPU)."""
+
+
+def available_providers() -> list[str]:
+    """Short names of the execution providers this onnxruntime build offers."""
+    import onnxruntime as ort
+
+    offered = set(ort.get_available_providers())
+    return [short for short, full in PROVIDER_NAMES.items() if full in offered]
+
+
+def resolve_provider(requested: str | None) -> str:
+    """Map ``--provider`` (short or full name, or None for automatic) to a short name."""
+    available = available_providers()
+    if requested is None:
+        return next(p for p in AUTO_ORDER if p in available)
+    wanted = requested.strip().lower()
+    aliases = {full.lower(): short for short, full in PROVIDER_NAMES.items()}
+    wanted = {"trt": "tensorrt", "gpu": "cuda"}.get(wanted, aliases.get(wanted, wanted))
+    if wanted not in available:
+        listing = ", ".join(f"{p} ({PROVIDER_NAMES[p]})" for p in available)
+        known = "not available in this onnxruntime build" if wanted in PROVIDER_NAMES else "unknown"
+        raise UserError(f"execution provider {requested!r} is {known}; available: {listing}")
+    return wanted
+
+
+def open_backend(provider: str | None = None, threads: int = 0) -> Backend:
+    """The ONNX Runtime backend for ``provider`` (None: the best available)."""
+    return OrtBackend(resolve_provider(provider), threads=threads)
+
+
+class OrtDeviceArray(DeviceArray):
+    """A ``DeviceArray`` in CUDA memory, owned by an ``OrtValue``.
+
+    Untested here (no GPU on the development machine); written against the
+    documented ``OrtValue`` / ``IOBinding`` API.
+    """
+
+    def __init__(self, value, shape: tuple[int, ...], dtype: np.dtype, offset: int = 0) -> None:
+        self.value, self.offset = value, offset  # offset in elements from the buffer start
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+
+    def rows(self, start: int, stop: int) -> OrtDeviceArray:
+        row = int(np.prod(self.shape[2:], dtype=np.int64))
+        shape = (1, stop - start, *self.shape[2:])
+        return OrtDeviceArray(self.value, shape, self.dtype, self.offset + start * row)
+
+    def numpy(self) -> np.ndarray:
+        whole = self.value.numpy().reshape(-1)
+        size = int(np.prod(self.shape, dtype=np.int64))
+        return whole[self.offset : self.offset + size].reshape(self.shape)
+
+    @property
+    def pointer(self) -> int:
+        return self.value.data_ptr() + self.offset * self.dtype.itemsize
+
+
+class OrtSession(GraphSession):
+    """A graph in an ``onnxruntime.InferenceSession``, always run through I/O binding."""
+
+    def __init__(self, session, name: str, device: str) -> None:
+        self.session, self.name, self.device = session, name, device
+        self.inputs = {a.name: _spec(a) for a in session.get_inputs()}
+        self.outputs = {a.name: _spec(a) for a in session.get_outputs()}
+
+    def run(self, feeds, write_to=None, fetch=None) -> dict[str, np.ndarray]:
+        write_to = write_to or {}
+        if fetch is None:
+            fetch = [n for n in self.outputs if n not in write_to]
+        binding = self.session.io_binding()
+        keep_alive = []  # host arrays must outlive the run
+        for name, value in feeds.items():
+            if isinstance(value, DeviceArray):
+                self._bind_array(binding.bind_input, name, value)
+            else:
+                array = np.ascontiguousarray(value, dtype=self.inputs[name].dtype)
+                keep_alive.append(array)
+                binding.bind_cpu_input(name, array)
+        for name, target in write_to.items():
+            self._bind_array(binding.bind_output, name, target)
+        for name in fetch:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        values = binding.get_outputs()[len(write_to) :]
+        return {name: value.numpy() for name, value in zip(fetch, values, strict=True)}
+
+    def _bind_array(self, bind, name: str, array: DeviceArray) -> None:
+        device = "cpu" if isinstance(array, HostArray) else self.device
+        bind(name, device, 0, array.dtype.type, list(array.shape), array.pointer)
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime with the CPU, CUDA or TensorRT execution provider."""
+
+    name = "onnxruntime"
+
+    def __init__(self, provider: str, threads: int = 0) -> None:
+        self.provider = provider
+        self.device = "cpu" if provider == "cpu" else "cuda"
+        self.threads = threads
+
+    def load(self, path: Path, name: str, graph: GraphEntry | None = None) -> OrtSession:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3  # warnings about unused initializers are noise here
+        providers = self._providers(path, graph)
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise UserError(f"cannot load graph {name} from {path}: {exc}") from exc
+        return OrtSession(session, name, self.device)
+
+    def zeros(self, shape, dtype) -> DeviceArray:
+        return self.upload(np.zeros(shape, dtype=dtype))
+
+    def upload(self, array: np.ndarray) -> DeviceArray:
+        array = np.ascontiguousarray(array)
+        if self.device == "cpu":
+            return HostArray(array)
+        import onnxruntime as ort
+
+        value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0)
+        return OrtDeviceArray(value, array.shape, array.dtype)
+
+    def _providers(self, path: Path, graph: GraphEntry | None) -> list:
+        if self.provider == "cpu":
+            return ["CPUExecutionProvider"]
+        if self.provider == "cuda":
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        # TensorRT: cache built engines beside the package so the next start is fast, and
+        # give one explicit profile over the exported ranges; otherwise every new past
+        # length outside the shapes seen so far would rebuild the engine mid-generation.
+        trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(path.parent)}
+        if graph is not None:
+            trt.update(trt_profile_options(graph))
+        return [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def trt_profile_options(graph: GraphEntry) -> dict[str, str]:
+    """``trt_profile_{min,opt,max}_shapes`` for every input, from the manifest's ranges.
+
+    The opt shape is the max (tactics chosen for the largest chunk); untested
+    on a GPU here.
+    """
+    shapes: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
+    for tensor in graph.inputs:
+        for kind in shapes:
+            end = "min" if kind == "min" else "max"
+            dims = [d if isinstance(d, int) else getattr(graph.dims[d], end) for d in tensor.dims]
+            shapes[kind].append(f"{tensor.name}:" + "x".join(str(d) for d in dims))
+    return {f"trt_profile_{kind}_shapes": ",".join(items) for kind, items in shapes.items()}
+
+
+def _spec(arg) -> TensorSpec:
+    return TensorSpec(arg.name, np.dtype(ONNX_DTYPES.get(arg.type, np.float32)), tuple(arg.shape))

@@ -1,0 +1,100 @@
+"""Prefill and decode over the LLM graph, and the streaming generation loop.
+
+Every call runs one chunk ``[text ; visual]`` at the end of the KV cache: the
+graph reads the valid prefix in place and writes the chunk's new entries into
+the slots after it (docs/package-format.md), so no step copies the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from crosslmm_edge.runtime.backends import DeviceArray, GraphSession
+from crosslmm_edge.runtime.kv_cache import KVCache
+from crosslmm_edge.runtime.sampling import Sampler
+
+CrossFeeds = Mapping[str, np.ndarray | DeviceArray]
+
+
+@dataclass(frozen=True)
+class ChunkShapes:
+    """What an empty part of a chunk looks like for this LLM graph."""
+
+    hidden_size: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: np.dtype
+
+    def no_visual(self) -> np.ndarray:
+        return np.zeros((1, 0, self.hidden_size), dtype=self.dtype)  # [1, 0, D]
+
+    def no_memory(self) -> np.ndarray:
+        return np.zeros((1, 0, self.num_kv_heads, self.head_dim), dtype=self.dtype)
+
+
+def run_chunk(
+    llm: GraphSession,
+    cache: KVCache,
+    input_ids: Sequence[int],
+    visual_embeds: np.ndarray | DeviceArray,
+    cross: CrossFeeds,
+) -> np.ndarray:
+    """Run ``[input_ids ; visual_embeds]`` at the cache's end; return the last logits [V]."""
+    length = len(input_ids) + visual_embeds.shape[1]
+    start = cache.length
+    feeds = {
+        "input_ids": np.asarray(input_ids, dtype=np.int64).reshape(1, -1),  # [1, S]
+        "visual_embeds": visual_embeds,  # [1, Nv, D]
+        "position_ids": np.arange(start, start + length, dtype=np.int64)[None],  # [1, S+Nv]
+        **cache.past_feeds(),
+        **cross,
+    }
+    logits = llm.run(feeds, write_to=cache.slot_targets(length), fetch=["logits"])["logits"]
+    cache.advance(length)
+    return logits.reshape(-1)  # [V]
+
+
+def prefill_text(
+    llm: GraphSession,
+    cache: KVCache,
+    input_ids: Sequence[int],
+    text_cross: CrossFeeds,
+    shapes: ChunkShapes,
+) -> np.ndarray:
+    """A text-only chunk (question, later turn); ``text_cross`` has empty V2V."""
+    return run_chunk(llm, cache, input_ids, shapes.no_visual(), text_cross)
+
+
+def decode_step(
+    llm: GraphSession, cache: KVCache, token: int, text_cross: CrossFeeds, shapes: ChunkShapes
+) -> np.ndarray:
+    """Feed one token; return the next-token logits [V]."""
+    return run_chunk(llm, cache, [token], shapes.no_visual(), text_cross)
+
+
+def stream_tokens(
+    llm: GraphSession,
+    cache: KVCache,
+    text_cross: CrossFeeds,
+    shapes: ChunkShapes,
+    prompt_ids: Sequence[int],
+    sampler: Sampler,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+) -> Iterator[tuple[int, float]]:
+    """Prefill ``prompt_ids`` then decode; yield (token, log-probability) as they come.
+
+    A stop token is yielded and ends generation; like the last token of a
+    ``max_new_tokens`` cut, it is not written to the cache (a follow-up turn
+    feeds what it needs).
+    """
+    logits = prefill_text(llm, cache, prompt_ids, text_cross, shapes)
+    for step in range(max_new_tokens):
+        token, logprob = sampler.choose(logits)
+        yield token, logprob
+        if token in stop_ids or step == max_new_tokens - 1:
+            return
+        logits = decode_step(llm, cache, token, text_cross, shapes)

@@ -1,0 +1,69 @@
+"""Choosing the next token from logits, in numpy (greedy or sampled with a seed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Sampler:
+    """Greedy when ``temperature <= 0``; else temperature, top-k, then top-p.
+
+    ``banned_ids`` (the video placeholder) can never be chosen. One sampler
+    is one random stream: the same seed gives the same tokens.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    banned_ids: Sequence[int] = ()
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        """float32 logits [V] with the banned ids at -inf (a copy)."""
+        masked = np.array(logits, dtype=np.float32).reshape(-1)
+        masked[list(self.banned_ids)] = -np.inf
+        return masked
+
+    def choose(self, logits: np.ndarray) -> tuple[int, float]:
+        """Pick a token from raw logits [V]; return it and its log-probability.
+
+        The log-probability is the model's own: full-vocabulary softmax of the
+        raw logits, before masking and temperature, as the reference reports it.
+        """
+        masked = self.mask(logits)
+        token = self._greedy(masked) if self.temperature <= 0 else self._sample(masked)
+        return token, float(log_softmax(np.asarray(logits).reshape(-1))[token])
+
+    @staticmethod
+    def _greedy(logits: np.ndarray) -> int:
+        return int(np.argmax(logits))
+
+    def _sample(self, logits: np.ndarray) -> int:
+        scaled = logits / self.temperature
+        if self.top_k > 0:
+            kth = np.sort(scaled)[-min(self.top_k, scaled.size)]
+            scaled = np.where(scaled < kth, -np.inf, scaled)
+        probs = np.exp(log_softmax(scaled))
+        if self.top_p < 1.0:
+            order = np.argsort(-probs, kind="stable")
+            sorted_probs = probs[order]
+            # Keep the smallest head whose mass reaches top_p (always the top token).
+            keep = np.cumsum(sorted_probs) - sorted_probs < self.top_p
+            probs = np.zeros_like(probs)
+            probs[order[keep]] = sorted_probs[keep]
+        probs = probs.astype(np.float64)
+        return int(self.rng.choice(probs.size, p=probs / probs.sum()))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax of a 1-D array, in float64 for stable log-probabilities."""
+    x = logits.astype(np.float64)
+    top = np.max(x)
+    return x - top - np.log(np.sum(np.exp(x - top)))

@@ -1,0 +1,178 @@
+"""The video state: everything the LLM needs of one video, computed once.
+
+It holds the visual embeddings that enter the sequence, the cross K/V of
+every DCAL (T2V always; V2V only with ``v2v_scope="frame"``, where it lets a
+rolling window re-prefill without re-encoding), and optionally the KV cache
+of the video prefix. Frames are encoded chunk by chunk, so memory is bounded
+by the chunk, not by the video length.
+
+A state saved to disk is keyed by the video's sha256, the frame-sampling
+settings and the package's manifest hash; loading it for anything else is
+refused. The file is a plain ``.npz`` read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from crosslmm_edge.runtime.backends import GraphSession
+from crosslmm_edge.runtime.errors import UserError
+
+STATE_FORMAT = 1
+SAMPLING_RULE = "segment-centres"  # spec section 2: frame i = floor((i + 0.5) n / T)
+DEFAULT_CHUNK_FRAMES = 8
+
+
+@dataclass(frozen=True)
+class StateKey:
+    """What a video state is valid for."""
+
+    video_sha256: str
+    num_frames: int  # frames requested (T)
+    image_size: int
+    manifest_sha256: str
+    sampling: str = SAMPLING_RULE
+
+    def mismatch(self, other: StateKey) -> list[str]:
+        """Names of the fields in which ``other`` differs."""
+        mine, theirs = asdict(self), asdict(other)
+        return [name for name in mine if mine[name] != theirs[name]]
+
+
+@dataclass
+class VideoState:
+    """Visual embeddings [1, F·P, D], cross K/V by graph input name, prefix cache."""
+
+    key: StateKey
+    num_frames: int  # frames actually encoded (F)
+    visual_embeds: np.ndarray
+    cross: dict[str, np.ndarray]
+    prefix_ids: list[int] = field(default_factory=list)
+    prefix_keys: list[np.ndarray] | None = None  # per layer [1, prefix_len, kvh, hd]
+    prefix_values: list[np.ndarray] | None = None
+
+    @property
+    def has_prefix(self) -> bool:
+        return self.prefix_keys is not None
+
+    def t2v(self) -> dict[str, np.ndarray]:
+        """The T2V K/V every text chunk reads."""
+        return {name: value for name, value in self.cross.items() if name.startswith("t2v")}
+
+    def v2v(self) -> dict[str, np.ndarray]:
+        """The V2V K/V of all frames (empty once dropped, ``"video"`` scope)."""
+        return {name: value for name, value in self.cross.items() if name.startswith("v2v")}
+
+
+def encode_frames(
+    vision: GraphSession, pooling: GraphSession, pixels: np.ndarray
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Preprocessed frames [F, 3, S, S] -> visual embeds [1, F·P, D] and cross K/V."""
+    features = vision.run({"pixel_values": pixels})["patch_features"]  # [F, N, Dv]
+    outputs = pooling.run({"patch_features": features})
+    embeds = outputs.pop("visual_embeds")
+    return embeds, outputs
+
+
+def encode_chunks(
+    vision: GraphSession, pooling: GraphSession, chunks: Iterable[np.ndarray]
+) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
+    """Encode chunks of frames and join them along the token axis.
+
+    Returns (frames, visual embeds [1, F·P, D], cross K/V [1, F·N, kvh, hd] by name).
+    """
+    frames, embeds, cross = 0, [], {}
+    for pixels in chunks:
+        chunk_embeds, chunk_cross = encode_frames(vision, pooling, pixels)
+        frames += pixels.shape[0]
+        embeds.append(chunk_embeds)
+        for name, value in chunk_cross.items():
+            cross.setdefault(name, []).append(value)
+    if not frames:
+        raise UserError("the video gave no frames to encode")
+    joined = {name: np.concatenate(parts, axis=1) for name, parts in cross.items()}
+    return frames, np.concatenate(embeds, axis=1), joined
+
+
+def append_to_state(
+    state: VideoState, embeds: np.ndarray, cross: dict[str, np.ndarray], frames: int
+) -> None:
+    """Add newly encoded frames after the existing ones (pooling is frame-local)."""
+    state.visual_embeds = np.concatenate([state.visual_embeds, embeds], axis=1)
+    for name, value in cross.items():
+        if name in state.cross:
+            state.cross[name] = np.concatenate([state.cross[name], value], axis=1)
+    state.num_frames += frames
+
+
+def save_state(state: VideoState, path: str | os.PathLike) -> None:
+    """Write ``state`` (with its prefix cache) to one .npz file, atomically."""
+    if not state.has_prefix:
+        raise ValueError("save_state needs the prefix cache")
+    meta = {
+        "format": STATE_FORMAT,
+        "key": asdict(state.key),
+        "num_frames": state.num_frames,
+        "prefix_ids": state.prefix_ids,
+        "cross_names": sorted(state.cross),
+    }
+    arrays = {"meta": np.array(json.dumps(meta)), "visual_embeds": state.visual_embeds}
+    arrays.update({f"cross/{name}": value for name, value in state.cross.items()})
+    for i, (k, v) in enumerate(zip(state.prefix_keys, state.prefix_values, strict=True)):
+        arrays[f"prefix_key/{i}"], arrays[f"prefix_value/{i}"] = k, v
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise UserError(f"cannot write video state {target}: no folder {target.parent}")
+    handle, temp = tempfile.mkstemp(
+        prefix=f".{target.name}.",
+        suffix=".npz",
+        dir=target.parent,
+    )
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, **arrays)
+        os.replace(temp, target)
+    except OSError as exc:
+        Path(temp).unlink(missing_ok=True)
+        raise UserError(f"cannot write video state {target}: {exc}") from None
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def load_state(path: str | os.PathLike, expected: StateKey) -> VideoState:
+    """Read a state file; refuse it unless it was made for ``expected``."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            key = StateKey(**meta["key"])
+            differs = key.mismatch(expected)
+            if differs:
+                raise UserError(
+                    f"video state {path} was made for another "
+                    f"{', '.join(differs)}; refusing to use it"
+                )
+            layers = sum(1 for name in data.files if name.startswith("prefix_key/"))
+            return VideoState(
+                key=key,
+                num_frames=int(meta["num_frames"]),
+                visual_embeds=data["visual_embeds"],
+                cross={name: data[f"cross/{name}"] for name in meta["cross_names"]},
+                prefix_ids=[int(i) for i in meta["prefix_ids"]],
+                prefix_keys=[data[f"prefix_key/{i}"] for i in range(layers)],
+                prefix_values=[data[f"prefix_value/{i}"] for i in range(layers)],
+            )
+    except FileNotFoundError:
+        raise UserError(f"video state file not found: {path}") from None
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        raise UserError(f"cannot read video state {path}: {exc!r}") from None
