@@ -1,0 +1,1 @@
+"""Helpers of ``samples/train_tiny_model.py``: tokenizer, data, training loop."""
