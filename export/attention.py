@@ -16,8 +16,8 @@ from torch import Tensor
 
 def _group_queries(q: Tensor, num_kv_heads: int) -> Tensor:
     # q: [B, L, H, hd] -> [B, kvh, G, L, hd]
-    b, l, h, d = q.shape
-    return q.reshape(b, l, num_kv_heads, h // num_kv_heads, d).permute(0, 2, 3, 1, 4)
+    b, length, h, d = q.shape
+    return q.reshape(b, length, num_kv_heads, h // num_kv_heads, d).permute(0, 2, 3, 1, 4)
 
 
 def _scores(qg: Tensor, k: Tensor) -> Tensor:
@@ -32,11 +32,13 @@ def _weighted_values(p: Tensor, v: Tensor) -> Tensor:
 
 def _ungroup(out: Tensor) -> Tensor:
     # [B, kvh, G, L, hd] -> [B, L, H, hd]
-    b, kvh, g, l, d = out.shape
-    return out.permute(0, 3, 1, 2, 4).reshape(b, l, kvh * g, d)
+    b, kvh, g, length, d = out.shape
+    return out.permute(0, 3, 1, 2, 4).reshape(b, length, kvh * g, d)
 
 
-def causal_attention(q: Tensor, k_past: Tensor, v_past: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
+def causal_attention(
+    q: Tensor, k_past: Tensor, v_past: Tensor, k_new: Tensor, v_new: Tensor
+) -> Tensor:
     """Causal attention of ``L`` new queries over ``P`` cached and ``L`` new keys.
 
     The past and new keys are scored separately and only the small score

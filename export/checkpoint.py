@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from crosslmm_edge.export.config import CrossLMMConfig
-from crosslmm_edge.export.model import CrossLMM
-from crosslmm_edge.runtime.errors import UserError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from crosslmm_edge.export.config import CrossLMMConfig
+from crosslmm_edge.export.model import CrossLMM
+from crosslmm_edge.runtime.errors import UserError
 
 CONFIG_NAME = "config.json"
 SINGLE_WEIGHTS = "model.safetensors"

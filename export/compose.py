@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from crosslmm_edge.export.checkpoint import (
     model_from_state_dict,
     read_json,
@@ -24,7 +26,6 @@ from crosslmm_edge.export.config import CrossLMMConfig, TextConfig, VisionConfig
 from crosslmm_edge.export.dcal import DCAL
 from crosslmm_edge.export.projector import Projector
 from crosslmm_edge.runtime.errors import UserError
-from torch import Tensor, nn
 
 VIDEO_TOKEN = "<|video_pad|>"
 HF_BOOKKEEPING = ("architectures", "transformers_version", "_name_or_path")

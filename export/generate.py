@@ -11,10 +11,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
+
 from crosslmm_edge.export.dcal import CrossKV
 from crosslmm_edge.export.kv_cache import KVCache
 from crosslmm_edge.export.model import CrossLMM, VideoFeatures
-from torch import Tensor
 
 
 @dataclass

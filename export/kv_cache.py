@@ -15,8 +15,15 @@ class KVCache:
     entries after it are simply overwritten, nothing is copied.
     """
 
-    def __init__(self, num_layers: int, batch: int, max_len: int, num_kv_heads: int,
-                 head_dim: int, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        batch: int,
+        max_len: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         shape = (batch, max_len, num_kv_heads, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
@@ -28,7 +35,8 @@ class KVCache:
 
     def past(self) -> list[KV]:
         """Views of the valid entries, one (k, v) per layer."""
-        return [(k[:, : self.length], v[:, : self.length]) for k, v in zip(self.keys, self.values)]
+        pairs = zip(self.keys, self.values, strict=True)
+        return [(k[:, : self.length], v[:, : self.length]) for k, v in pairs]
 
     def append(self, new_kv: list[KV]) -> None:
         """Write a chunk's new entries [B, L, kvh, hd] after the valid ones."""
@@ -36,7 +44,7 @@ class KVCache:
         if self.length + step > self.capacity:
             raise ValueError(f"KV cache full: {self.length} + {step} > {self.capacity}")
         end = self.length + step
-        for (k, v), kb, vb in zip(new_kv, self.keys, self.values):
+        for (k, v), kb, vb in zip(new_kv, self.keys, self.values, strict=True):
             kb[:, self.length : end] = k
             vb[:, self.length : end] = v
         self.length = end

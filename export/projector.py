@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -12,7 +14,7 @@ def pool_tokens(features: Tensor, grid: int, mode: str) -> Tensor:
     features: [F, N, Dv] -> [F, grid², Dv], row-major again.
     """
     f, n, d = features.shape
-    side = int(round(n**0.5))
+    side = math.isqrt(n)
     x = features.transpose(1, 2).reshape(f, d, side, side)  # [F, Dv, n, n]
     if mode == "bilinear":
         x = nn.functional.interpolate(x, size=(grid, grid), mode="bilinear", align_corners=False)

@@ -60,13 +60,13 @@ class Qwen2Attention(nn.Module):
         Returns the output [B, L, D] and this chunk's new cache entries
         k, v [B, L, kvh, hd] (RoPE already applied to k).
         """
-        b, l, _ = x.shape
-        q = self.q_proj(x).view(b, l, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(b, l, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(b, l, self.num_kv_heads, self.head_dim)
+        b, length, _ = x.shape
+        q = self.q_proj(x).view(b, length, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, length, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, length, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = causal_attention(q, k_past, v_past, k, v)  # [B, L, H, hd]
-        return self.o_proj(out.reshape(b, l, self.num_heads * self.head_dim)), k, v
+        return self.o_proj(out.reshape(b, length, self.num_heads * self.head_dim)), k, v
 
 
 class Qwen2MLP(nn.Module):
@@ -102,7 +102,9 @@ class Qwen2Model(nn.Module):
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(Qwen2DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            Qwen2DecoderLayer(config) for _ in range(config.num_hidden_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 

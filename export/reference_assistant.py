@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from crosslmm_edge.export.checkpoint import load_checkpoint
 from crosslmm_edge.export.generate import Sampling, generate, new_cache, prefill_video_prefix
 from crosslmm_edge.export.kv_cache import KVCache

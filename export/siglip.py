@@ -81,7 +81,9 @@ class SiglipEncoderLayer(nn.Module):
 class SiglipEncoder(nn.Module):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(SiglipEncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            SiglipEncoderLayer(config) for _ in range(config.num_hidden_layers)
+        )
 
 
 class SiglipVisionTransformer(nn.Module):

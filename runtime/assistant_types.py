@@ -59,12 +59,14 @@ class Assistant(Protocol):
     def set_video(self, path: str, num_frames: int | None = None) -> None:
         """Decode, encode and prefill a video; later questions reuse it."""
 
-    def ask(self, question: str, options: GenerationOptions,
-            on_text: TokenCallback | None = None) -> Answer:
+    def ask(
+        self, question: str, options: GenerationOptions, on_text: TokenCallback | None = None
+    ) -> Answer:
         """Answer in a fresh turn that starts from the video prefix."""
 
-    def follow_up(self, question: str, options: GenerationOptions,
-                  on_text: TokenCallback | None = None) -> Answer:
+    def follow_up(
+        self, question: str, options: GenerationOptions, on_text: TokenCallback | None = None
+    ) -> Answer:
         """Answer as the next turn of the current conversation."""
 
     def reset(self) -> None:

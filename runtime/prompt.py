@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jinja2
-from crosslmm_edge.runtime.errors import UserError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Tokenizer
+
+from crosslmm_edge.runtime.errors import UserError
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 IM_START, IM_END, VIDEO_PAD = "<|im_start|>", "<|im_end|>", "<|video_pad|>"

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import av
 import numpy as np
-from crosslmm_edge.runtime.errors import UserError
 from PIL import Image
+
+from crosslmm_edge.runtime.errors import UserError
 
 # What PyAV raises on bad input: its FFmpeg errors (many also subclass
 # OSError/ValueError) and plain OSError/ValueError from the file layer.

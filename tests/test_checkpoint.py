@@ -8,9 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from crosslmm_edge.export.checkpoint import checkpoint_hash, load_checkpoint, save_checkpoint
-from crosslmm_edge.export.generate import new_cache, prefill, prefill_video_prefix
-from crosslmm_edge.runtime.errors import UserError
 from safetensors.torch import load_file, save_file
 from tiny_models import (  # single_thread: an autouse fixture
     save_tiny_checkpoint,
@@ -19,6 +16,9 @@ from tiny_models import (  # single_thread: an autouse fixture
 )
 
 from crosslmm_edge.cli import main
+from crosslmm_edge.export.checkpoint import checkpoint_hash, load_checkpoint, save_checkpoint
+from crosslmm_edge.export.generate import new_cache, prefill, prefill_video_prefix
+from crosslmm_edge.runtime.errors import UserError
 
 
 def _logits(model) -> torch.Tensor:

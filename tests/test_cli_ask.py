@@ -10,10 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from crosslmm_edge.export.checkpoint import load_checkpoint
-from crosslmm_edge.export.generate import new_cache, prefill, prefill_video_prefix
-from crosslmm_edge.runtime.prompt import PromptBuilder
-from crosslmm_edge.runtime.video import load_video
 from tiny_models import (  # single_thread: an autouse fixture
     save_tiny_checkpoint,
     tiny_config,
@@ -21,6 +17,10 @@ from tiny_models import (  # single_thread: an autouse fixture
 )
 
 from crosslmm_edge.cli import main
+from crosslmm_edge.export.checkpoint import load_checkpoint
+from crosslmm_edge.export.generate import new_cache, prefill, prefill_video_prefix
+from crosslmm_edge.runtime.prompt import PromptBuilder
+from crosslmm_edge.runtime.video import load_video
 
 QUESTIONS = ["What colour is the square?", "Which way does it move?", "Is there a dot?"]
 ANSWER_KEYS = {

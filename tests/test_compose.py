@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from crosslmm_edge.export.checkpoint import load_checkpoint
-from crosslmm_edge.export.compose import ComposeOptions, compose
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.prompt import PromptBuilder
 from safetensors.torch import load_file
 from tiny_models import (  # single_thread: an autouse fixture
     write_tokenizer,
 )
 
 from crosslmm_edge.cli import main
+from crosslmm_edge.export.checkpoint import load_checkpoint
+from crosslmm_edge.export.compose import ComposeOptions, compose
+from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.prompt import PromptBuilder
 
 transformers = pytest.importorskip("transformers")
 

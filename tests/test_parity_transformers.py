@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from crosslmm_edge.export.checkpoint import load_checkpoint
-from crosslmm_edge.export.generate import text_only
-from crosslmm_edge.export.projector import pool_tokens
-from crosslmm_edge.runtime.prompt import PromptBuilder
-from crosslmm_edge.runtime.video import load_video
 from tiny_models import (  # single_thread: an autouse fixture
     write_test_video,
     write_tokenizer,
 )
 
 from crosslmm_edge.cli import main
+from crosslmm_edge.export.checkpoint import load_checkpoint
+from crosslmm_edge.export.generate import text_only
+from crosslmm_edge.export.projector import pool_tokens
+from crosslmm_edge.runtime.prompt import PromptBuilder
+from crosslmm_edge.runtime.video import load_video
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,9 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+from tokenizers import Tokenizer
+
 from crosslmm_edge.runtime.errors import UserError
 from crosslmm_edge.runtime.prompt import CHATML_TEMPLATE, PromptBuilder
-from tokenizers import Tokenizer
 
 QUESTIONS = [
     "What colour is the small dot?",

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import (  # single_thread: an autouse fixture
+    tiny_config,
+    tiny_model,
+)
+
 from crosslmm_edge.export.dcal import CrossKV
 from crosslmm_edge.export.generate import (
     Sampling,
@@ -14,10 +19,6 @@ from crosslmm_edge.export.generate import (
     prefill_video_prefix,
 )
 from crosslmm_edge.export.projector import pool_tokens, pooling_matrix
-from tiny_models import (  # single_thread: an autouse fixture
-    tiny_config,
-    tiny_model,
-)
 
 TOL = 1e-5
 

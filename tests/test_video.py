@@ -10,6 +10,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image
+
 from crosslmm_edge.runtime import video
 from crosslmm_edge.runtime.errors import UserError
 from crosslmm_edge.runtime.video import (
@@ -22,7 +24,6 @@ from crosslmm_edge.runtime.video import (
     video_fingerprint,
     write_video,
 )
-from PIL import Image
 
 COLOURS = np.array(
     [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255],

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from crosslmm_edge.export.checkpoint import save_checkpoint
 from crosslmm_edge.export.config import CrossLMMConfig, TextConfig, VisionConfig
 from crosslmm_edge.export.model import CrossLMM, build_model
