@@ -200,7 +200,7 @@ def test_chat_follow_up_and_commands(setup, tmp_path, monkeypatch, capsys):
     assert "missing.mp4" in err and "(conversation reset)" in err
 
 
-def test_ask_on_package_never_imports_torch(tmp_path):
+def test_a_broken_package_fails_cleanly_without_torch(tmp_path):
     package = tmp_path / "pkg"
     package.mkdir()
     (package / "manifest.json").write_text("{}")
