@@ -23,6 +23,9 @@ COMMAND_MODULES = (
     "crosslmm_edge.demo",  # demo
 )
 
+# Top-level modules that only the export extra installs.
+EXPORT_EXTRA_MODULES = frozenset({"torch", "safetensors", "onnx", "onnxscript"})
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every available subcommand."""
@@ -50,6 +53,16 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if exc.name not in EXPORT_EXTRA_MODULES:
+            raise
+        # A runtime-only install (a Jetson) lacks the export side's packages.
+        print(
+            f"error: `{args.command}` needs the export tools (module {exc.name!r} is missing): "
+            "pip install 'crosslmm-edge[export]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
