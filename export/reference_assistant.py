@@ -17,6 +17,7 @@ from crosslmm_edge.export.checkpoint import load_checkpoint
 from crosslmm_edge.export.generate import Sampling, generate, new_cache, prefill_video_prefix
 from crosslmm_edge.export.kv_cache import KVCache
 from crosslmm_edge.export.model import VideoFeatures
+from crosslmm_edge.runtime.answer_stream import build_answer, collect_tokens
 from crosslmm_edge.runtime.assistant_types import Answer, GenerationOptions, TokenCallback
 from crosslmm_edge.runtime.errors import UserError
 from crosslmm_edge.runtime.prompt import PromptBuilder
@@ -130,57 +131,25 @@ class ReferenceAssistant:
         self._grow_cache(needed)
         reused = self.questions_on_video > 0
         self.questions_on_video += 1
-        tokens, logprobs, times = self._run_generation(prompt_ids, options, on_text)
-        # As in the runtime: the first question waits for the video to be prepared.
-        times[0] -= 0.0 if reused else self.setup_s
-        self._remember_end(tokens)
-        stops = set(self.prompt.stop_token_ids)
-        keep = len(tokens) - (1 if tokens and tokens[-1] in stops else 0)
-        decode_s = times[-1] - times[1] if len(times) > 2 else 0.0
-        return Answer(
-            question=question,
-            answer=self.prompt.decode(tokens[:keep]),
-            token_ids=tokens[:keep],
-            ttft_s=times[1] - times[0] if len(times) > 1 else 0.0,
-            decode_tokens_per_s=(len(times) - 2) / decode_s if decode_s > 0 else 0.0,
-            video_prefix_reused=reused,
-            logprobs=logprobs[:keep] if options.logprobs else None,
-        )
-
-    def _run_generation(
-        self, prompt_ids: list[int], options: GenerationOptions, on_text: TokenCallback | None
-    ) -> tuple[list[int], list[float], list[float]]:
-        """Generate; return tokens, their log-probabilities and the clock at each step.
-
-        times[0] is the start of the prompt's prefill, times[i] the moment
-        token i-1 was ready.
-        """
         sampling = Sampling(options.temperature, options.top_p, options.top_k, options.seed)
-        stops = set(self.prompt.stop_token_ids)
-        tokens: list[int] = []
-        logprobs: list[float] = []
-        times = [time.perf_counter()]
-        shown = ""
+        stops = sorted(self.prompt.stop_token_ids)
         steps = generate(
             self.model,
             self.cache,
             self.video.cross,
             prompt_ids,
             options.max_new_tokens,
-            sorted(stops),
+            stops,
             banned_ids=[self.config.video_token_id],
             sampling=sampling,
         )
-        for token, logprob in steps:
-            times.append(time.perf_counter())
-            tokens.append(token)
-            logprobs.append(logprob)
-            if on_text is not None and token not in stops:
-                text = self.prompt.decode(tokens)
-                if len(text) > len(shown) and not text.endswith("\ufffd"):
-                    on_text(text[len(shown) :])
-                    shown = text
-        return tokens, logprobs, times
+        stream = collect_tokens(steps, self.prompt.decode, stops, on_text)
+        self._remember_end(stream.tokens)
+        # As in the runtime: the first question waits for the video to be prepared.
+        setup_s = 0.0 if reused else self.setup_s
+        return build_answer(
+            question, stream, self.prompt.decode, stops, reused, options.logprobs, setup_s
+        )
 
     def _remember_end(self, tokens: list[int]) -> None:
         """Keep what a follow-up must feed before ``next_turn_ids``.

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crosslmm_edge.runtime.answer_stream import build_answer, collect_tokens
 from crosslmm_edge.runtime.assistant_types import Answer, GenerationOptions, TokenCallback
 from crosslmm_edge.runtime.backends import open_backend
 from crosslmm_edge.runtime.errors import UserError
@@ -329,28 +330,6 @@ class RuntimeAssistant:
         self.check_fits(len(prompt_ids), options.max_new_tokens)
         self.last_prompt_tokens = len(prompt_ids)
         reused = self.prefix_reused
-        tokens, logprobs, times = self._generate(prompt_ids, options, on_text)
-        times[0] -= self.setup_s
-        self.setup_s, self.prefix_reused = 0.0, True
-        stops = self.prompt.stop_token_ids
-        stopped = bool(tokens) and tokens[-1] in stops
-        self.pending_ids = [] if stopped or not tokens else [tokens[-1]]
-        keep = len(tokens) - int(stopped)
-        decode_s = times[-1] - times[1] if len(times) > 2 else 0.0
-        return Answer(
-            question=question,
-            answer=self.prompt.decode(tokens[:keep]),
-            token_ids=tokens[:keep],
-            ttft_s=times[1] - times[0] if len(times) > 1 else 0.0,
-            decode_tokens_per_s=(len(times) - 2) / decode_s if decode_s > 0 else 0.0,
-            video_prefix_reused=reused,
-            logprobs=logprobs[:keep] if options.logprobs else None,
-        )
-
-    def _generate(
-        self, prompt_ids: list[int], options: GenerationOptions, on_text: TokenCallback | None
-    ) -> tuple[list[int], list[float], list[float]]:
-        """Tokens, log-probabilities, and the clock at the start and at each token."""
         sampler = Sampler(
             options.temperature,
             options.top_p,
@@ -358,11 +337,7 @@ class RuntimeAssistant:
             options.seed,
             banned_ids=[self.dims.video_token_id],
         )
-        stops = self.prompt.stop_token_ids
-        tokens: list[int] = []
-        logprobs: list[float] = []
-        times = [time.perf_counter()]
-        shown = ""
+        stops = sorted(self.prompt.stop_token_ids)
         steps = stream_tokens(
             self.sessions["llm"],
             self.cache,
@@ -371,15 +346,13 @@ class RuntimeAssistant:
             prompt_ids,
             sampler,
             options.max_new_tokens,
-            sorted(stops),
+            stops,
         )
-        for token, logprob in steps:
-            times.append(time.perf_counter())
-            tokens.append(token)
-            logprobs.append(logprob)
-            if on_text is not None and token not in stops:
-                text = self.prompt.decode(tokens)
-                if len(text) > len(shown) and not text.endswith("\ufffd"):
-                    on_text(text[len(shown) :])
-                    shown = text
-        return tokens, logprobs, times
+        stream = collect_tokens(steps, self.prompt.decode, stops, on_text)
+        setup_s, self.setup_s, self.prefix_reused = self.setup_s, 0.0, True
+        tokens = stream.tokens
+        stopped = bool(tokens) and tokens[-1] in stops
+        self.pending_ids = [] if stopped or not tokens else [tokens[-1]]
+        return build_answer(
+            question, stream, self.prompt.decode, stops, reused, options.logprobs, setup_s
+        )
