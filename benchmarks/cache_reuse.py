@@ -21,11 +21,11 @@ QUESTIONS = ("what colour is the object?", "which way does it move?")
 
 
 def make_package(folder: Path, checkpoint: str | None, frames: int) -> Path:
-    """Export ``checkpoint`` (default: embedded, else random) for ``frames`` frames."""
+    """Export ``checkpoint`` (default: the embedded model) for ``frames`` frames."""
     from crosslmm_edge.demo import model_checkpoint
     from crosslmm_edge.export.package import export_package
 
-    source = Path(checkpoint) if checkpoint else model_checkpoint(folder, print)
+    source = Path(checkpoint) if checkpoint else model_checkpoint(print)
     package = folder / "package"
     print(f"exporting {source} for {frames} frames ...", flush=True)
     export_package(source, package, max_frames=frames)

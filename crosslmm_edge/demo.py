@@ -2,9 +2,7 @@
 
 Generates a synthetic video with known answers, exports the embedded model to
 a package, and lets the runtime answer the video's questions next to the
-ground truth, showing each step and the cache-reuse timings. When the
-embedded model is not installed, a tiny random model stands in (and the demo
-says so: its answers are noise).
+ground truth, showing each step and the cache-reuse timings.
 
 ``embedded_package`` is also what the samples use to get a package without
 any path argument.
@@ -59,7 +57,7 @@ def _demo(folder: Path, seed: int, provider: str | None) -> int:
     from crosslmm_edge.calibration.synthetic_world import normalise_answer
     from crosslmm_edge.runtime.assistant_types import GenerationOptions
 
-    checkpoint = model_checkpoint(folder, lambda message: _say(f"[1/4] {message}"))
+    checkpoint = model_checkpoint(lambda message: _say(f"[1/4] {message}"))
     frames = _num_frames(checkpoint)
     video = folder / f"scene-{seed}.mp4"
     _say(f"[2/4] writing synthetic scene {seed} ({frames} frames) to {video}")
@@ -99,19 +97,16 @@ def _num_frames(checkpoint: Path) -> int:
     return int(json.loads((checkpoint / "config.json").read_text()).get("num_frames", 8))
 
 
-def model_checkpoint(folder: Path, log: Log) -> Path:
-    """The embedded checkpoint, or a tiny random one written under ``folder``."""
+def model_checkpoint(log: Log) -> Path:
+    """The embedded checkpoint (it ships inside the package)."""
     from crosslmm_edge.models import embedded_model_dir
+    from crosslmm_edge.runtime.errors import UserError
 
     embedded = embedded_model_dir()
-    if (embedded / "config.json").is_file():
-        log(f"embedded model: {embedded}")
-        return embedded
-    log(
-        "the embedded model is not installed; using a tiny RANDOM model instead "
-        "(its answers are noise)"
-    )
-    return write_random_checkpoint(folder / "random-checkpoint")
+    if not (embedded / "config.json").is_file():
+        raise UserError(f"the embedded model is missing from this install ({embedded})")
+    log(f"embedded model: {embedded}")
+    return embedded
 
 
 def export_checkpoint(checkpoint: Path, package: Path, log: Log) -> None:
@@ -127,13 +122,7 @@ def embedded_package(cache_dir: str | Path | None = None, log: Log = _say) -> Pa
     Exporting needs the export extra (torch); a device that has only the
     runtime should be given a package made elsewhere instead.
     """
-    from crosslmm_edge.models import embedded_model_dir
-
-    checkpoint = embedded_model_dir()
-    if not (checkpoint / "config.json").is_file():
-        from crosslmm_edge.runtime.errors import UserError
-
-        raise UserError(f"the embedded model is not installed ({checkpoint}); pass a package")
+    checkpoint = model_checkpoint(lambda message: None)
     digest = hashlib.sha256((checkpoint / "config.json").read_bytes())
     for weights in sorted(checkpoint.glob("*.safetensors")):
         digest.update(weights.read_bytes())
@@ -143,65 +132,6 @@ def embedded_package(cache_dir: str | Path | None = None, log: Log = _say) -> Pa
         log(f"exporting the embedded model once to {package} ...")
         export_checkpoint(checkpoint, package, log)
     return package
-
-
-def write_random_checkpoint(folder: Path, seed: int = 0) -> Path:
-    """A tiny random CrossLMM checkpoint with a byte-level tokenizer, for 32×32 frames."""
-    import torch
-
-    from crosslmm_edge.export.checkpoint import save_checkpoint
-    from crosslmm_edge.export.config import CrossLMMConfig, TextConfig, VisionConfig
-    from crosslmm_edge.export.model import build_model
-
-    tokenizer_dir = folder.parent / f".{folder.name}-tokenizer"
-    vocab, video_id, end_id = _write_byte_tokenizer(tokenizer_dir)
-    config = CrossLMMConfig(
-        vision_config=VisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=4,
-        ),
-        text_config=TextConfig(
-            vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            rope_theta=10000.0,
-            eos_token_id=end_id,
-        ),
-        pooled_grid=2,
-        dcal_every=2,
-        video_token_id=video_id,
-        num_frames=8,
-    )
-    torch.manual_seed(seed)
-    return save_checkpoint(build_model(config), folder, tokenizer_src=tokenizer_dir)
-
-
-def _write_byte_tokenizer(folder: Path) -> tuple[int, int, int]:
-    """Byte-level tokenizer with the ChatML specials; returns (vocab, video id, im_end id)."""
-    import json
-
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokenizer = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|video_pad|>"]
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
-    config = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    ids = [tokenizer.token_to_id(t) for t in specials]
-    return tokenizer.get_vocab_size(), ids[3], ids[2]
 
 
 if __name__ == "__main__":
