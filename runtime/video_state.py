@@ -175,4 +175,7 @@ def load_state(path: str | os.PathLike, expected: StateKey) -> VideoState:
     except UserError:
         raise
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-        raise UserError(f"cannot read video state {path}: {exc!r}") from None
+        # np.load(allow_pickle=False) reports a non-npz file as "pickled data": say what it is.
+        raise UserError(
+            f"{path} is not a video state saved by --save-video-state ({type(exc).__name__})"
+        ) from None
