@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from crosslmm_edge.runtime.assistant_types import Assistant, GenerationOptions
@@ -75,8 +76,12 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
     """The decoding settings of the parsed options, validated."""
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise UserError("--temperature must be >= 0, --top-p in (0, 1], --top-k >= 0")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise UserError(f"--temperature {args.temperature}: must be a finite number >= 0")
+    if not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise UserError("--top-p must be in (0, 1] and --top-k >= 0")
+    if args.seed is not None and args.seed < 0:
+        raise UserError(f"--seed {args.seed}: must be >= 0")
     if args.frames is not None and args.frames < 1:
         raise UserError(f"--frames {args.frames}: must be at least 1")
     return GenerationOptions(

@@ -46,7 +46,12 @@ def run_demo(args: argparse.Namespace) -> int:
     """Run the demo in ``--out`` or a temporary folder."""
     if args.out:
         folder = Path(args.out)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            from crosslmm_edge.runtime.errors import UserError
+
+            raise UserError(f"cannot use --out {folder}: {exc.strerror or exc}") from None
         return _demo(folder, args.seed, args.provider)
     with tempfile.TemporaryDirectory(prefix="crosslmm-demo-") as temp:
         return _demo(Path(temp), args.seed, args.provider)

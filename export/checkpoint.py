@@ -83,7 +83,12 @@ def weight_files(directory: str | Path) -> list[Path]:
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise UserError(f"{index}: no 'weight_map' object")
-        files = [directory / name for name in sorted(set(weight_map.values()))]
+        names = set(weight_map.values())
+        # Shards must be plain file names: an index never reaches outside its folder.
+        bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", "..")]
+        if bad:
+            raise UserError(f"{index}: weight_map names {bad[0]!r}, not a shard file name")
+        files = [directory / name for name in sorted(names)]
         missing = [f for f in files if not f.is_file()]
         if missing:
             raise UserError(f"{missing[0]}: shard listed in {index.name} is missing")
@@ -232,15 +237,18 @@ def save_checkpoint(
     target = Path(directory)
     if target.exists() and not overwrite:
         raise UserError(f"{target}: already exists (use --force to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir()
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir()
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         _write_weights(state, temp, max_shard_bytes)
         _write_side_files(model.config, temp, tokenizer_src, extra_files)
         _replace(temp, target)
+    except OSError as exc:  # disk full, a file where a folder should be, permissions
+        shutil.rmtree(temp, ignore_errors=True)
+        raise UserError(f"cannot write checkpoint {target}: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -254,7 +262,11 @@ def _replace(temp: Path, target: Path) -> None:
         return
     old = target.parent / f".{target.name}.old-{os.getpid()}"
     target.rename(old)
-    temp.rename(target)
+    try:
+        temp.rename(target)
+    except OSError:
+        old.rename(target)  # keep the previous checkpoint rather than none
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

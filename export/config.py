@@ -14,6 +14,8 @@ from typing import Any
 from crosslmm_edge.runtime.errors import UserError
 
 POOL_MODES = ("bilinear", "avg")
+# Hugging Face activation names the SigLIP tower implements (siglip.activation).
+VISION_ACTIVATIONS = frozenset({"gelu_pytorch_tanh", "gelu_fast", "gelu_new", "gelu", "silu"})
 V2V_SCOPES = ("video", "frame")
 
 
@@ -139,6 +141,9 @@ class CrossLMMConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CrossLMMConfig:
         known, extra = _split_known(cls, data)
+        for key in ("vision_config", "text_config"):
+            if not isinstance(known.get(key, {}), dict):
+                raise UserError(f"invalid CrossLMM config: {key} must be an object")
         known["vision_config"] = VisionConfig.from_dict(known.get("vision_config", {}))
         known["text_config"] = TextConfig.from_dict(known.get("text_config", {}))
         config = cls(**known, extra=extra)
@@ -149,7 +154,40 @@ class CrossLMMConfig:
         return _to_dict(self)
 
     def validate(self) -> None:
-        """Raise ``UserError`` when the config describes no valid CrossLMM."""
+        """Raise ``UserError`` when the config describes no model this project runs."""
+        problems = self._size_problems()
+        if not problems:  # the structural checks divide by these sizes
+            problems = self._structure_problems()
+        if problems:
+            raise UserError("invalid CrossLMM config: " + "; ".join(problems))
+
+    def _size_problems(self) -> list[str]:
+        v, t = self.vision_config, self.text_config
+        sizes = {
+            "vision hidden_size": v.hidden_size,
+            "vision intermediate_size": v.intermediate_size,
+            "vision num_hidden_layers": v.num_hidden_layers,
+            "vision num_attention_heads": v.num_attention_heads,
+            "image_size": v.image_size,
+            "patch_size": v.patch_size,
+            "vocab_size": t.vocab_size,
+            "text hidden_size": t.hidden_size,
+            "text intermediate_size": t.intermediate_size,
+            "text num_hidden_layers": t.num_hidden_layers,
+            "num_attention_heads": t.num_attention_heads,
+            "num_key_value_heads": t.num_key_value_heads,
+            "max_position_embeddings": t.max_position_embeddings,
+            "pooled_grid": self.pooled_grid,
+            "dcal_every": self.dcal_every,
+            "num_frames": self.num_frames,
+        }
+        return [
+            f"{name} must be a positive integer, got {value!r}"
+            for name, value in sizes.items()
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ]
+
+    def _structure_problems(self) -> list[str]:
         v, t = self.vision_config, self.text_config
         problems = []
         if self.model_type != "crosslmm":
@@ -158,10 +196,20 @@ class CrossLMMConfig:
             problems.append(f"pool_mode {self.pool_mode!r} not in {POOL_MODES}")
         if self.v2v_scope not in V2V_SCOPES:
             problems.append(f"v2v_scope {self.v2v_scope!r} not in {V2V_SCOPES}")
-        if not 1 <= self.pooled_grid <= v.grid_size:
-            problems.append(f"pooled_grid {self.pooled_grid} outside 1..{v.grid_size}")
-        if self.dcal_every < 1:
-            problems.append(f"dcal_every {self.dcal_every} < 1")
+        if self.pooled_grid > v.grid_size:
+            problems.append(f"pooled_grid {self.pooled_grid} larger than the {v.grid_size}² grid")
+        if self.num_dcal < 1:
+            problems.append(
+                f"dcal_every {self.dcal_every} places no DCAL in {t.num_hidden_layers} layers"
+            )
+        layer, depth = self.vision_feature_layer, v.num_hidden_layers
+        if not (layer == -1 or -depth - 1 <= layer <= depth):
+            problems.append(f"vision_feature_layer {layer} outside the {depth}-layer tower")
+        if v.hidden_act not in VISION_ACTIVATIONS:
+            supported = sorted(VISION_ACTIVATIONS)
+            problems.append(f"vision hidden_act {v.hidden_act!r} not in {supported}")
+        if t.hidden_act != "silu":
+            problems.append(f"text hidden_act {t.hidden_act!r}: Qwen2 uses 'silu'")
         if v.hidden_size % v.num_attention_heads:
             problems.append("vision hidden_size not divisible by num_attention_heads")
         if t.hidden_size % t.num_attention_heads:
@@ -170,5 +218,4 @@ class CrossLMMConfig:
             problems.append("num_attention_heads not divisible by num_key_value_heads")
         if not 0 <= self.video_token_id < t.vocab_size:
             problems.append(f"video_token_id {self.video_token_id} outside the vocabulary")
-        if problems:
-            raise UserError("invalid CrossLMM config: " + "; ".join(problems))
+        return problems

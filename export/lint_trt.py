@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
 from crosslmm_edge.export.trt_support import OPSET_RANGE, TRT_VERSION, supported_ops
+from crosslmm_edge.runtime.errors import UserError
 
 DTYPE_NAMES = {
     TensorProto.FLOAT: "f32",
@@ -206,5 +208,8 @@ def lint_model(model: onnx.ModelProto, graph_name: str) -> list[LintProblem]:
 
 def lint_file(path: str | Path) -> list[LintProblem]:
     """Lint one ONNX file (external weights are not read)."""
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError) as exc:
+        raise UserError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
     return lint_model(model, Path(path).name)

@@ -38,10 +38,6 @@ class VideoFeatures:
     visual_embeds: Tensor
     cross: list[CrossKV]
 
-    @property
-    def num_frames(self) -> int:
-        return self.cross[0].t2v_key.shape[1] if self.cross else 0
-
 
 class CrossLMM(nn.Module):
     def __init__(self, config: CrossLMMConfig) -> None:

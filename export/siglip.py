@@ -16,9 +16,8 @@ def activation(name: str) -> nn.Module:
         "gelu_new": lambda: nn.GELU(approximate="tanh"),
         "gelu": nn.GELU,
         "silu": nn.SiLU,
-        "quick_gelu": None,
     }
-    if table.get(name) is None:
+    if name not in table:
         raise ValueError(f"unsupported activation {name!r}")
     return table[name]()
 

@@ -172,8 +172,10 @@ class RuntimeAssistant:
         """Make ``state`` current: reuse its prefix cache or prefill the prefix."""
         prefix_ids = self.prompt.video_prefix_ids(self.system)
         length = self._check_prefix(prefix_ids, state)
-        self._upload_text_cross(state)
         reusable = state.has_prefix and state.prefix_ids == prefix_ids
+        if not reusable:
+            self._require_v2v(state)  # before touching self: a refusal keeps the old video
+        self._upload_text_cross(state)
         if reusable:
             self.cache = cache_from_prefix(
                 state.prefix_keys, state.prefix_values, self.max_context, self.backend.upload
@@ -205,12 +207,16 @@ class RuntimeAssistant:
             {name.replace("t2v", "v2v"): self.shapes.no_memory() for name in state.t2v()}
         )
 
-    def _prefill_prefix(self, state: VideoState, prefix_ids: list[int]) -> KVCache:
+    @staticmethod
+    def _require_v2v(state: VideoState) -> None:
         if not state.v2v():
             raise UserError(
                 "this video state holds no prefix cache for the current system "
                 "prompt and no V2V memory to rebuild it; recompute it from the video"
             )
+
+    def _prefill_prefix(self, state: VideoState, prefix_ids: list[int]) -> KVCache:
+        self._require_v2v(state)
         self._check_prefix(prefix_ids, state)
         d = self.dims
         cache = KVCache.empty(
@@ -232,14 +238,15 @@ class RuntimeAssistant:
         key = StateKey("live", 0, self.dims.image_size, self.package.manifest_sha256)
         self.set_frames_from_chunks([pixels], key)
 
-    def append_frames(self, pixels: np.ndarray) -> None:
+    def append_frames(self, pixels: np.ndarray, refill_prefix: bool = False) -> None:
         """Add frames [f, 3, S, S] after the current ones; only they are encoded.
 
         With ``v2v_scope="frame"`` they are prefilled as one visual-only chunk
         after the cached prefix, nothing earlier is recomputed (the header
         tokens keep the memory they saw when they were prefilled). With
-        ``"video"`` every visual token sees every frame, so the prefix is
-        prefilled again from the kept embeddings (the LLM only, no re-encoding).
+        ``"video"``, or ``refill_prefix``, the prefix is prefilled again from
+        the kept embeddings (the LLM only, no re-encoding), which equals a
+        fresh start on the same frames.
         """
         state = self._require_video()
         self._check_frames(state.num_frames + pixels.shape[0])
@@ -250,7 +257,7 @@ class RuntimeAssistant:
         append_to_state(state, embeds, cross, pixels.shape[0])
         self.reset()
         self._upload_text_cross(state)
-        if self.dims.v2v_scope != "frame":
+        if self.dims.v2v_scope != "frame" or refill_prefix:
             self._reprefill(state)
         else:
             self.check_fits(embeds.shape[1], 0)
@@ -263,8 +270,14 @@ class RuntimeAssistant:
             self.prefix_length, self.prefix_reused = self.cache.length, False
         self.setup_s += time.perf_counter() - start
 
-    def keep_last_frames(self, count: int) -> None:
-        """Drop all but the last ``count`` frames and prefill the prefix again (no re-encoding)."""
+    def keep_last_frames(self, count: int, refill_prefix: bool = True) -> None:
+        """Drop all but the last ``count`` frames and prefill the prefix again (no re-encoding).
+
+        ``refill_prefix=False`` leaves that to an ``append_frames(...,
+        refill_prefix=True)`` that follows at once (one prefill instead of two).
+        """
+        if count < 1:
+            raise UserError(f"keep at least 1 frame, not {count}")
         state = self._require_video()
         drop = state.num_frames - count
         if drop <= 0:
@@ -275,7 +288,8 @@ class RuntimeAssistant:
         state.cross = {name: value[:, drop * n :] for name, value in state.cross.items()}
         state.num_frames = count
         self._upload_text_cross(state)
-        self._reprefill(state)
+        if refill_prefix:
+            self._reprefill(state)
         self.setup_s += time.perf_counter() - start
 
     def _reprefill(self, state: VideoState) -> None:

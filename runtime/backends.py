@@ -241,6 +241,15 @@ class OrtBackend(Backend):
             session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise UserError(f"cannot load graph {name} from {path}: {exc}") from exc
+        active = session.get_providers()[0]
+        if active != PROVIDER_NAMES[self.provider]:
+            # ORT silently falls back to the CPU when CUDA/TensorRT cannot start; device
+            # buffers bound to such a session would crash, so say it here instead.
+            raise UserError(
+                f"{PROVIDER_NAMES[self.provider]} could not start for graph {name} "
+                f"(ONNX Runtime fell back to {active}); check the CUDA/TensorRT libraries "
+                "or use --provider cpu"
+            )
         return OrtSession(session, name, self.device)
 
     def zeros(self, shape, dtype) -> DeviceArray:

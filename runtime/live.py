@@ -74,5 +74,9 @@ class RollingWindow:
             return
         room = self.window_frames - len(pixels)
         if self.frames_in_window > room:
-            self.assistant.keep_last_frames(room)  # drops the oldest, re-prefills
+            # Drop the oldest, then one prefix prefill over the new window: exact in both
+            # V2V scopes (a plain frame-scope append keeps the header's older T2V view).
+            self.assistant.keep_last_frames(room, refill_prefix=False)
+            self.assistant.append_frames(pixels, refill_prefix=True)
+            return
         self.assistant.append_frames(pixels)

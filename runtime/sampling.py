@@ -23,6 +23,10 @@ class Sampler:
     banned_ids: Sequence[int] = ()
 
     def __post_init__(self) -> None:
+        if not (np.isfinite(self.temperature) and np.isfinite(self.top_p)):
+            raise ValueError(f"temperature and top_p must be finite: {self}")
+        if self.seed is not None and self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         self.rng = np.random.default_rng(self.seed)
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
@@ -46,7 +50,9 @@ class Sampler:
         return int(np.argmax(logits))
 
     def _sample(self, logits: np.ndarray) -> int:
-        scaled = logits / self.temperature
+        # Shift by the max in float64 first: a tiny temperature must not overflow to inf.
+        x = logits.astype(np.float64)
+        scaled = (x - x.max()) / self.temperature
         if self.top_k > 0:
             kth = np.sort(scaled)[-min(self.top_k, scaled.size)]
             scaled = np.where(scaled < kth, -np.inf, scaled)

@@ -220,11 +220,12 @@ def test_missing_video_raises_user_error_in_the_api(models):
         runtime.ask("hi", GREEDY)
 
 
-def test_rolling_window_equals_a_fresh_start_on_its_last_frames(models):
+@pytest.mark.parametrize("scope", ["video", "frame"])
+def test_rolling_window_equals_a_fresh_start_on_its_last_frames(models, scope):
     from crosslmm_edge.runtime.live import RollingWindow
     from crosslmm_edge.runtime.video import preprocess
 
-    package = models["video"][1]
+    package = models[scope][1]
     frames = np.random.default_rng(0).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
     live = RuntimeAssistant(package)
     window = RollingWindow(live, seconds=2, source_fps=2, sample_fps=2, batch_frames=2)
@@ -235,6 +236,11 @@ def test_rolling_window_equals_a_fresh_start_on_its_last_frames(models):
     fresh = RuntimeAssistant(package)
     fresh.start_live(preprocess(frames[-4:], 16))
     assert np.allclose(live.state.visual_embeds, fresh.state.visual_embeds, atol=1e-5)
+    # The whole prefix cache, header included, must equal the fresh one (frame scope too).
+    live_keys, live_values = live.cache.prefix_arrays()
+    fresh_keys, fresh_values = fresh.cache.prefix_arrays()
+    for got, want in zip(live_keys + live_values, fresh_keys + fresh_values, strict=True):
+        assert got.shape == want.shape and np.allclose(got, want, atol=1e-5)
     assert live.ask(QUESTIONS[0], GREEDY).token_ids == fresh.ask(QUESTIONS[0], GREEDY).token_ids
     with pytest.raises(UserError, match="at most 4"):
         RollingWindow(live, seconds=10, source_fps=2, sample_fps=2)
