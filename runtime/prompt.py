@@ -210,6 +210,10 @@ class PromptBuilder:
         return self.render(self._first_turn(VIDEO_PAD + "\n" + question, system))
 
     def _first_turn(self, user_content: str, system: str | None) -> list[dict[str, str]]:
+        # The system text is rendered inside the template, where control tokens count:
+        # refuse them rather than let --system open or close turns.
+        if system is not None and (found := self._special_split.search(system)):
+            raise UserError(f"the system prompt contains the control token {found.group(0)!r}")
         return [
             {"role": "system", "content": DEFAULT_SYSTEM if system is None else system},
             {"role": "user", "content": user_content},
