@@ -128,7 +128,11 @@ def embedded_package(cache_dir: str | Path | None = None, log: Log = _say) -> Pa
     runtime should be given a package made elsewhere instead.
     """
     checkpoint = model_checkpoint(lambda message: None)
-    digest = hashlib.sha256((checkpoint / "config.json").read_bytes())
+    from crosslmm_edge import __version__
+
+    # Key on the exporter's version too: a newer crosslmm-edge never reuses an old package.
+    digest = hashlib.sha256(__version__.encode())
+    digest.update((checkpoint / "config.json").read_bytes())
     for weights in sorted(checkpoint.glob("*.safetensors")):
         digest.update(weights.read_bytes())
     base = Path(cache_dir or os.path.join(Path.home(), ".cache", "crosslmm-edge"))
