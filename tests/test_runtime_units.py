@@ -77,10 +77,41 @@ def test_sampling_is_seeded_and_respects_top_k_and_top_p() -> None:
 # -- backends ---------------------------------------------------------------
 
 
-def test_cpu_is_always_available_and_auto_picks_something() -> None:
+def test_provider_names_resolve_and_auto_prefers_cuda(monkeypatch) -> None:
+    from crosslmm_edge.runtime import backends
+
     assert resolve_provider("cpu") == "cpu"
     assert resolve_provider("CPUExecutionProvider") == "cpu"
-    assert resolve_provider(None) in ("cuda", "cpu")
+    monkeypatch.setattr(backends, "available_providers", lambda: ["cpu"])
+    assert resolve_provider(None) == "cpu"
+    monkeypatch.setattr(backends, "available_providers", lambda: ["cuda", "tensorrt", "cpu"])
+    assert resolve_provider(None) == "cuda"  # TensorRT only when asked: engine builds take minutes
+    assert resolve_provider("trt") == "tensorrt"
+
+
+class FakeCudaValue:
+    """Stands in for an ``OrtValue`` in CUDA memory: a host buffer and its address."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def data_ptr(self) -> int:
+        return self.array.ctypes.data
+
+    def numpy(self) -> np.ndarray:
+        return self.array.copy()
+
+
+def test_device_array_rows_address_the_right_elements() -> None:
+    from crosslmm_edge.runtime.backends import OrtDeviceArray
+
+    cache = np.arange(1 * 6 * 2 * 3, dtype=np.float32).reshape(1, 6, 2, 3)  # [1, len, kvh, hd]
+    device = OrtDeviceArray(FakeCudaValue(cache), cache.shape, cache.dtype)
+    rows = device.rows(2, 5)
+    assert rows.shape == (1, 3, 2, 3)
+    assert np.array_equal(rows.numpy(), cache[:, 2:5])
+    assert rows.pointer == cache[:, 2:].ctypes.data  # what a binding hands the graph
+    assert np.array_equal(rows.rows(1, 2).numpy(), cache[:, 3:4])
 
 
 def test_unknown_provider_names_the_available_ones() -> None:
