@@ -21,11 +21,12 @@ from crosslmm_edge.runtime.answer_stream import build_answer, collect_tokens
 from crosslmm_edge.runtime.assistant_types import Answer, GenerationOptions, TokenCallback
 from crosslmm_edge.runtime.errors import UserError
 from crosslmm_edge.runtime.prompt import PromptBuilder
+from crosslmm_edge.runtime.turns import TurnTaking
 
 INITIAL_CACHE = 1024  # positions; the cache grows on demand up to the context limit
 
 
-class ReferenceAssistant:
+class ReferenceAssistant(TurnTaking):
     """``Assistant`` over a CrossLMM checkpoint folder, run by the PyTorch reference."""
 
     def __init__(
@@ -85,31 +86,6 @@ class ReferenceAssistant:
         self.pending_ids = []
         self.setup_s = time.perf_counter() - start
 
-    def reset(self) -> None:
-        """Forget the conversation; the next question starts from the video prefix."""
-        if self.cache is not None:
-            self.cache.truncate(self.prefix_length)
-        self.pending_ids = []
-
-    # -- questions --------------------------------------------------------
-    def ask(
-        self, question: str, options: GenerationOptions, on_text: TokenCallback | None = None
-    ) -> Answer:
-        """Answer in a fresh turn that starts from the video prefix."""
-        self._require_video()
-        self.reset()
-        return self._answer(question, self.prompt.first_question_ids(question), options, on_text)
-
-    def follow_up(
-        self, question: str, options: GenerationOptions, on_text: TokenCallback | None = None
-    ) -> Answer:
-        """Answer as the next turn of the current conversation."""
-        self._require_video()
-        if self.cache.length == self.prefix_length:  # no turn yet: this is the first
-            return self.ask(question, options, on_text)
-        ids = self.pending_ids + self.prompt.next_turn_ids(question)
-        return self._answer(question, ids, options, on_text)
-
     def _require_video(self) -> None:
         if self.video is None:
             raise UserError("no video: call set_video first")
@@ -121,13 +97,8 @@ class ReferenceAssistant:
         options: GenerationOptions,
         on_text: TokenCallback | None,
     ) -> Answer:
+        self.check_fits(len(prompt_ids), options.max_new_tokens)
         needed = self.cache.length + len(prompt_ids) + options.max_new_tokens
-        if needed > self.max_context:
-            raise UserError(
-                f"prompt + video + max_new_tokens = {self.cache.length} cached + "
-                f"{len(prompt_ids)} prompt + {options.max_new_tokens} new = {needed} tokens, "
-                f"more than the context of {self.max_context}"
-            )
         self._grow_cache(needed)
         reused = self.questions_on_video > 0
         self.questions_on_video += 1
@@ -144,22 +115,12 @@ class ReferenceAssistant:
             sampling=sampling,
         )
         stream = collect_tokens(steps, self.prompt.decode, stops, on_text)
-        self._remember_end(stream.tokens)
+        self._remember_end(stream.tokens, stops)
         # As in the runtime: the first question waits for the video to be prepared.
         setup_s = 0.0 if reused else self.setup_s
         return build_answer(
             question, stream, self.prompt.decode, stops, reused, options.logprobs, setup_s
         )
-
-    def _remember_end(self, tokens: list[int]) -> None:
-        """Keep what a follow-up must feed before ``next_turn_ids``.
-
-        generate leaves the last token out of the cache; ``next_turn_ids``
-        starts with ``<|im_end|>``, so a stop token needs nothing more, and an
-        answer cut by max_new_tokens needs its last token fed back.
-        """
-        stopped = bool(tokens) and tokens[-1] in self.prompt.stop_token_ids
-        self.pending_ids = [] if stopped or not tokens else [tokens[-1]]
 
     def _grow_cache(self, needed: int) -> None:
         """Reallocate the cache (copying its valid entries) when ``needed`` exceeds it."""

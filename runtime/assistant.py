@@ -28,6 +28,7 @@ from crosslmm_edge.runtime.kv_cache import KVCache, cache_from_prefix
 from crosslmm_edge.runtime.package import open_package
 from crosslmm_edge.runtime.prompt import PromptBuilder
 from crosslmm_edge.runtime.sampling import Sampler
+from crosslmm_edge.runtime.turns import TurnTaking
 from crosslmm_edge.runtime.video_state import (
     DEFAULT_CHUNK_FRAMES,
     StateKey,
@@ -40,7 +41,7 @@ from crosslmm_edge.runtime.video_state import (
 )
 
 
-class RuntimeAssistant:
+class RuntimeAssistant(TurnTaking):
     """``Assistant`` over an exported package, run by an inference backend.
 
     provider: execution provider (cpu, cuda, tensorrt; None = best available).
@@ -88,6 +89,7 @@ class RuntimeAssistant:
         self.pending_ids: list[int] = []
         self.keep_v2v = False  # live video: keep V2V so a changed window can re-prefill
         self.last_prompt_tokens = 0  # tokens the last turn prefilled (its prompt only)
+        self.video_source: tuple[str, int] | None = None  # (file, frames asked) of set_video
 
     # -- video ------------------------------------------------------------
     def state_key(self, path: str, num_frames: int | None = None) -> StateKey:
@@ -110,16 +112,19 @@ class RuntimeAssistant:
         start = time.perf_counter()
         frames = num_frames or self.dims.num_frames
         self._check_frames(frames)
-        key = self.state_key(path, frames)
+        self.video_source = (path, frames)
         if state_file is not None:
-            state = load_state(state_file, key)
+            state = load_state(state_file, self.state_key(path, frames))
             self._check_state_shapes(state, state_file)
             self._install(state, start)
             return
         chunks = iter_video_chunks(path, frames, self.dims.image_size, self.chunk_frames)
-        self.set_frames_from_chunks(chunks, key, start)
+        # The key (a hash of the whole file) is computed only if the state is saved.
+        self.set_frames_from_chunks(chunks, None, start)
 
-    def set_frames_from_chunks(self, chunks, key: StateKey, start: float | None = None) -> None:
+    def set_frames_from_chunks(
+        self, chunks, key: StateKey | None, start: float | None = None
+    ) -> None:
         """Use chunks of preprocessed frames [f, 3, S, S] as the current video."""
         start = time.perf_counter() if start is None else start
         count, embeds, cross = encode_chunks(
@@ -131,17 +136,13 @@ class RuntimeAssistant:
     def save_video_state(self, path: str | Path) -> None:
         """Write the current video state and its prefix cache to ``path``."""
         state = self._require_video()
+        if state.key is None:
+            state.key = self.state_key(*self.video_source)
         state.prefix_ids = self.prompt.video_prefix_ids(self.system)
         keys, values = self.cache.prefix_arrays()
         state.prefix_keys = [k[:, : self.prefix_length] for k in keys]
         state.prefix_values = [v[:, : self.prefix_length] for v in values]
         save_state(state, path)
-
-    def reset(self) -> None:
-        """Forget the conversation; the next question starts from the video prefix."""
-        if self.cache is not None:
-            self.cache.truncate(self.prefix_length)
-        self.pending_ids = []
 
     def _check_state_shapes(self, state: VideoState, origin: str) -> None:
         """Refuse a state file whose arrays do not fit this model (damaged or hand-made)."""
@@ -304,36 +305,6 @@ class RuntimeAssistant:
         return self.state
 
     # -- questions --------------------------------------------------------
-    def ask(
-        self, question: str, options: GenerationOptions, on_text: TokenCallback | None = None
-    ) -> Answer:
-        """Answer in a fresh turn that starts from the video prefix."""
-        self._require_video()
-        self.reset()
-        return self._answer(
-            question, self.prompt.first_question_ids(question, self.system), options, on_text
-        )
-
-    def follow_up(
-        self, question: str, options: GenerationOptions, on_text: TokenCallback | None = None
-    ) -> Answer:
-        """Answer as the next turn of the current conversation (only new tokens prefilled)."""
-        self._require_video()
-        if self.cache.length == self.prefix_length:  # no turn yet: this is the first
-            return self.ask(question, options, on_text)
-        ids = self.pending_ids + self.prompt.next_turn_ids(question, self.system)
-        return self._answer(question, ids, options, on_text)
-
-    def check_fits(self, prompt_len: int, max_new_tokens: int) -> None:
-        """Refuse up front a turn that would overflow the package's context."""
-        needed = self.cache.length + prompt_len + max_new_tokens
-        if needed > self.max_context:
-            raise UserError(
-                f"prompt + video + max_new_tokens = {self.cache.length} cached (video prefix "
-                f"{self.prefix_length}) + {prompt_len} prompt + {max_new_tokens} new = "
-                f"{needed} tokens, more than the context of {self.max_context}"
-            )
-
     def _answer(
         self,
         question: str,
@@ -364,9 +335,7 @@ class RuntimeAssistant:
         )
         stream = collect_tokens(steps, self.prompt.decode, stops, on_text)
         setup_s, self.setup_s, self.prefix_reused = self.setup_s, 0.0, True
-        tokens = stream.tokens
-        stopped = bool(tokens) and tokens[-1] in stops
-        self.pending_ids = [] if stopped or not tokens else [tokens[-1]]
+        self._remember_end(stream.tokens, stops)
         return build_answer(
             question, stream, self.prompt.decode, stops, reused, options.logprobs, setup_s
         )
