@@ -8,6 +8,7 @@ is exactly the source LLM until it is trained.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,16 +70,7 @@ def text_config_of(folder: Path) -> dict[str, Any]:
     data = read_json(path)
     if data.get("model_type") not in TEXT_TYPES:
         raise UserError(f"{path}: model_type {data.get('model_type')!r} is not Qwen2/Qwen2.5")
-    # The reference decoder implements plain RoPE, full attention and SwiGLU only.
-    rope = data.get("rope_parameters") or data.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise UserError(f"{path}: rope type {rope_type!r} is not supported (only 'default')")
-    if data.get("use_sliding_window"):
-        raise UserError(f"{path}: sliding-window attention is not supported")
-    if data.get("hidden_act", "silu") != "silu":
-        raise UserError(f"{path}: hidden_act {data['hidden_act']!r} is not supported (silu)")
-    return _clean(data)
+    return _clean(data)  # features the decoder lacks are refused by config.validate()
 
 
 def vision_weights(folder: Path) -> tuple[dict[str, Tensor], dict[str, Path]]:
@@ -198,19 +190,14 @@ def compose(
     state.update(llm_state)
     origin.update(llm_origin)
     cover_token(state, text, token_id)
+    choices = {k: v for k, v in dataclasses.asdict(options).items() if k != "seed"}
     config = CrossLMMConfig(
-        vision_config=vision,
-        text_config=text,
-        pooled_grid=options.pooled_grid,
-        pool_mode=options.pool_mode,
-        dcal_every=options.dcal_every,
-        v2v_scope=options.v2v_scope,
-        dcal_mlp=options.dcal_mlp,
-        vision_feature_layer=options.vision_feature_layer,
-        video_token_id=token_id,
-        num_frames=options.num_frames,
+        vision_config=vision, text_config=text, video_token_id=token_id, **choices
     )
-    config.validate()
+    try:
+        config.validate()
+    except UserError as exc:
+        raise UserError(f"composing {vision_dir} + {llm_dir}: {exc}") from None
     embed = state.get("language_model.model.embed_tokens.weight", torch.zeros(0))
     dtype = embed.dtype
     state.update(fresh_bridge_weights(config, options.seed, dtype))

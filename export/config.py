@@ -92,6 +92,15 @@ class TextConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    def unsupported_features(self) -> list[str]:
+        """Qwen2 options the reference decoder does not implement (plain RoPE, full attention)."""
+        rope = self.extra.get("rope_parameters") or self.extra.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        problems = [] if rope_type == "default" else [f"rope type {rope_type!r} (only 'default')"]
+        if self.extra.get("use_sliding_window"):
+            problems.append("sliding-window attention")
+        return problems
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TextConfig:
         data = dict(data)
@@ -210,6 +219,7 @@ class CrossLMMConfig:
             problems.append(f"vision hidden_act {v.hidden_act!r} not in {supported}")
         if t.hidden_act != "silu":
             problems.append(f"text hidden_act {t.hidden_act!r}: Qwen2 uses 'silu'")
+        problems += [f"unsupported {feature}" for feature in t.unsupported_features()]
         if v.hidden_size % v.num_attention_heads:
             problems.append("vision hidden_size not divisible by num_attention_heads")
         if t.hidden_size % t.num_attention_heads:

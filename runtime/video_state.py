@@ -51,7 +51,7 @@ class StateKey:
 class VideoState:
     """Visual embeddings [1, F·P, D], cross K/V by graph input name, prefix cache."""
 
-    key: StateKey
+    key: StateKey | None  # None until saved: hashing the video costs a full read
     num_frames: int  # frames actually encoded (F)
     visual_embeds: np.ndarray
     cross: dict[str, np.ndarray]

@@ -21,6 +21,8 @@ BAD_CONFIGS = {
     "unsupported vision activation": {"vision_config": {"hidden_act": "quick_gelu"}},
     "text activation not silu": {"text_config": {"hidden_act": "gelu"}},
     "grid larger than the patch grid": {"pooled_grid": 99},
+    "scaled RoPE": {"text_config": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}},
+    "sliding window": {"text_config": {"use_sliding_window": True}},
 }
 
 
