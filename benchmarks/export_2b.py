@@ -30,7 +30,7 @@ from pathlib import Path
 MAKE_CHECKPOINT = """
 import sys, torch
 from crosslmm_edge.export.checkpoint import save_checkpoint
-from crosslmm_edge.export.config import CrossLMMConfig
+from crosslmm_edge.runtime.config import CrossLMMConfig
 from crosslmm_edge.export.model import CrossLMM
 config = CrossLMMConfig(num_frames=int(sys.argv[2]))  # the defaults are the 2B sizes
 with torch.device("meta"):

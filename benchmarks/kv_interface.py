@@ -27,8 +27,8 @@ import numpy as np
 
 
 def build(layers: int, mlp: int, vocab: int):
-    from crosslmm_edge.export.config import CrossLMMConfig, TextConfig, VisionConfig
     from crosslmm_edge.export.model import build_model
+    from crosslmm_edge.runtime.config import CrossLMMConfig, TextConfig, VisionConfig
 
     vision = VisionConfig(
         hidden_size=64,

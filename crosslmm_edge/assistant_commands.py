@@ -36,6 +36,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="packages: execution provider cpu|cuda|tensorrt (default: best available)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default=None,
+        help="packages: which artifacts run (default: the best the package holds for the device)",
+    )
+    parser.add_argument(
+        "--backend",
+        default="onnx",
+        help="packages: artifact backend, onnx (ONNX Runtime) or tensorrt (native engines)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -97,8 +108,15 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
 def _open(args: argparse.Namespace) -> Assistant:
     from crosslmm_edge.assistants import open_assistant
 
+    if args.max_context is not None and args.max_context < 1:
+        raise UserError(f"--max-context {args.max_context}: must be at least 1")
     assistant = open_assistant(
-        args.model, max_context=args.max_context, system=args.system, provider=args.provider
+        args.model,
+        max_context=args.max_context,
+        system=args.system,
+        provider=args.provider,
+        precision=args.precision,
+        backend=args.backend,
     )
     state_in = getattr(args, "video_state", None)
     state_out = getattr(args, "save_video_state", None)
@@ -130,7 +148,10 @@ def run_ask(args: argparse.Namespace) -> int:
         if not args.json:
             print()
     if args.json:
-        print(json.dumps({"answers": [a.to_json() for a in answers]}))
+        out: dict = {"answers": [a.to_json() for a in answers]}
+        artifacts = getattr(assistant, "artifacts", None)
+        out["artifacts"] = artifacts if artifacts is not None else "pytorch reference"
+        print(json.dumps(out))
     return 0
 
 

@@ -9,6 +9,9 @@ from typing import Any
 from crosslmm_edge.runtime.assistant_types import Assistant
 from crosslmm_edge.runtime.errors import UserError
 
+# Options that choose artifacts of a package; a checkpoint has none.
+RUNTIME_OPTIONS = ("provider", "precision", "backend")
+
 
 def is_checkpoint(folder: Path) -> bool:
     """A CrossLMM checkpoint: config.json with model_type crosslmm and safetensors."""
@@ -28,19 +31,21 @@ def open_assistant(model_path: str, **kwargs: Any) -> Assistant:
 
     A checkpoint folder gets the PyTorch reference (torch imported only
     here); a package folder (``manifest.json``) gets the torch-free runtime.
-    ``kwargs`` (``max_context``, ``system``) go to the assistant; ``provider``
-    (an execution provider) only to the runtime.
+    ``kwargs`` (``max_context``, ``system``) go to the assistant; the
+    runtime-only ones (``provider``, ``precision``, ``backend``) only to the runtime.
     """
     folder = Path(model_path)
     if not folder.is_dir():
         raise UserError(f"{folder}: model folder not found")
-    provider = kwargs.pop("provider", None)
+    given = {name: kwargs.pop(name, None) for name in RUNTIME_OPTIONS}
+    runtime_only = {name: value for name, value in given.items() if value is not None}
     if (folder / "manifest.json").is_file():
         from crosslmm_edge.runtime.assistant import RuntimeAssistant
 
-        return RuntimeAssistant(folder, provider=provider, **kwargs)
-    if provider is not None:
-        raise UserError(f"--provider applies to packages only; {folder} is not one")
+        return RuntimeAssistant(folder, **runtime_only, **kwargs)
+    if {k: v for k, v in runtime_only.items() if (k, v) != ("backend", "onnx")}:
+        names = ", ".join(f"--{name}" for name in runtime_only)
+        raise UserError(f"{names} apply to packages only; {folder} is not one")
     if is_checkpoint(folder):
         from crosslmm_edge.export.reference_assistant import ReferenceAssistant
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from crosslmm_edge.export.config import CrossLMMConfig
 from crosslmm_edge.export.model import CrossLMM
+from crosslmm_edge.runtime.config import CrossLMMConfig
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.files import hash_file_into, read_json, staged_folder
 
 CONFIG_NAME = "config.json"
 SINGLE_WEIGHTS = "model.safetensors"
@@ -42,19 +42,6 @@ GENERATION_CONFIG = "generation_config.json"
 # SigLIP's pooling head is unused by CrossLMM; old checkpoints may hold the
 # position-id buffer, which the model recomputes.
 DROPPED_PREFIXES = ("vision_model.head.", "vision_model.embeddings.position_ids")
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """Parse a JSON object file, or raise ``UserError`` naming it."""
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
 
 
 def load_config(directory: str | Path) -> CrossLMMConfig:
@@ -235,39 +222,11 @@ def save_checkpoint(
     renamed into place when complete, so no half-written checkpoint remains.
     """
     target = Path(directory)
-    if target.exists() and not overwrite:
-        raise UserError(f"{target}: already exists (use --force to replace it)")
-    temp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(temp, ignore_errors=True)
-        temp.mkdir()
+    with staged_folder(target, "checkpoint", force=overwrite) as temp:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         _write_weights(state, temp, max_shard_bytes)
         _write_side_files(model.config, temp, tokenizer_src, extra_files)
-        _replace(temp, target)
-    except OSError as exc:  # disk full, a file where a folder should be, permissions
-        shutil.rmtree(temp, ignore_errors=True)
-        raise UserError(f"cannot write checkpoint {target}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     return target
-
-
-def _replace(temp: Path, target: Path) -> None:
-    """Rename ``temp`` to ``target``, replacing an existing folder only at the end."""
-    if not target.exists():
-        temp.rename(target)
-        return
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    target.rename(old)
-    try:
-        temp.rename(target)
-    except OSError:
-        old.rename(target)  # keep the previous checkpoint rather than none
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def checkpoint_hash(directory: str | Path) -> str:
@@ -280,7 +239,5 @@ def checkpoint_hash(directory: str | Path) -> str:
     digest = hashlib.sha256()
     for name in sorted(names):
         digest.update(name.encode() + b"\0")
-        with open(directory / name, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        hash_file_into(digest, directory / name)
     return digest.hexdigest()

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from crosslmm_edge.export.attention import full_attention
-from crosslmm_edge.export.config import CrossLMMConfig
 from crosslmm_edge.export.qwen2 import Qwen2MLP, RMSNorm
+from crosslmm_edge.runtime.config import CrossLMMConfig
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Prefill, one-token decode and sampling for the reference model.
+"""Prefill, one-token decode and generation for the reference model.
 
 Prefill and decode are separate small functions over a preallocated
 ``KVCache``; the video prefix is prefilled once and every question forks from
@@ -8,7 +8,6 @@ it by truncating the cache back to the prefix length.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -16,16 +15,7 @@ from torch import Tensor
 from crosslmm_edge.export.dcal import CrossKV
 from crosslmm_edge.export.kv_cache import KVCache
 from crosslmm_edge.export.model import CrossLMM, VideoFeatures
-
-
-@dataclass
-class Sampling:
-    """Greedy when ``temperature == 0``; else temperature, top-k and top-p."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
+from crosslmm_edge.runtime.sampling import Sampler
 
 
 def text_only(cross: list[CrossKV]) -> list[CrossKV]:
@@ -76,22 +66,6 @@ def prefill_video_prefix(
     prefill(model, cache, prefix_ids, video.cross, video.visual_embeds)
 
 
-def choose_token(logits: Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
-    """Pick the next token from float32 logits [V] (already masked)."""
-    if sampling.temperature <= 0:
-        return int(torch.argmax(logits))
-    logits = logits / sampling.temperature
-    if sampling.top_k > 0:
-        kth = torch.topk(logits, min(sampling.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if sampling.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, 0) - sorted_probs < sampling.top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
 @torch.no_grad()
 def generate(
     model: CrossLMM,
@@ -100,28 +74,20 @@ def generate(
     prompt_ids: Sequence[int],
     max_new_tokens: int,
     stop_ids: Sequence[int],
-    banned_ids: Sequence[int] = (),
-    sampling: Sampling | None = None,
+    sampler: Sampler | None = None,
 ) -> Iterator[tuple[int, float]]:
     """Prefill ``prompt_ids`` (text) at the cache's end, then decode.
 
-    Yields (token id, its log-probability under the full-vocabulary softmax of the
-    unmasked logits).
+    Tokens are chosen by the runtime's ``Sampler`` on float32 logits, so a
+    checkpoint and its package draw the same tokens from the same seed.
+    Yields (token id, its log-probability under the full-vocabulary softmax).
     A stop token is yielded and ends generation; it is not written to the cache.
     """
-    sampling = sampling or Sampling()
-    generator = None
-    if sampling.seed is not None:
-        generator = torch.Generator().manual_seed(sampling.seed)
+    sampler = sampler or Sampler()
     logits = prefill(model, cache, torch.tensor([list(prompt_ids)]), cross)[0, -1]
     for step in range(max_new_tokens):
-        logits = logits.float()
-        # Log-probabilities under the model's own softmax over the whole
-        # vocabulary, taken before the placeholder is masked out of sampling.
-        logprobs = torch.log_softmax(logits, -1)
-        logits[list(banned_ids)] = float("-inf")
-        token = choose_token(logits, sampling, generator)
-        yield token, float(logprobs[token])
+        token, logprob = sampler.choose(logits.float().numpy())
+        yield token, logprob
         if token in stop_ids or step == max_new_tokens - 1:
             return
         logits = decode_step(model, cache, torch.tensor([[token]]), cross)[0]

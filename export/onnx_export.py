@@ -30,7 +30,8 @@ import onnx
 import torch
 from torch import nn
 
-from crosslmm_edge.export.graph_specs import GraphSpec, random_inputs
+from crosslmm_edge.export.graph_specs import random_inputs
+from crosslmm_edge.runtime.contract import GraphSpec
 
 OPSET = 18  # TensorRT 10.0 parses opsets 9–20; 18 is the dynamo exporter's native one
 # Weights above this go to external data: protobuf caps a file at 2 GB, and

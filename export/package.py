@@ -2,7 +2,8 @@
 
 The package is assembled in a hidden sibling folder and renamed into place
 only when complete, so a failed export (bad checkpoint, disk full, Ctrl-C)
-never leaves a partial package where the runtime would find it.
+never leaves a partial package where the runtime would find it. More
+precisions are added to an existing package through ``add_artifacts``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -23,29 +24,29 @@ from crosslmm_edge.export.checkpoint import (
     load_checkpoint,
     load_config,
 )
-from crosslmm_edge.export.config import CrossLMMConfig
 from crosslmm_edge.export.graph_modules import graph_module
-from crosslmm_edge.export.graph_specs import (
+from crosslmm_edge.export.graph_specs import trace_sizes
+from crosslmm_edge.export.onnx_export import OPSET, export_graph
+from crosslmm_edge.runtime.config import CrossLMMConfig
+from crosslmm_edge.runtime.contract import (
     ROLES,
     ExportLimits,
     GraphSpec,
     default_limits,
     graph_specs,
-    trace_sizes,
 )
-from crosslmm_edge.export.onnx_export import OPSET, export_graph
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.files import file_sha256, staged_folder
 from crosslmm_edge.runtime.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     Artifact,
-    DimRange,
     FileRef,
     GraphEntry,
     Manifest,
-    TensorInfo,
-    file_sha256,
+    load_manifest,
 )
+from crosslmm_edge.runtime.package import add_artifacts
 
 DTYPES = {"fp32": (torch.float32, "float32"), "fp16": (torch.float16, "float16")}
 
@@ -80,7 +81,10 @@ def _tool_versions() -> dict[str, object]:
     import onnxruntime
     import onnxscript
 
+    from crosslmm_edge import __version__
+
     return {
+        "crosslmm_edge": __version__,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
@@ -90,20 +94,27 @@ def _tool_versions() -> dict[str, object]:
     }
 
 
-def _graph_entry(spec: GraphSpec, files: list[Path], precision: str) -> GraphEntry:
+def artifact_file(role: str, precision: str, suffix: str = ".onnx") -> str:
+    """An artifact's file name: ``llm.onnx`` (fp32 ONNX), ``llm.fp16.onnx``, ``llm.int8.plan``."""
+    if (precision, suffix) == ("fp32", ".onnx"):
+        return f"{role}{suffix}"
+    return f"{role}.{precision}{suffix}"
+
+
+def onnx_artifact(
+    spec: GraphSpec, files: list[Path], precision: str, build: dict[str, object]
+) -> Artifact:
+    """The manifest record of an ONNX graph written to ``files`` (main file first)."""
     main, *external = files
-    artifact = Artifact(
-        "onnx",
-        precision,
-        main.name,
-        file_sha256(main),
-        tuple(FileRef(f.name, file_sha256(f)) for f in external),
-    )
-    return GraphEntry(
-        tuple(TensorInfo(t.name, t.dtype, t.dims) for t in spec.inputs),
-        tuple(TensorInfo(t.name, t.dtype, t.dims) for t in spec.outputs),
-        {d.name: DimRange(d.min, d.max, d.expr) for d in spec.dims},
-        (artifact,),
+    return Artifact(
+        backend="onnx",
+        precision=precision,
+        file=main.name,
+        sha256=file_sha256(main),
+        inputs=spec.inputs,
+        outputs=spec.outputs,
+        external_data=tuple(FileRef(f.name, file_sha256(f)) for f in external),
+        build=build,
     )
 
 
@@ -120,34 +131,51 @@ def _copy_side_files(checkpoint: Path, folder: Path) -> dict[str, object]:
     return {"config": CONFIG_NAME, "generation_config": generation, "tokenizer": tokenizer}
 
 
-def _write_package(
+def _export_graphs(
     checkpoint: Path,
     folder: Path,
     limits: ExportLimits,
-    dtype: str,
+    precision: str,
     all_logits: bool,
     log: Callable[[str], None],
-) -> Manifest:
-    torch_dtype, onnx_dtype = DTYPES[dtype]
+) -> tuple[dict[str, GraphSpec], dict[str, Artifact]]:
+    """Export the three graphs at ``precision`` into ``folder``; their specs and artifacts."""
+    torch_dtype, onnx_dtype = DTYPES[precision]
     model = load_checkpoint(checkpoint, torch_dtype)
     config = model.config
     specs = graph_specs(config, limits, onnx_dtype, all_logits)
     sizes = trace_sizes(config)
-    graphs = {}
+    build = _tool_versions()
+    artifacts = {}
     for role in ROLES:
-        log(f"exporting {specs[role].file_name} ...")
+        name = artifact_file(role, precision)
+        log(f"exporting {name} ...")
         start = time.perf_counter()
         module = graph_module(role, model, all_logits)
         files = export_graph(
-            module,
-            specs[role],
-            sizes[role],
-            config.text_config.vocab_size,
-            folder / specs[role].file_name,
+            module, specs[role], sizes[role], config.text_config.vocab_size, folder / name
         )
-        graphs[role] = _graph_entry(specs[role], files, dtype)
+        artifacts[role] = onnx_artifact(specs[role], files, precision, build)
         size = sum(f.stat().st_size for f in files) / 2**20
-        log(f"  {specs[role].file_name}: {size:.1f} MiB in {time.perf_counter() - start:.1f} s")
+        log(f"  {name}: {size:.1f} MiB in {time.perf_counter() - start:.1f} s")
+    return specs, artifacts
+
+
+def _write_package(
+    checkpoint: Path,
+    folder: Path,
+    limits: ExportLimits,
+    precisions: Sequence[str],
+    all_logits: bool,
+    log: Callable[[str], None],
+) -> Manifest:
+    graphs: dict[str, GraphEntry] = {}
+    for precision in precisions:
+        specs, artifacts = _export_graphs(checkpoint, folder, limits, precision, all_logits, log)
+        for role in ROLES:
+            dims = {d.name: d for d in specs[role].dims}
+            kept = graphs[role].artifacts if role in graphs else ()
+            graphs[role] = GraphEntry(dims, (*kept, artifacts[role]))
     if not (checkpoint / "tokenizer.json").is_file():
         log(f"warning: {checkpoint} has no tokenizer.json; the package cannot tokenize text")
     manifest = Manifest(
@@ -156,10 +184,8 @@ def _write_package(
             "checkpoint": str(checkpoint.resolve()),
             "checkpoint_sha256": checkpoint_hash(checkpoint),
         },
-        model_config=config.to_dict(),
+        model_config=load_config(checkpoint).to_dict(),
         limits={"max_frames": limits.max_frames, "max_context": limits.max_context},
-        precision=dtype,
-        tools=_tool_versions(),
         files=_copy_side_files(checkpoint, folder),
         graphs=graphs,
     )
@@ -167,15 +193,33 @@ def _write_package(
     return manifest
 
 
-def _replace(temp: Path, target: Path) -> None:
-    """Rename ``temp`` onto ``target``; an old package is removed only after that."""
-    if not target.exists():
-        temp.rename(target)
-        return
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    target.rename(old)
-    temp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+def _add_precisions(
+    checkpoint: Path,
+    target: Path,
+    precisions: Sequence[str],
+    all_logits: bool,
+    log: Callable[[str], None],
+) -> Manifest:
+    """Export more precisions into an existing package of the same checkpoint."""
+    manifest = load_manifest(target)
+    if manifest.source.get("checkpoint_sha256") != checkpoint_hash(checkpoint):
+        raise UserError(f"--add: {target} was exported from another checkpoint")
+    held = sorted({a.precision for g in manifest.graphs.values() for a in g.artifacts})
+    again = [p for p in precisions if p in held]
+    if again:
+        raise UserError(f"--add: {target} already holds {again} graphs (it holds {held})")
+    limits = ExportLimits(**manifest.limits)
+    staging = target / f".add-{os.getpid()}"
+    try:
+        staging.mkdir()
+        for precision in precisions:
+            _, artifacts = _export_graphs(checkpoint, staging, limits, precision, all_logits, log)
+            manifest = add_artifacts(target, artifacts, staging)  # all three roles at once
+    except OSError as exc:
+        raise UserError(f"{target}: adding graphs failed ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
 
 
 def export_package(
@@ -183,40 +227,38 @@ def export_package(
     out_dir: str | Path,
     max_frames: int | None = None,
     max_context: int | None = None,
-    dtype: str = "fp32",
+    precisions: Sequence[str] = ("fp32",),
     force: bool = False,
     log: Callable[[str], None] = lambda message: None,
     all_logits: bool = False,
+    add: bool = False,
 ) -> Manifest:
     """Export a CrossLMM checkpoint folder to a model package at ``out_dir``.
 
     ``max_frames`` (default: the config's ``num_frames``) and ``max_context``
     (default: ``max_position_embeddings`` capped at 8192) set the dynamic
-    ranges recorded for engine builders. ``dtype`` is "fp32" or "fp16". An
+    ranges recorded for engine builders. ``precisions``: one set of three
+    graphs per entry ("fp32", "fp16"), side by side in one package. ``add``
+    exports them into an existing package of the same checkpoint (its other
+    artifacts and the video states made with them stay valid); otherwise an
     existing ``out_dir`` is replaced only with ``force``. ``all_logits``
-    makes ``llm.onnx`` return every position's logits [1, seq_len, V] instead
-    of the last position's [1, V]. User mistakes and
-    write failures raise ``UserError``; nothing partial is left behind.
+    makes ``llm.onnx`` return every position's logits [1, seq_len, V]. User
+    mistakes and write failures raise ``UserError``; nothing partial is left.
     """
     checkpoint, target = Path(checkpoint_dir), Path(out_dir)
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype!r}: expected one of {sorted(DTYPES)}")
-    if target.exists() and not force:
-        raise UserError(f"{target}: already exists (use --force to replace it)")
+    unknown = [p for p in precisions if p not in DTYPES]
+    if unknown or not precisions:
+        raise UserError(f"--dtype {unknown or precisions}: expected some of {sorted(DTYPES)}")
+    precisions = list(dict.fromkeys(precisions))
     if not checkpoint.is_dir():
         raise UserError(f"{checkpoint}: checkpoint folder not found")
     if target.resolve() in (checkpoint.resolve(), *checkpoint.resolve().parents):
         raise UserError(f"--out {target}: would replace the checkpoint {checkpoint} itself")
+    if add:
+        return _add_precisions(checkpoint, target, precisions, all_logits, log)
+    if target.exists() and not force:
+        raise UserError(f"{target}: already exists (use --force to replace it, --add to extend it)")
     limits = resolve_limits(load_config(checkpoint), max_frames, max_context)
-    temp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(temp, ignore_errors=True)
-        temp.mkdir()
-        manifest = _write_package(checkpoint, temp, limits, dtype, all_logits, log)
-        _replace(temp, target)
-    except OSError as exc:
-        raise UserError(f"{target}: writing the package failed ({exc})") from None
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+    with staged_folder(target, "package", force=force) as temp:
+        manifest = _write_package(checkpoint, temp, limits, precisions, all_logits, log)
     return manifest

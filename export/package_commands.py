@@ -21,8 +21,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-frames", type=int, help="most frames per video (default: num_frames)"
     )
     export.add_argument("--max-context", type=int, help="most positions (default: model's, ≤ 8192)")
-    export.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
+    export.add_argument(
+        "--dtype",
+        choices=("fp32", "fp16"),
+        action="append",
+        help="precision of the graphs; repeat for several side by side (default: fp32)",
+    )
     export.add_argument("--force", action="store_true", help="replace an existing --out")
+    export.add_argument(
+        "--add",
+        action="store_true",
+        help="add the --dtype graphs to an existing package of the same checkpoint",
+    )
     export.add_argument(
         "--all-logits", action="store_true", help="llm.onnx returns every position's logits"
     )
@@ -38,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("package", help="model package folder")
     verify.add_argument("--checkpoint", help="source checkpoint (default: the manifest's)")
     verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    verify.add_argument(
+        "--precision",
+        choices=("fp32", "fp16"),
+        action="append",
+        help="verify only these ONNX artifact sets (default: every one the package holds)",
+    )
     verify.set_defaults(func=run_verify)
 
     lint = subparsers.add_parser(
@@ -63,14 +79,15 @@ def run_export(args: argparse.Namespace) -> int:
         args.out,
         max_frames=args.max_frames,
         max_context=args.max_context,
-        dtype=args.dtype,
+        precisions=args.dtype or ["fp32"],
         force=args.force,
         log=_progress,
         all_logits=args.all_logits,
+        add=args.add,
     )
     limits = manifest.limits
     print(
-        f"wrote {args.out} ({manifest.precision}, max_frames={limits['max_frames']}, "
+        f"wrote {args.out} ({', '.join(manifest.labels())}, max_frames={limits['max_frames']}, "
         f"max_context={limits['max_context']})"
     )
     return 0
@@ -80,13 +97,15 @@ def run_verify(args: argparse.Namespace) -> int:
     """Verify and print one line per output; exit 1 when any exceeds its tolerance."""
     from crosslmm_edge.export.verify import verify_package
 
-    report = verify_package(args.package, args.checkpoint, seed=args.seed, log=print)
+    report = verify_package(
+        args.package, args.checkpoint, seed=args.seed, log=print, precisions=args.precision
+    )
     worst = report.worst
     verdict = "PASS" if report.ok else "FAIL"
     print(
         f"{verdict}: worst {worst.graph}/{worst.output} max_abs={worst.max_abs:.2e} "
         f"(tolerance {worst.tolerance:.1e}); chained greedy tokens "
-        f"{'equal' if report.chain.onnx_tokens == report.chain.torch_tokens else 'differ'}"
+        f"{'equal' if all(c.onnx_tokens == c.torch_tokens for c in report.chains) else 'differ'}"
     )
     return 0 if report.ok else 1
 

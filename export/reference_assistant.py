@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from crosslmm_edge.export.checkpoint import load_checkpoint
-from crosslmm_edge.export.generate import Sampling, generate, new_cache, prefill_video_prefix
+from crosslmm_edge.export.generate import generate, new_cache, prefill_video_prefix
 from crosslmm_edge.export.kv_cache import KVCache
 from crosslmm_edge.export.model import VideoFeatures
 from crosslmm_edge.runtime.answer_stream import build_answer, collect_tokens
 from crosslmm_edge.runtime.assistant_types import Answer, GenerationOptions, TokenCallback
 from crosslmm_edge.runtime.errors import UserError
 from crosslmm_edge.runtime.prompt import PromptBuilder
+from crosslmm_edge.runtime.sampling import Sampler
 from crosslmm_edge.runtime.turns import TurnTaking
 
 INITIAL_CACHE = 1024  # positions; the cache grows on demand up to the context limit
@@ -38,14 +39,11 @@ class ReferenceAssistant(TurnTaking):
     ) -> None:
         self.model = load_checkpoint(checkpoint, dtype)
         self.config = self.model.config
-        self.prompt = PromptBuilder.from_dir(Path(checkpoint))
-        self.max_context = max_context or self.config.text_config.max_position_embeddings
-        self.system = system
+        limit = max_context or self.config.text_config.max_position_embeddings
+        super().__init__(PromptBuilder.from_dir(Path(checkpoint)), system, limit)
         self.video: VideoFeatures | None = None
-        self.cache: KVCache | None = None
-        self.prefix_length = 0
+        self.cache: KVCache | None = None  # narrows TurnTaking's
         self.questions_on_video = 0
-        self.pending_ids: list[int] = []  # answer tokens not yet in the cache (follow-ups)
         self.setup_s = 0.0  # decode + encode + prefix prefill of the current video
 
     # -- video ------------------------------------------------------------
@@ -102,7 +100,7 @@ class ReferenceAssistant(TurnTaking):
         self._grow_cache(needed)
         reused = self.questions_on_video > 0
         self.questions_on_video += 1
-        sampling = Sampling(options.temperature, options.top_p, options.top_k, options.seed)
+        sampler = Sampler.for_options(options, [self.config.video_token_id])
         stops = sorted(self.prompt.stop_token_ids)
         steps = generate(
             self.model,
@@ -111,8 +109,7 @@ class ReferenceAssistant(TurnTaking):
             prompt_ids,
             options.max_new_tokens,
             stops,
-            banned_ids=[self.config.video_token_id],
-            sampling=sampling,
+            sampler,
         )
         stream = collect_tokens(steps, self.prompt.decode, stops, on_text)
         self._remember_end(stream.tokens, stops)

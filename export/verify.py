@@ -19,7 +19,12 @@ import torch
 
 from crosslmm_edge.export.checkpoint import checkpoint_hash, load_checkpoint
 from crosslmm_edge.export.dcal import CrossKV
-from crosslmm_edge.export.graph_specs import (
+from crosslmm_edge.export.graph_specs import random_inputs
+from crosslmm_edge.export.model import CrossLMM
+from crosslmm_edge.export.package import DTYPES
+from crosslmm_edge.export.verify_chain import ChainResult, verify_chain
+from crosslmm_edge.runtime.compare import compare, tolerance_for
+from crosslmm_edge.runtime.contract import (
     LLM,
     POOLING,
     VISION_ENCODER,
@@ -27,13 +32,10 @@ from crosslmm_edge.export.graph_specs import (
     GraphSpec,
     graph_specs,
     llm_sizes,
-    random_inputs,
 )
-from crosslmm_edge.export.model import CrossLMM
-from crosslmm_edge.export.package import DTYPES
-from crosslmm_edge.export.verify_chain import ChainResult, tolerance_for, verify_chain
 from crosslmm_edge.runtime.errors import UserError
 from crosslmm_edge.runtime.manifest import Manifest, load_manifest
+from crosslmm_edge.runtime.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -57,18 +59,6 @@ class OutputCheck:
             f"{self.graph:<15} {self.case:<34} {self.output:<16} "
             f"max_abs={self.max_abs:.2e} cos={self.cosine:.6f} {status}"
         )
-
-
-def compare(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
-    """Max abs error and cosine similarity (1.0 for empty or all-zero tensors)."""
-    if reference.shape != actual.shape:
-        raise ValueError(f"shape {actual.shape} differs from PyTorch's {reference.shape}")
-    if reference.size == 0:
-        return 0.0, 1.0
-    ref, act = reference.astype(np.float64).ravel(), actual.astype(np.float64).ravel()
-    norms = np.linalg.norm(ref) * np.linalg.norm(act)
-    cosine = float(ref @ act / norms) if norms > 0 else 1.0
-    return float(np.abs(ref - act).max()), cosine
 
 
 def pytorch_reference(
@@ -124,32 +114,27 @@ def size_cases(
     return {VISION_ENCODER: framed, POOLING: framed, LLM: llm}
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def _check_io_names(session, spec: GraphSpec, path: Path) -> None:
-    names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+def _check_io_names(pipeline: Pipeline, spec: GraphSpec) -> None:
+    session = pipeline.sessions[spec.role]
+    names = (list(session.inputs), list(session.outputs))
     want = ([t.name for t in spec.inputs], [t.name for t in spec.outputs])
     if names != want:
-        raise UserError(f"{path}: inputs/outputs differ from the manifest's contract")
+        file = pipeline.artifacts.by_role[spec.role].file
+        raise UserError(f"{file}: inputs/outputs differ from the contract of graph {spec.role!r}")
 
 
 @torch.no_grad()
 def verify_graph(
-    pkg: Path,
+    pipeline: Pipeline,
     spec: GraphSpec,
-    manifest: Manifest,
     model: CrossLMM,
     cases: list[tuple[str, dict[str, int]]],
     seed: int,
 ) -> list[OutputCheck]:
-    """Run graph ``spec`` at each case in ONNX Runtime and PyTorch; compare every output."""
-    path = pkg / manifest.graphs[spec.role].artifact("onnx").file
-    session = _session(path)
-    _check_io_names(session, spec, path)
+    """Run graph ``spec`` at each case through the runtime's session and in PyTorch."""
+    _check_io_names(pipeline, spec)
+    session = pipeline.sessions[spec.role]
+    precision = pipeline.artifacts.precision
     all_logits = len(spec.outputs[0].dims) == 3  # llm logits [1, seq_len, V]
     reference = pytorch_reference(spec.role, model, all_logits)
     generator = torch.Generator().manual_seed(seed)
@@ -157,11 +142,11 @@ def verify_graph(
     for case, sizes in cases:
         inputs = random_inputs(spec, sizes, model.config.text_config.vocab_size, generator)
         expected = reference(*inputs.values())
-        actual = session.run(None, {name: t.numpy() for name, t in inputs.items()})
-        for tensor, ref, act in zip(spec.outputs, expected, actual, strict=True):
+        actual = session.run({name: t.numpy() for name, t in inputs.items()})
+        for tensor, ref in zip(spec.outputs, expected, strict=True):
             ref32 = ref.float().numpy()
-            max_abs, cosine = compare(ref32, act.astype(np.float32))
-            tolerance = tolerance_for(manifest.precision, ref32)
+            max_abs, cosine = compare(ref32, actual[tensor.name].astype(np.float32))
+            tolerance = tolerance_for(precision, ref32)
             checks.append(OutputCheck(spec.role, case, tensor.name, max_abs, cosine, tolerance))
     return checks
 
@@ -185,23 +170,14 @@ def resolve_checkpoint(manifest: Manifest, checkpoint: str | Path | None) -> Pat
     return checkpoint
 
 
-def load_for_verify(
-    pkg_dir: str | Path, checkpoint: str | Path | None
-) -> tuple[Manifest, CrossLMM]:
-    """The package's manifest and the reference model at the package's precision."""
-    manifest = load_manifest(pkg_dir, verify_hashes=True)
-    model = load_checkpoint(resolve_checkpoint(manifest, checkpoint), DTYPES[manifest.precision][0])
-    return manifest, model
-
-
 @dataclass(frozen=True)
 class VerifyReport:
     checks: list[OutputCheck]
-    chain: ChainResult
+    chains: list[ChainResult]
 
     @property
     def ok(self) -> bool:
-        return self.chain.ok and all(check.ok for check in self.checks)
+        return all(c.ok for c in self.chains) and all(check.ok for check in self.checks)
 
     @property
     def worst(self) -> OutputCheck:
@@ -213,22 +189,35 @@ def verify_package(
     checkpoint: str | Path | None = None,
     seed: int = 0,
     log: Callable[[str], None] = lambda line: None,
+    precisions: list[str] | None = None,
 ) -> VerifyReport:
-    """Every graph of a package at every size case, then the chained greedy run.
+    """Every ONNX artifact set (or ``precisions``) at every size case, then the chained run.
 
-    ``log`` receives one line per output and one for the chain.
+    Graphs run through the runtime's own pipeline on the CPU provider and are
+    compared with the reference at the same precision. ``log`` receives one
+    line per output and one per chain.
     """
     pkg = Path(pkg_dir)
-    manifest, model = load_for_verify(pkg, checkpoint)
+    manifest = load_manifest(pkg)
+    source = resolve_checkpoint(manifest, checkpoint)
+    held = [label.split("/")[1] for label in manifest.labels() if label.startswith("onnx/")]
+    wanted = precisions or [p for p in held if p in DTYPES]
+    missing = [p for p in wanted if p not in held or p not in DTYPES]
+    if missing or not wanted:
+        raise UserError(f"{pkg}: no ONNX graphs to verify at {missing or wanted} (it holds {held})")
     limits = ExportLimits(**manifest.limits)
-    all_logits = len(manifest.graphs["llm"].outputs[0].dims) == 3
-    specs = graph_specs(model.config, limits, DTYPES[manifest.precision][1], all_logits)
-    cases = size_cases(model, limits)
-    checks = []
-    for role, spec in specs.items():
-        for check in verify_graph(pkg, spec, manifest, model, cases[role], seed):
-            log(check.line())
-            checks.append(check)
-    chain = verify_chain(pkg, manifest, model, seed=seed)
-    log(chain.line())
-    return VerifyReport(checks, chain)
+    checks, chains = [], []
+    for precision in wanted:
+        log(f"-- onnx/{precision}")
+        pipeline = Pipeline(pkg, provider="cpu", precision=precision)
+        model = load_checkpoint(source, DTYPES[precision][0])
+        all_logits = len(manifest.graphs[LLM].artifacts[0].outputs[0].dims) == 3
+        specs = graph_specs(model.config, limits, DTYPES[precision][1], all_logits)
+        cases = size_cases(model, limits)
+        for role, spec in specs.items():
+            for check in verify_graph(pipeline, spec, model, cases[role], seed):
+                log(check.line())
+                checks.append(check)
+        chains.append(verify_chain(pipeline, model, seed=seed))
+        log(chains[-1].line())
+    return VerifyReport(checks, chains)

@@ -1,31 +1,23 @@
-"""Chained check: the three ONNX graphs generate the same greedy tokens as PyTorch.
+"""Chained check: the runtime's pipeline generates the same greedy tokens as PyTorch.
 
 vision → pooling → prefill of ``[prefix text ; video]`` → a text-only
-question chunk → ``steps`` greedy decode steps, with the KV cache kept the
-way the runtime keeps it (each chunk's new entries appended after the past).
+question chunk → ``steps`` greedy decode steps, run by the runtime's own
+``Pipeline`` (backend sessions, preallocated KV cache, ``run_chunk``), so
+what is verified is what users run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from crosslmm_edge.export.generate import decode_step, new_cache, prefill, prefill_video_prefix
 from crosslmm_edge.export.model import CrossLMM
-from crosslmm_edge.runtime.manifest import Manifest
-
-# Allowed max abs error per output: atol + rtol · max|reference| (fp16 keeps ~3 digits).
-TOLERANCE = {"fp32": (1e-4, 0.0), "fp16": (1e-2, 1e-2)}
-
-
-def tolerance_for(precision: str, reference: np.ndarray) -> float:
-    """The max abs error allowed for an output whose PyTorch value is ``reference``."""
-    atol, rtol = TOLERANCE[precision]
-    scale = float(np.abs(reference).max()) if reference.size else 0.0
-    return atol + rtol * scale
+from crosslmm_edge.runtime.compare import tolerance_for
+from crosslmm_edge.runtime.contract import is_v2v
+from crosslmm_edge.runtime.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -49,68 +41,22 @@ class ChainResult:
         )
 
 
-class OnnxChain:
-    """The three graphs in ONNX Runtime with a growing (concatenated) KV cache."""
-
-    def __init__(self, pkg: Path, manifest: Manifest) -> None:
-        import onnxruntime as ort
-
-        def session(role: str) -> ort.InferenceSession:
-            path = pkg / manifest.graphs[role].artifact("onnx").file
-            return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-        self.vision, self.pooling, self.llm = (
-            session("vision_encoder"),
-            session("pooling"),
-            session("llm"),
-        )
-        self.names = [i.name for i in self.llm.get_inputs()]
-        self.past: list[np.ndarray] = []
-        self.cross: list[np.ndarray] = []
-
-    def encode(self, pixels: np.ndarray) -> np.ndarray:
-        """Frames -> visual embeddings; keeps the cross K/V for later chunks."""
-        features = self.vision.run(None, {"pixel_values": pixels})[0]
-        embeds, *self.cross = self.pooling.run(None, {"patch_features": features})
-        return embeds
-
-    def run(self, input_ids: np.ndarray, visual: np.ndarray) -> np.ndarray:
-        """One chunk; returns the last position's logits [V]."""
-        past_len = self.past[0].shape[1]
-        length = input_ids.shape[1] + visual.shape[1]
-        feeds = [input_ids, visual, np.arange(past_len, past_len + length)[None], *self.past]
-        for j in range(0, len(self.cross), 4):
-            v2v = (
-                self.cross[j : j + 2]
-                if visual.shape[1]
-                else [c[:, :0] for c in self.cross[j : j + 2]]
-            )
-            feeds += [*v2v, *self.cross[j + 2 : j + 4]]
-        logits, *present = self.llm.run(None, dict(zip(self.names, feeds, strict=True)))
-        self.past = [
-            np.concatenate([p, n], axis=1) for p, n in zip(self.past, present, strict=True)
-        ]
-        return logits[0] if logits.ndim == 2 else logits[0, -1]  # all-logits graphs: [1, L, V]
-
-    def greedy(
-        self,
-        pixels: np.ndarray,
-        prefix: np.ndarray,
-        question: np.ndarray,
-        steps: int,
-        empty_kv: np.ndarray,
-    ) -> list[np.ndarray]:
-        """The logits [V] of the question chunk, then of ``steps`` greedy decode steps."""
-        layers = sum(n.startswith("past_key.") for n in self.names)
-        self.past = [empty_kv] * (2 * layers)
-        embeds = self.encode(pixels)
-        no_visual = embeds[:, :0]
-        self.run(prefix, embeds)
-        history = [self.run(question, no_visual)]
-        while len(history) <= steps:
-            token = np.array([[np.argmax(history[-1])]], dtype=np.int64)
-            history.append(self.run(token, no_visual))
-        return history
+def runtime_greedy(
+    pipeline: Pipeline, pixels: np.ndarray, prefix: list[int], question: list[int], steps: int
+) -> list[np.ndarray]:
+    """The logits [V] of the question chunk, then of ``steps`` greedy decode steps."""
+    _, embeds, cross = pipeline.encode([pixels])
+    capacity = len(prefix) + embeds.shape[1] + len(question) + steps + 1
+    cache = pipeline.new_cache(capacity)
+    pipeline.prefill(cache, prefix, embeds, cross)
+    empty = pipeline.shapes.no_memory()
+    text_cross = {name: empty if is_v2v(name) else value for name, value in cross.items()}
+    no_visual = pipeline.shapes.no_visual()
+    history = [pipeline.prefill(cache, question, no_visual, text_cross)]
+    while len(history) <= steps:
+        token = int(np.argmax(history[-1]))
+        history.append(pipeline.prefill(cache, [token], no_visual, text_cross))
+    return history
 
 
 @torch.no_grad()
@@ -130,11 +76,11 @@ def torch_greedy(
 
 
 def verify_chain(
-    pkg: Path, manifest: Manifest, model: CrossLMM, steps: int = 20, seed: int = 0
+    pipeline: Pipeline, model: CrossLMM, steps: int = 20, seed: int = 0
 ) -> ChainResult:
-    """Greedy tokens of the chained graphs and of PyTorch on one random video."""
+    """Greedy tokens of the runtime pipeline and of PyTorch on one random video."""
     config = model.config
-    frames = manifest.limits["max_frames"]
+    frames = pipeline.package.max_frames
     v, t = config.vision_config, config.text_config
     generator = torch.Generator().manual_seed(seed)
     dtype = model.projector.linear_1.weight.dtype
@@ -142,9 +88,9 @@ def verify_chain(
     prefix = torch.randint(0, t.vocab_size, (1, 6), generator=generator)
     question = torch.randint(0, t.vocab_size, (1, 4), generator=generator)
     expected = torch_greedy(model, pixels, prefix, question, steps)
-    empty = np.zeros((1, 0, t.num_key_value_heads, t.head_dim), dtype=pixels.numpy().dtype)
-    chain = OnnxChain(pkg, manifest)
-    actual = chain.greedy(pixels.numpy(), prefix.numpy(), question.numpy(), steps, empty)
+    actual = runtime_greedy(
+        pipeline, pixels.numpy(), prefix[0].tolist(), question[0].tolist(), steps
+    )
     onnx_tokens = [int(np.argmax(logits)) for logits in actual]
     torch_tokens = [int(np.argmax(logits)) for logits in expected]
     agree = next(
@@ -155,5 +101,5 @@ def verify_chain(
         float(np.abs(a - b).max())
         for a, b in zip(actual[: agree + 1], expected[: agree + 1], strict=True)
     ]
-    tolerance = min(tolerance_for(manifest.precision, logits) for logits in expected)
+    tolerance = min(tolerance_for(pipeline.artifacts.precision, logits) for logits in expected)
     return ChainResult(frames, onnx_tokens, torch_tokens, max(errors), tolerance)

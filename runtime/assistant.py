@@ -1,10 +1,10 @@
-"""``RuntimeAssistant``: the Assistant protocol over a model package, torch-free.
+"""``RuntimeAssistant``: the conversation about one video, over a ``Pipeline``.
 
 One video at a time. ``set_video`` decodes, encodes (chunk by chunk) and
 prefills the video prefix once; ``ask`` forks from that prefix by truncating
 the KV cache (no re-encoding, no re-prefill); ``follow_up`` prefills only the
 new turn's tokens. The video state can be saved and loaded, keyed by the
-video's content, the frame sampling and the package.
+video's content, the frame sampling and the exact artifacts that ran.
 
 Timing: the first question about a freshly prepared video reports a
 ``ttft_s`` that includes preparing the video (decode, encode, prefix
@@ -21,11 +21,9 @@ import numpy as np
 
 from crosslmm_edge.runtime.answer_stream import build_answer, collect_tokens
 from crosslmm_edge.runtime.assistant_types import Answer, GenerationOptions, TokenCallback
-from crosslmm_edge.runtime.backends import open_backend
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.generation import ChunkShapes, run_chunk, stream_tokens
 from crosslmm_edge.runtime.kv_cache import KVCache, cache_from_prefix
-from crosslmm_edge.runtime.package import open_package
+from crosslmm_edge.runtime.pipeline import Pipeline
 from crosslmm_edge.runtime.prompt import PromptBuilder
 from crosslmm_edge.runtime.sampling import Sampler
 from crosslmm_edge.runtime.turns import TurnTaking
@@ -34,20 +32,19 @@ from crosslmm_edge.runtime.video_state import (
     StateKey,
     VideoState,
     append_to_state,
-    encode_chunks,
-    encode_frames,
     load_state,
     save_state,
 )
 
 
 class RuntimeAssistant(TurnTaking):
-    """``Assistant`` over an exported package, run by an inference backend.
+    """``Assistant`` over an exported package, run by a ``Pipeline``.
 
     provider: execution provider (cpu, cuda, tensorrt; None = best available).
+    precision / backend: which artifacts run (None = the best for the device).
     max_context: a lower context limit than the package's. system: system prompt.
     threads: intra-op threads (0 = backend default). chunk_frames: frames encoded
-    per graph run. verify_hashes: check graph files against the manifest's sha256.
+    per graph run. verify_hashes: check files against the manifest's sha256.
     """
 
     def __init__(
@@ -59,48 +56,43 @@ class RuntimeAssistant(TurnTaking):
         threads: int = 0,
         chunk_frames: int = DEFAULT_CHUNK_FRAMES,
         verify_hashes: bool = True,
+        precision: str | None = None,
+        backend: str = "onnx",
     ) -> None:
-        # Hashes are checked as each graph loads; off, a start skips reading GBs twice.
-        self.package = open_package(package_dir, verify=False)
-        self.dims = self.package.dims
-        self.backend = open_backend(provider, threads)
-        self.prompt = PromptBuilder.from_dir(self.package.folder)
-        self.sessions = {
-            role: self.backend.load(
-                self.package.graph_path(role, verify_hashes),
-                role,
-                self.package.manifest.graphs[role],
-            )
-            for role in ("vision_encoder", "pooling", "llm")
-        }
-        self.max_context = min(max_context or self.package.max_context, self.package.max_context)
-        self.system = system
-        self.chunk_frames = chunk_frames
-        past = self.sessions["llm"].inputs["past_key.0"]
-        self.shapes = ChunkShapes(
-            self.dims.hidden_size, self.dims.num_kv_heads, self.dims.head_dim, past.dtype
+        self.pipeline = Pipeline(
+            package_dir, provider, precision, backend, threads, verify_hashes=verify_hashes
         )
+        package = self.pipeline.package
+        self.dims = self.pipeline.dims
+        limit = min(max_context or package.max_context, package.max_context)
+        super().__init__(PromptBuilder.from_dir(package.folder), system, limit)
+        self.chunk_frames = chunk_frames
         self.state: VideoState | None = None
-        self.cache: KVCache | None = None
+        self.cache: KVCache | None = None  # narrows TurnTaking's
         self.text_cross: dict = {}
-        self.prefix_length = 0
         self.prefix_reused = False  # the prefix of the current video came from a cache
         self.setup_s = 0.0  # unreported video preparation time, added to the next TTFT
-        self.pending_ids: list[int] = []
         self.keep_v2v = False  # live video: keep V2V so a changed window can re-prefill
         self.last_prompt_tokens = 0  # tokens the last turn prefilled (its prompt only)
         self.video_source: tuple[str, int] | None = None  # (file, frames asked) of set_video
+
+    @property
+    def artifacts(self) -> list[dict[str, str]]:
+        """Which artifacts run (role, backend, precision, file), for ``--json``."""
+        return self.pipeline.artifacts.describe()
 
     # -- video ------------------------------------------------------------
     def state_key(self, path: str, num_frames: int | None = None) -> StateKey:
         """The key a state for ``path`` sampled at ``num_frames`` must carry."""
         from crosslmm_edge.runtime.video import video_fingerprint
 
+        artifacts = self.pipeline.artifacts
         return StateKey(
             video_fingerprint(path),
             num_frames or self.dims.num_frames,
             self.dims.image_size,
-            self.package.manifest_sha256,
+            artifacts.label,
+            artifacts.sha256(),
         )
 
     def set_video(
@@ -127,9 +119,7 @@ class RuntimeAssistant(TurnTaking):
     ) -> None:
         """Use chunks of preprocessed frames [f, 3, S, S] as the current video."""
         start = time.perf_counter() if start is None else start
-        count, embeds, cross = encode_chunks(
-            self.sessions["vision_encoder"], self.sessions["pooling"], chunks
-        )
+        count, embeds, cross = self.pipeline.encode(chunks)
         self._check_frames(count)
         self._install(VideoState(key, count, embeds, cross), start)
 
@@ -163,10 +153,11 @@ class RuntimeAssistant(TurnTaking):
             raise UserError(f"video state {origin} does not fit this package's model")
 
     def _check_frames(self, frames: int) -> None:
-        if frames > self.package.max_frames:
+        package = self.pipeline.package
+        if frames > package.max_frames:
             raise UserError(
-                f"{frames} frames requested, but package {self.package.folder} "
-                f"was exported for at most {self.package.max_frames}"
+                f"{frames} frames requested, but package {package.folder} "
+                f"was exported for at most {package.max_frames}"
             )
 
     def _install(self, state: VideoState, start: float) -> None:
@@ -179,7 +170,7 @@ class RuntimeAssistant(TurnTaking):
         self._upload_text_cross(state)
         if reusable:
             self.cache = cache_from_prefix(
-                state.prefix_keys, state.prefix_values, self.max_context, self.backend.upload
+                state.prefix_keys, state.prefix_values, self.max_context, self.pipeline.upload
             )
         else:
             self.cache = self._prefill_prefix(state, prefix_ids)
@@ -203,10 +194,9 @@ class RuntimeAssistant(TurnTaking):
 
     def _upload_text_cross(self, state: VideoState) -> None:
         """T2V of the whole memory on the device; V2V empty (text chunks have no visual part)."""
-        self.text_cross = {name: self.backend.upload(value) for name, value in state.t2v().items()}
-        self.text_cross.update(
-            {name.replace("t2v", "v2v"): self.shapes.no_memory() for name in state.t2v()}
-        )
+        self.text_cross = {name: self.pipeline.upload(value) for name, value in state.t2v().items()}
+        empty = self.pipeline.shapes.no_memory()
+        self.text_cross.update({name.replace("t2v", "v2v"): empty for name in state.t2v()})
 
     @staticmethod
     def _require_v2v(state: VideoState) -> None:
@@ -219,24 +209,17 @@ class RuntimeAssistant(TurnTaking):
     def _prefill_prefix(self, state: VideoState, prefix_ids: list[int]) -> KVCache:
         self._require_v2v(state)
         self._check_prefix(prefix_ids, state)
-        d = self.dims
-        cache = KVCache.empty(
-            d.num_layers,
-            self.max_context,
-            d.num_kv_heads,
-            d.head_dim,
-            self.shapes.dtype,
-            self.backend.zeros,
-        )
-        cross = {**self.text_cross, **{n: self.backend.upload(v) for n, v in state.v2v().items()}}
-        run_chunk(self.sessions["llm"], cache, prefix_ids, state.visual_embeds, cross)
+        cache = self.pipeline.new_cache(self.max_context)
+        v2v = {name: self.pipeline.upload(value) for name, value in state.v2v().items()}
+        self.pipeline.prefill(cache, prefix_ids, state.visual_embeds, {**self.text_cross, **v2v})
         return cache
 
     # -- live video -------------------------------------------------------
     def start_live(self, pixels: np.ndarray) -> None:
         """Start a live video from its first preprocessed frames [f, 3, S, S]."""
         self.keep_v2v = True
-        key = StateKey("live", 0, self.dims.image_size, self.package.manifest_sha256)
+        artifacts = self.pipeline.artifacts
+        key = StateKey("live", 0, self.dims.image_size, artifacts.label, artifacts.sha256())
         self.set_frames_from_chunks([pixels], key)
 
     def append_frames(self, pixels: np.ndarray, refill_prefix: bool = False) -> None:
@@ -252,9 +235,7 @@ class RuntimeAssistant(TurnTaking):
         state = self._require_video()
         self._check_frames(state.num_frames + pixels.shape[0])
         start = time.perf_counter()
-        embeds, cross = encode_frames(
-            self.sessions["vision_encoder"], self.sessions["pooling"], pixels
-        )
+        embeds, cross = self.pipeline.encode_frames(pixels)
         append_to_state(state, embeds, cross, pixels.shape[0])
         self.reset()
         self._upload_text_cross(state)
@@ -263,11 +244,11 @@ class RuntimeAssistant(TurnTaking):
         else:
             self.check_fits(embeds.shape[1], 0)
             v2v = {
-                name: self.backend.upload(value)
+                name: self.pipeline.upload(value)
                 for name, value in cross.items()
                 if name.startswith("v2v")
             }
-            run_chunk(self.sessions["llm"], self.cache, [], embeds, {**self.text_cross, **v2v})
+            self.pipeline.prefill(self.cache, [], embeds, {**self.text_cross, **v2v})
             self.prefix_length, self.prefix_reused = self.cache.length, False
         self.setup_s += time.perf_counter() - start
 
@@ -315,23 +296,10 @@ class RuntimeAssistant(TurnTaking):
         self.check_fits(len(prompt_ids), options.max_new_tokens)
         self.last_prompt_tokens = len(prompt_ids)
         reused = self.prefix_reused
-        sampler = Sampler(
-            options.temperature,
-            options.top_p,
-            options.top_k,
-            options.seed,
-            banned_ids=[self.dims.video_token_id],
-        )
+        sampler = Sampler.for_options(options, [self.dims.video_token_id])
         stops = sorted(self.prompt.stop_token_ids)
-        steps = stream_tokens(
-            self.sessions["llm"],
-            self.cache,
-            self.text_cross,
-            self.shapes,
-            prompt_ids,
-            sampler,
-            options.max_new_tokens,
-            stops,
+        steps = self.pipeline.generate(
+            self.cache, self.text_cross, prompt_ids, sampler, options.max_new_tokens, stops
         )
         stream = collect_tokens(steps, self.prompt.decode, stops, on_text)
         setup_s, self.setup_s, self.prefix_reused = self.setup_s, 0.0, True

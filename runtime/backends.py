@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from crosslmm_edge.runtime.contract import DimSpec, TensorSpec
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.manifest import GraphEntry
 
 # Short names accepted by --provider, best first for the automatic choice.
 # TensorRT is never chosen automatically: its first run builds engines for
@@ -31,20 +30,12 @@ PROVIDER_NAMES = {
 AUTO_ORDER = ("cuda", "cpu")
 
 ONNX_DTYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
 }
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A graph input or output: name, numpy dtype, dims (int or symbolic name)."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | str | None, ...]
 
 
 class DeviceArray(ABC):
@@ -114,13 +105,20 @@ class Backend(ABC):
 
     name: str
     provider: str
+    device: str  # "cpu" or "cuda": where its arrays live
 
     @abstractmethod
-    def load(self, path: Path, name: str, graph: GraphEntry | None = None) -> GraphSession:
+    def load(
+        self,
+        path: Path,
+        name: str,
+        inputs: Sequence[TensorSpec] = (),
+        dims: Mapping[str, DimSpec] | None = None,
+    ) -> GraphSession:
         """Load the graph file ``path``; ``name`` is for messages.
 
-        ``graph`` (the manifest's entry) gives the dynamic ranges that engine
-        builders need for their optimisation profiles.
+        ``inputs`` and ``dims`` (the manifest's contract) give the dynamic
+        ranges that engine builders need for their optimisation profiles.
         """
 
     @abstractmethod
@@ -155,9 +153,14 @@ def resolve_provider(requested: str | None) -> str:
     return wanted
 
 
-def open_backend(provider: str | None = None, threads: int = 0) -> Backend:
-    """The ONNX Runtime backend for ``provider`` (None: the best available)."""
-    return OrtBackend(resolve_provider(provider), threads=threads)
+BACKEND_KINDS = ("onnx",)
+
+
+def open_backend(kind: str = "onnx", provider: str | None = None, threads: int = 0) -> Backend:
+    """The backend that runs ``kind`` artifacts; for ONNX, on ``provider`` (None: best)."""
+    if kind == "onnx":
+        return OrtBackend(resolve_provider(provider), threads=threads)
+    raise UserError(f"--backend {kind!r}: expected one of {', '.join(BACKEND_KINDS)}")
 
 
 class OrtDeviceArray(DeviceArray):
@@ -204,7 +207,7 @@ class OrtSession(GraphSession):
             if isinstance(value, DeviceArray):
                 self._bind_array(binding.bind_input, name, value)
             else:
-                array = np.ascontiguousarray(value, dtype=self.inputs[name].dtype)
+                array = np.ascontiguousarray(value, dtype=np.dtype(self.inputs[name].dtype))
                 keep_alive.append(array)
                 binding.bind_cpu_input(name, array)
         for name, target in write_to.items():
@@ -230,13 +233,13 @@ class OrtBackend(Backend):
         self.device = "cpu" if provider == "cpu" else "cuda"
         self.threads = threads
 
-    def load(self, path: Path, name: str, graph: GraphEntry | None = None) -> OrtSession:
+    def load(self, path, name, inputs=(), dims=None) -> OrtSession:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.log_severity_level = 3  # warnings about unused initializers are noise here
-        providers = self._providers(path, graph)
+        providers = self._providers(path, inputs, dims)
         try:
             session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
@@ -264,7 +267,9 @@ class OrtBackend(Backend):
         value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0)
         return OrtDeviceArray(value, array.shape, array.dtype)
 
-    def _providers(self, path: Path, graph: GraphEntry | None) -> list:
+    def _providers(
+        self, path: Path, inputs: Sequence[TensorSpec], dims: Mapping[str, DimSpec] | None
+    ) -> list:
         if self.provider == "cpu":
             return ["CPUExecutionProvider"]
         if self.provider == "cuda":
@@ -273,25 +278,28 @@ class OrtBackend(Backend):
         # give one explicit profile over the exported ranges; otherwise every new past
         # length outside the shapes seen so far would rebuild the engine mid-generation.
         trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(path.parent)}
-        if graph is not None:
-            trt.update(trt_profile_options(graph))
+        if inputs and dims:
+            trt.update(trt_profile_options(inputs, dims))
         return [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def trt_profile_options(graph: GraphEntry) -> dict[str, str]:
+def trt_profile_options(
+    inputs: Sequence[TensorSpec], dims: Mapping[str, DimSpec]
+) -> dict[str, str]:
     """``trt_profile_{min,opt,max}_shapes`` for every input, from the manifest's ranges.
 
     The opt shape is the max (tactics chosen for the largest chunk); untested
     on a GPU here.
     """
     shapes: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
-    for tensor in graph.inputs:
+    for tensor in inputs:
         for kind in shapes:
             end = "min" if kind == "min" else "max"
-            dims = [d if isinstance(d, int) else getattr(graph.dims[d], end) for d in tensor.dims]
-            shapes[kind].append(f"{tensor.name}:" + "x".join(str(d) for d in dims))
+            shape = [d if isinstance(d, int) else getattr(dims[d], end) for d in tensor.dims]
+            shapes[kind].append(f"{tensor.name}:" + "x".join(str(d) for d in shape))
     return {f"trt_profile_{kind}_shapes": ",".join(items) for kind, items in shapes.items()}
 
 
 def _spec(arg) -> TensorSpec:
-    return TensorSpec(arg.name, np.dtype(ONNX_DTYPES.get(arg.type, np.float32)), tuple(arg.shape))
+    dims = tuple(d if isinstance(d, int | str) else "?" for d in arg.shape)
+    return TensorSpec(arg.name, ONNX_DTYPES.get(arg.type, "float32"), dims)

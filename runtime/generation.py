@@ -54,7 +54,7 @@ def run_chunk(
     }
     logits = llm.run(feeds, write_to=cache.slot_targets(length), fetch=["logits"])["logits"]
     cache.advance(length)
-    return logits.reshape(-1)  # [V]
+    return logits[0, -1] if logits.ndim == 3 else logits.reshape(-1)  # [V]; all-logits graphs too
 
 
 def prefill_text(

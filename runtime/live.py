@@ -38,7 +38,7 @@ class RollingWindow:
             raise UserError("seconds, source fps and sample fps must be positive")
         self.stride = max(1, round(self.source_fps / self.sample_fps))
         self.window_frames = max(1, round(self.seconds * self.source_fps / self.stride))
-        limit = self.assistant.package.max_frames
+        limit = self.assistant.pipeline.package.max_frames
         if self.window_frames > limit:
             raise UserError(
                 f"a {self.seconds} s window at {self.sample_fps} frames/s needs "

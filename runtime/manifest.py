@@ -1,54 +1,42 @@
 """``manifest.json``: the written contract of a model package (torch-free).
 
-Schema (format_version 1)::
+Schema (format_version 2)::
 
-    {"format_version": 1,
+    {"format_version": 2,
      "source": {"checkpoint": PATH, "checkpoint_sha256": HEX},
      "model_config": {... the checkpoint's config.json ...},
      "limits": {"max_frames": T, "max_context": L},
-     "precision": "fp32" | "fp16",
-     "tools": {"torch": V, "onnx": V, "onnxruntime": V, "opset": 18, "exporter": ...},
      "files": {"config": "config.json", "generation_config": ..., "tokenizer": [...]},
-     "graphs": {ROLE: {"inputs": [TENSOR], "outputs": [TENSOR],
-                       "dims": {NAME: {"min": a, "max": b, "expr": null | "frames*4"}},
-                       "artifacts": [ARTIFACT]}}}
-    TENSOR   = {"name": ..., "dtype": "float32" | "float16" | "int64", "dims": [int | NAME]}
-    ARTIFACT = {"backend": "onnx", "precision": "fp32", "file": "llm.onnx", "sha256": HEX,
-                "external_data": [{"file": ..., "sha256": HEX}]}
+     "graphs": {ROLE: {"dims": {NAME: {"min": a, "max": b, "expr": null | "frames*4"}},
+                       "artifacts": [ARTIFACT, ...]}}}
+    ARTIFACT = {"backend": "onnx" | "tensorrt", "precision": "fp32" | "fp16" | "int8",
+                "file": "llm.onnx", "sha256": HEX,
+                "external_data": [{"file": ..., "sha256": HEX}],
+                "inputs": [TENSOR], "outputs": [TENSOR],
+                "build": {tool versions, recipe, engine record ...}}
+    TENSOR   = {"name": ..., "dtype": "float32" | "float16" | "int64" | ..., "dims": [int | NAME]}
 
-Roles are ``vision_encoder``, ``pooling`` and ``llm``. A role holds a list of
-artifacts so that later tools add an INT8 ONNX graph or a TensorRT engine of
-the same role (same inputs and outputs) without changing this schema.
+Roles are ``vision_encoder``, ``pooling`` and ``llm``. Tensor names and dims
+are the role's contract (``runtime/contract.py``); dtypes belong to each
+artifact, so fp32, fp16 and INT8 graphs and TensorRT engines of one role sit
+side by side, each telling exactly what it takes and returns.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from crosslmm_edge.runtime.contract import ROLES, DimSpec, TensorSpec
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.files import read_json
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
-REQUIRED_ROLES = ("vision_encoder", "pooling", "llm")
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    dtype: str
-    dims: tuple[int | str, ...]
-
-
-@dataclass(frozen=True)
-class DimRange:
-    min: int
-    max: int
-    expr: str | None = None  # a derived dim, e.g. "frames*4"
+FORMAT_VERSION = 2
+BACKENDS = ("onnx", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -61,26 +49,75 @@ class FileRef:
 class Artifact:
     """One file implementing a graph role on one backend at one precision."""
 
-    backend: str  # "onnx" now; "tensorrt" for engines later
-    precision: str  # "fp32", "fp16", "int8"
+    backend: str
+    precision: str
     file: str
     sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
     external_data: tuple[FileRef, ...] = ()
+    build: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """``backend/precision``, as messages and ``--json`` name an artifact."""
+        return f"{self.backend}/{self.precision}"
+
+    def files(self) -> tuple[FileRef, ...]:
+        """The main file and its external data, each with its sha256."""
+        return (FileRef(self.file, self.sha256), *self.external_data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "file": self.file,
+            "sha256": self.sha256,
+            "external_data": [{"file": r.file, "sha256": r.sha256} for r in self.external_data],
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "build": self.build,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Artifact:
+        extra = tuple(FileRef(str(e["file"]), str(e["sha256"])) for e in data["external_data"])
+        return cls(
+            backend=str(data["backend"]),
+            precision=str(data["precision"]),
+            file=str(data["file"]),
+            sha256=str(data["sha256"]),
+            inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
+            external_data=extra,
+            build=dict(data.get("build") or {}),
+        )
 
 
 @dataclass(frozen=True)
 class GraphEntry:
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
-    dims: dict[str, DimRange]
+    """One role: its dynamic dims and every artifact that implements it."""
+
+    dims: dict[str, DimSpec]
     artifacts: tuple[Artifact, ...]
 
-    def artifact(self, backend: str = "onnx", precision: str | None = None) -> Artifact:
-        """The first artifact for ``backend`` (and ``precision`` when given)."""
-        for item in self.artifacts:
-            if item.backend == backend and precision in (None, item.precision):
-                return item
-        raise UserError(f"no {backend} artifact at precision {precision or 'any'} in the manifest")
+    def find(self, backend: str, precision: str) -> Artifact | None:
+        """The artifact for ``backend`` at ``precision``, if the package holds one."""
+        return next(
+            (a for a in self.artifacts if (a.backend, a.precision) == (backend, precision)), None
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        dims = {d.name: {"min": d.min, "max": d.max, "expr": d.expr} for d in self.dims.values()}
+        return {"dims": dims, "artifacts": [a.to_dict() for a in self.artifacts]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GraphEntry:
+        dims = {
+            name: DimSpec(str(name), int(d["min"]), int(d["max"]), d.get("expr"))
+            for name, d in data["dims"].items()
+        }
+        return cls(dims, tuple(Artifact.from_dict(a) for a in data["artifacts"]))
 
 
 @dataclass(frozen=True)
@@ -89,49 +126,33 @@ class Manifest:
     source: dict[str, str]
     model_config: dict[str, Any]
     limits: dict[str, int]
-    precision: str
-    tools: dict[str, Any]
     files: dict[str, Any]
-    graphs: dict[str, GraphEntry] = field(default_factory=dict)
+    graphs: dict[str, GraphEntry]
+
+    def labels(self) -> list[str]:
+        """``backend/precision`` of every complete set (all roles present), sorted."""
+        sets = [{a.label for a in g.artifacts} for g in self.graphs.values()]
+        return sorted(set.intersection(*sets)) if sets else []
+
+    def with_artifact(self, role: str, artifact: Artifact) -> Manifest:
+        """A copy with ``artifact`` added to ``role`` (replacing one of the same label)."""
+        entry = self.graphs[role]
+        kept = tuple(a for a in entry.artifacts if a.label != artifact.label)
+        graphs = {**self.graphs, role: replace(entry, artifacts=(*kept, artifact))}
+        return replace(self, graphs=graphs)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {
+            "format_version": self.format_version,
+            "source": self.source,
+            "model_config": self.model_config,
+            "limits": self.limits,
+            "files": self.files,
+            "graphs": {role: entry.to_dict() for role, entry in self.graphs.items()},
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _tensor(data: dict[str, Any]) -> TensorInfo:
-    return TensorInfo(str(data["name"]), str(data["dtype"]), tuple(data["dims"]))
-
-
-def _artifact(data: dict[str, Any]) -> Artifact:
-    extra = tuple(FileRef(str(e["file"]), str(e["sha256"])) for e in data.get("external_data", ()))
-    return Artifact(
-        str(data["backend"]), str(data["precision"]), str(data["file"]), str(data["sha256"]), extra
-    )
-
-
-def _graph(data: dict[str, Any]) -> GraphEntry:
-    dims = {
-        name: DimRange(int(d["min"]), int(d["max"]), d.get("expr"))
-        for name, d in data["dims"].items()
-    }
-    return GraphEntry(
-        tuple(_tensor(t) for t in data["inputs"]),
-        tuple(_tensor(t) for t in data["outputs"]),
-        dims,
-        tuple(_artifact(a) for a in data["artifacts"]),
-    )
 
 
 def manifest_from_dict(data: dict[str, Any]) -> Manifest:
@@ -141,33 +162,28 @@ def manifest_from_dict(data: dict[str, Any]) -> Manifest:
         source=dict(data["source"]),
         model_config=dict(data["model_config"]),
         limits={k: int(v) for k, v in data["limits"].items()},
-        precision=str(data["precision"]),
-        tools=dict(data["tools"]),
         files=dict(data["files"]),
-        graphs={role: _graph(g) for role, g in data["graphs"].items()},
+        graphs={str(role): GraphEntry.from_dict(g) for role, g in data["graphs"].items()},
     )
 
 
-def _check_files(pkg: Path, manifest: Manifest, verify_hashes: bool) -> None:
+def _check_files(pkg: Path, manifest: Manifest) -> None:
     for role, graph in manifest.graphs.items():
-        for art in graph.artifacts:
-            for ref in (FileRef(art.file, art.sha256), *art.external_data):
-                path = pkg / ref.file
-                if not path.is_file():
+        for artifact in graph.artifacts:
+            for ref in artifact.files():
+                if not (pkg / ref.file).is_file():
                     raise UserError(
-                        f"{path}: file of graph {role!r} listed in the manifest is missing"
-                    )
-                if verify_hashes and file_sha256(path) != ref.sha256:
-                    raise UserError(
-                        f"{path}: sha256 differs from the manifest (file changed or corrupt)"
+                        f"{pkg / ref.file}: file of graph {role!r} ({artifact.label}) listed "
+                        "in the manifest is missing"
                     )
 
 
-def load_manifest(pkg_dir: str | Path, verify_hashes: bool = False) -> Manifest:
+def load_manifest(pkg_dir: str | Path) -> Manifest:
     """Read and validate ``PKG/manifest.json``; ``UserError`` names what is wrong.
 
     Checks the format version, that every graph role is present and that each
-    artifact file exists (and, with ``verify_hashes``, matches its sha256).
+    artifact's files exist. Hashes are checked when an artifact is loaded
+    (``runtime.package``).
     """
     pkg = Path(pkg_dir)
     path = pkg / MANIFEST_NAME
@@ -177,21 +193,20 @@ def load_manifest(pkg_dir: str | Path, verify_hashes: bool = False) -> Manifest:
         raise UserError(
             f"{path}: not found; is {pkg} a model package (made by `crosslmm-edge export`)?"
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
-        version = data.get("format_version") if isinstance(data, dict) else None
+    data = read_json(path)
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        hint = " (re-export it with this version of crosslmm-edge)" if version == 1 else ""
         raise UserError(
-            f"{path}: format_version {version!r} unsupported (this runtime reads {FORMAT_VERSION})"
+            f"{path}: manifest format_version {version!r} is not supported; this "
+            f"crosslmm-edge reads format {FORMAT_VERSION}{hint}"
         )
     try:
         manifest = manifest_from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from None
-    missing = [role for role in REQUIRED_ROLES if role not in manifest.graphs]
+    missing = [role for role in ROLES if role not in manifest.graphs]
     if missing:
         raise UserError(f"{path}: graphs {missing} missing")
-    _check_files(pkg, manifest, verify_hashes)
+    _check_files(pkg, manifest)
     return manifest

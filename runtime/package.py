@@ -1,110 +1,155 @@
-"""A model package opened for running: its manifest, dims, limits and graph files.
+"""A model package opened for running: manifest, model sizes, limits, chosen artifacts.
 
-The runtime trusts only ``manifest.json`` (docs/package-format.md), read by
-``runtime.manifest``. Each graph file is checked against the manifest's
-sha256 before it is loaded, so a truncated or swapped file is refused with
-its name instead of failing inside the backend.
+The runtime trusts only ``manifest.json`` (docs/package-format.md). It picks
+one artifact per role for a backend and precision, checks each file against
+the manifest's sha256 before it is loaded, and names what it ran. Tools that
+add artifacts (fp16, INT8, TensorRT engines) go through ``add_artifacts``,
+which moves the new files in and rewrites the manifest last, atomically.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from crosslmm_edge.runtime.config import CrossLMMConfig
+from crosslmm_edge.runtime.contract import ROLES, ModelDims
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.manifest import (
-    MANIFEST_NAME,
-    REQUIRED_ROLES,
-    FileRef,
-    Manifest,
-    file_sha256,
-    load_manifest,
-)
+from crosslmm_edge.runtime.files import file_sha256, write_text_atomic
+from crosslmm_edge.runtime.manifest import MANIFEST_NAME, Artifact, Manifest, load_manifest
 
-GRAPH_ROLES = REQUIRED_ROLES
+# Precision tried first when none is asked for, per device: fp32 on a CPU (fp16 is
+# emulated there), fp16 on a GPU. INT8 is always an explicit choice: it has a drift cost.
+PRECISION_PREFERENCE = {"cpu": ("fp32", "fp16"), "cuda": ("fp16", "fp32")}
 
 
 @dataclass(frozen=True)
-class ModelDims:
-    """The sizes the runtime needs, read from the model config in the manifest."""
+class ArtifactSet:
+    """The artifact chosen for each role: one backend, one precision."""
 
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    hidden_size: int
-    vocab_size: int
-    num_dcal: int
-    tokens_per_frame: int  # P
-    patches_per_frame: int  # N
-    image_size: int
-    num_frames: int
-    video_token_id: int
-    v2v_scope: str
+    backend: str
+    precision: str
+    by_role: dict[str, Artifact]
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ModelDims:
-        """Dims of a CrossLMM ``config.json`` dict (Hugging Face key names)."""
-        text, vision = config["text_config"], config["vision_config"]
-        heads = text["num_attention_heads"]
-        grid = vision["image_size"] // vision["patch_size"]
-        return cls(
-            num_layers=text["num_hidden_layers"],
-            num_kv_heads=text["num_key_value_heads"],
-            head_dim=text.get("head_dim") or text["hidden_size"] // heads,
-            hidden_size=text["hidden_size"],
-            vocab_size=text["vocab_size"],
-            num_dcal=text["num_hidden_layers"] // config.get("dcal_every", 4),
-            tokens_per_frame=config.get("pooled_grid", 3) ** 2,
-            patches_per_frame=grid * grid,
-            image_size=vision["image_size"],
-            num_frames=config.get("num_frames", 32),
-            video_token_id=config["video_token_id"],
-            v2v_scope=config.get("v2v_scope", "video"),
-        )
+    @property
+    def label(self) -> str:
+        return f"{self.backend}/{self.precision}"
+
+    def sha256(self) -> str:
+        """A hash of exactly the files that run (video states are keyed by it)."""
+        digest = hashlib.sha256()
+        for role in ROLES:
+            for ref in self.by_role[role].files():
+                digest.update(f"{role}:{ref.file}:{ref.sha256}\n".encode())
+        return digest.hexdigest()
+
+    def describe(self) -> list[dict[str, str]]:
+        """What ran, for ``--json``: role, backend, precision, file."""
+        return [
+            {"role": role, "backend": a.backend, "precision": a.precision, "file": a.file}
+            for role, a in self.by_role.items()
+        ]
+
+
+def choose_artifacts(
+    manifest: Manifest, backend: str = "onnx", precision: str | None = None, device: str = "cpu"
+) -> ArtifactSet:
+    """The artifacts for ``backend`` at ``precision`` (None: the best for ``device``)."""
+    held = manifest.labels()
+    wanted = [precision] if precision else PRECISION_PREFERENCE.get(device, ("fp16", "fp32"))
+    for candidate in wanted:
+        found = {role: manifest.graphs[role].find(backend, candidate) for role in ROLES}
+        if all(found.values()):
+            return ArtifactSet(backend, candidate, found)  # type: ignore[arg-type]
+    asked = f"{backend}/{precision}" if precision else f"a {backend} artifact set"
+    raise UserError(
+        f"the package holds no {asked} for every graph; it holds: {', '.join(held) or 'nothing'}"
+    )
 
 
 class ModelPackage:
-    """An exported package folder: manifest, dims, limits, verified graph paths."""
+    """An exported package folder: manifest, config, sizes, limits, verified files."""
 
-    def __init__(self, folder: Path, manifest: Manifest, manifest_sha256: str) -> None:
+    def __init__(self, folder: Path, manifest: Manifest) -> None:
         self.folder = folder
         self.manifest = manifest
-        self.manifest_sha256 = manifest_sha256
-        manifest_path = folder / MANIFEST_NAME
         try:
-            self.dims = ModelDims.from_config(manifest.model_config)
+            self.config = CrossLMMConfig.from_dict(manifest.model_config)
             self.max_context = int(manifest.limits["max_context"])
             self.max_frames = int(manifest.limits["max_frames"])
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-            raise UserError(f"{manifest_path}: malformed manifest ({exc!r})") from None
-        self._verified: set[str] = set()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{folder / MANIFEST_NAME}: malformed manifest ({exc!r})") from None
+        except UserError as exc:
+            raise UserError(f"{folder / MANIFEST_NAME}: {exc}") from None
+        self.dims = ModelDims.from_config(self.config)
+        self._verified: set[tuple[str, str]] = set()
 
-    def graph_path(self, role: str, verify: bool = True) -> Path:
-        """The ONNX file of graph ``role``, its sha256 checked once (unless ``verify`` is off)."""
-        artifact = self.manifest.graphs[role].artifact("onnx")
-        if verify and role not in self._verified:
-            for ref in (FileRef(artifact.file, artifact.sha256), *artifact.external_data):
+    def path(self, artifact: Artifact, verify: bool = True) -> Path:
+        """The artifact's main file, its files' sha256 checked once (unless ``verify`` is off)."""
+        if verify and (artifact.file, artifact.sha256) not in self._verified:
+            for ref in artifact.files():
                 if file_sha256(self.folder / ref.file) != ref.sha256:
                     raise UserError(
                         f"package {self.folder}: {ref.file} does not match the sha256 in "
                         "manifest.json (corrupt, truncated or replaced)"
                     )
-            self._verified.add(role)
+            self._verified.add((artifact.file, artifact.sha256))
         return self.folder / artifact.file
 
     def verify_all(self) -> None:
-        """Check every graph file now rather than on first use."""
-        for role in GRAPH_ROLES:
-            self.graph_path(role)
+        """Check every artifact's files now rather than on first use."""
+        for graph in self.manifest.graphs.values():
+            for artifact in graph.artifacts:
+                self.path(artifact)
 
 
 def open_package(folder: str | Path, verify: bool = True) -> ModelPackage:
-    """Open a package folder; ``verify`` checks all graph hashes up front (else on load)."""
+    """Open a package folder; ``verify`` checks all artifact hashes up front (else on load)."""
     folder = Path(folder)
-    manifest = load_manifest(folder)  # checks the schema and that every file exists
-    manifest_sha256 = file_sha256(folder / MANIFEST_NAME)
-    package = ModelPackage(folder, manifest, manifest_sha256)
+    package = ModelPackage(folder, load_manifest(folder))
     if verify:
         package.verify_all()
     return package
+
+
+def add_artifacts(folder: str | Path, artifacts: Mapping[str, Artifact], staging: Path) -> Manifest:
+    """Add ``artifacts`` (role -> artifact) whose files wait in ``staging`` to a package.
+
+    ``staging`` must be a folder inside the package (same file system): each
+    file is renamed into place, then the manifest is rewritten atomically, so
+    a reader sees the old manifest or the new one. Files of artifacts the
+    package keeps are never overwritten.
+    """
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    kept = {
+        ref.file
+        for graph in manifest.graphs.values()
+        for a in graph.artifacts
+        for ref in a.files()
+        if all(a.label != new.label for new in artifacts.values())
+    }
+    names = [ref.file for a in artifacts.values() for ref in a.files()]
+    clash = sorted(set(names) & kept)
+    if clash:
+        raise UserError(f"{folder}: {clash} belong to artifacts the package keeps")
+    moved: list[Path] = []
+    try:
+        for name in names:
+            os.replace(staging / name, folder / name)
+            moved.append(folder / name)
+        for role, artifact in artifacts.items():
+            manifest = manifest.with_artifact(role, artifact)
+        write_text_atomic(folder / MANIFEST_NAME, manifest.to_json())
+    except OSError as exc:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        raise UserError(f"cannot add artifacts to {folder}: {exc.strerror or exc}") from None
+    except BaseException:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        raise
+    return manifest

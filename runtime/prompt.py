@@ -21,6 +21,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Tokenizer
 
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.files import read_json
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 IM_START, IM_END, VIDEO_PAD = "<|im_start|>", "<|im_end|>", "<|video_pad|>"
@@ -39,19 +40,6 @@ CHATML_TEMPLATE = (
 VIDEO_SLOT = "[[crosslmm-slot:video]]"
 QUESTION_SLOT = "[[crosslmm-slot:question]]"
 ANSWER_SLOT = "[[crosslmm-slot:answer]]"
-
-
-def _read_json(path: Path) -> dict:
-    """A JSON object from ``path``; missing or invalid -> UserError naming it."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"missing file: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path} does not hold a JSON object")
-    return value
 
 
 def _token_text(value: object) -> str | None:
@@ -106,7 +94,7 @@ def _compile_template(source: str, origin: Path) -> jinja2.Template:
 
 def _generation_eos_ids(path: Path) -> set[int]:
     """eos_token_id of generation_config.json (an int or a list of ints)."""
-    eos = _read_json(path).get("eos_token_id")
+    eos = read_json(path).get("eos_token_id")
     ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise UserError(f"eos_token_id in {path} must be an int or a list of ints, got {eos!r}")
@@ -163,7 +151,7 @@ class PromptBuilder:
             tokenizer = Tokenizer.from_file(os.fspath(tokenizer_file))
         except Exception as exc:  # tokenizers raises plain Exception on bad JSON
             raise UserError(f"cannot load {tokenizer_file}: {exc}") from None
-        config = _read_json(folder / "tokenizer_config.json")
+        config = read_json(folder / "tokenizer_config.json")
         template = _compile_template(_template_source(folder, config), folder)
         template_vars = {
             key: text

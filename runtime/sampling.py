@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from crosslmm_edge.runtime.assistant_types import GenerationOptions
+
 
 @dataclass
 class Sampler:
@@ -21,6 +23,11 @@ class Sampler:
     top_k: int = 0
     seed: int | None = None
     banned_ids: Sequence[int] = ()
+
+    @classmethod
+    def for_options(cls, options: GenerationOptions, banned_ids: Sequence[int]) -> Sampler:
+        """The sampler of a request's decoding settings."""
+        return cls(options.temperature, options.top_p, options.top_k, options.seed, banned_ids)
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.temperature) and np.isfinite(self.top_p)):

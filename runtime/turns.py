@@ -7,25 +7,44 @@ the last answer. Only how a turn is generated differs (``_answer``).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Collection
+from typing import Any, Protocol
 
 from crosslmm_edge.runtime.assistant_types import Answer, GenerationOptions, TokenCallback
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.prompt import PromptBuilder
 
 
-class TurnTaking:
+class PrefixCache(Protocol):
+    """What turn-taking needs of a KV cache (the runtime's and the reference's)."""
+
+    length: int
+
+    def truncate(self, length: int) -> None: ...
+
+
+class TurnTaking(ABC):
     """``ask``/``follow_up``/``reset`` over a cached video prefix.
 
-    A subclass sets ``prompt`` (a PromptBuilder), ``system``, ``cache`` (with
-    ``length`` and ``truncate``), ``prefix_length``, ``max_context`` and
-    ``pending_ids``, and implements ``_require_video`` and ``_answer``.
+    The state it owns is set here; a subclass prepares the video (setting
+    ``cache`` and ``prefix_length``) and implements ``_require_video`` and
+    ``_answer``.
     """
+
+    def __init__(self, prompt: PromptBuilder, system: str | None, max_context: int) -> None:
+        self.prompt = prompt
+        self.system = system
+        self.max_context = max_context
+        self.cache: PrefixCache | None = None  # set with the video
+        self.prefix_length = 0  # cache entries that belong to the video prefix
+        self.pending_ids: list[int] = []  # answer tokens a follow-up must feed first
 
     def reset(self) -> None:
         """Forget the conversation; the next question starts from the video prefix."""
         if self.cache is not None:
             self.cache.truncate(self.prefix_length)
-        self.pending_ids: list[int] = []
+        self.pending_ids = []
 
     def ask(
         self, question: str, options: GenerationOptions, on_text: TokenCallback | None = None
@@ -66,9 +85,11 @@ class TurnTaking:
         stopped = bool(tokens) and tokens[-1] in stop_ids
         self.pending_ids = [] if stopped or not tokens else [tokens[-1]]
 
-    def _require_video(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _require_video(self) -> Any:
+        """Raise ``UserError`` when no video is set."""
 
+    @abstractmethod
     def _answer(
         self,
         question: str,
@@ -76,4 +97,4 @@ class TurnTaking:
         options: GenerationOptions,
         on_text: TokenCallback | None,
     ) -> Answer:
-        raise NotImplementedError
+        """Generate one turn from ``prompt_ids`` at the cache's end."""

@@ -8,18 +8,16 @@ Every decoder failure becomes a ``UserError`` that names the file.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import numpy as np
 from PIL import Image
 
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.files import file_sha256, write_atomic
 
 # What PyAV raises on bad input: its FFmpeg errors (many also subclass
 # OSError/ValueError) and plain OSError/ValueError from the file layer.
@@ -28,8 +26,6 @@ DECODER_ERRORS = (av.error.FFmpegError, OSError, ValueError)
 # FFmpeg renders text files (.txt, .nfo, .asc ...) as "videos" of ANSI art;
 # those are text, not video, so they are refused.
 TEXT_ART_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
-
-HASH_BLOCK_BYTES = 1 << 20
 
 
 def sample_indices(num_decoded: int, num_frames: int) -> list[int]:
@@ -172,14 +168,10 @@ def load_video(path: str | os.PathLike, num_frames: int, image_size: int) -> np.
 
 def video_fingerprint(path: str | os.PathLike) -> str:
     """sha256 hex digest of the file's bytes (streamed, bounded memory)."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as file:
-            while block := file.read(HASH_BLOCK_BYTES):
-                digest.update(block)
+        return file_sha256(path)
     except OSError as exc:
         raise UserError(f"cannot read video {path}: {_reason(exc)}") from None
-    return digest.hexdigest()
 
 
 def _encoder_settings() -> tuple[str, str, dict[str, str]]:
@@ -199,13 +191,9 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int | Fraction
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
         raise ValueError(f"expected uint8 frames [T>0, H, W, 3], got {frames.dtype} {frames.shape}")
     codec, pix_fmt, options = _encoder_settings()
-    target = Path(path)
-    handle, temp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".mp4", dir=target.parent
-    )
-    os.close(handle)
-    try:
-        with av.open(temp_name, mode="w", format="mp4") as container:
+
+    def encode(handle) -> None:
+        with av.open(handle, mode="w", format="mp4") as container:
             stream = container.add_stream(codec, rate=fps)
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = pix_fmt
@@ -213,7 +201,5 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int | Fraction
             for rgb in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
             container.mux(stream.encode(None))  # flush the encoder
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+
+    write_atomic(path, encode)

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from crosslmm_edge.runtime.backends import GraphSession
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.files import write_atomic
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 SAMPLING_RULE = "segment-centres"  # spec section 2: frame i = floor((i + 0.5) n / T)
 DEFAULT_CHUNK_FRAMES = 8
 
@@ -38,13 +37,22 @@ class StateKey:
     video_sha256: str
     num_frames: int  # frames requested (T)
     image_size: int
-    manifest_sha256: str
+    artifacts: str  # backend/precision of the artifacts that computed it
+    artifacts_sha256: str  # of exactly those files (package.ArtifactSet.sha256)
     sampling: str = SAMPLING_RULE
 
     def mismatch(self, other: StateKey) -> list[str]:
-        """Names of the fields in which ``other`` differs."""
+        """What differs between this key and ``other`` (the current run's), in words."""
         mine, theirs = asdict(self), asdict(other)
-        return [name for name in mine if mine[name] != theirs[name]]
+        if self.artifacts != other.artifacts:
+            return [
+                f"precision: it was made with {self.artifacts}, this run uses {other.artifacts}"
+            ]
+        fields = [name for name in mine if mine[name] != theirs[name]]
+        return [
+            "the artifact files differ" if n == "artifacts_sha256" else f"{n} differs"
+            for n in fields
+        ]
 
 
 @dataclass
@@ -128,24 +136,7 @@ def save_state(state: VideoState, path: str | os.PathLike) -> None:
     arrays.update({f"cross/{name}": value for name, value in state.cross.items()})
     for i, (k, v) in enumerate(zip(state.prefix_keys, state.prefix_values, strict=True)):
         arrays[f"prefix_key/{i}"], arrays[f"prefix_value/{i}"] = k, v
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise UserError(f"cannot write video state {target}: no folder {target.parent}")
-    handle, temp = tempfile.mkstemp(
-        prefix=f".{target.name}.",
-        suffix=".npz",
-        dir=target.parent,
-    )
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(temp, target)
-    except OSError as exc:
-        Path(temp).unlink(missing_ok=True)
-        raise UserError(f"cannot write video state {target}: {exc}") from None
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda handle: np.savez(handle, **arrays))
 
 
 def load_state(path: str | os.PathLike, expected: StateKey) -> VideoState:
@@ -153,12 +144,18 @@ def load_state(path: str | os.PathLike, expected: StateKey) -> VideoState:
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
+            if meta.get("format") != STATE_FORMAT:
+                raise UserError(
+                    f"video state {path} was saved by another version of crosslmm-edge "
+                    f"(state format {meta.get('format')!r}, this one reads {STATE_FORMAT}); "
+                    "save it again"
+                )
             key = StateKey(**meta["key"])
             differs = key.mismatch(expected)
             if differs:
                 raise UserError(
-                    f"video state {path} was made for another "
-                    f"{', '.join(differs)}; refusing to use it"
+                    f"video state {path} does not fit this run ({'; '.join(differs)}); "
+                    "refusing to use it"
                 )
             layers = sum(1 for name in data.files if name.startswith("prefix_key/"))
             return VideoState(

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crosslmm_edge.export.config import CrossLMMConfig
 from crosslmm_edge.models import embedded_model_dir
+from crosslmm_edge.runtime.config import CrossLMMConfig
 from crosslmm_edge.runtime.errors import UserError
 from crosslmm_edge.runtime.sampling import Sampler
 

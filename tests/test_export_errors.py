@@ -166,6 +166,7 @@ def fake_package(checkpoint, tmp_path, monkeypatch) -> Path:
         (lambda pkg: (pkg / "manifest.json").unlink(), "not found"),
         (lambda pkg: (pkg / "manifest.json").write_text("{oops"), "not valid JSON"),
         (lambda pkg: _edit_manifest(pkg, format_version=99), "format_version 99"),
+        (lambda pkg: _edit_manifest(pkg, format_version=1), "re-export it"),
         (lambda pkg: _edit_manifest(pkg, graphs={}), "missing"),
         (lambda pkg: (pkg / "llm.onnx").unlink(), "llm.onnx"),
         (lambda pkg: _edit_manifest(pkg, limits="none"), "malformed"),
@@ -175,7 +176,7 @@ def test_load_manifest_names_what_is_wrong(fake_package, damage, words):
     from crosslmm_edge.runtime.errors import UserError
     from crosslmm_edge.runtime.manifest import load_manifest
 
-    load_manifest(fake_package, verify_hashes=True)  # intact first
+    load_manifest(fake_package)  # intact first
     damage(fake_package)
     with pytest.raises(UserError, match=words) as info:
         load_manifest(fake_package)

@@ -18,11 +18,12 @@ import pytest
 from tiny_models import save_tiny_checkpoint, tiny_config, tiny_model
 
 from crosslmm_edge.cli import main
-from crosslmm_edge.export.graph_specs import ExportLimits, graph_specs
 from crosslmm_edge.export.onnx_export import export_graph
 from crosslmm_edge.export.package import export_package
 from crosslmm_edge.export.verify import size_cases, verify_package
-from crosslmm_edge.runtime.manifest import file_sha256, load_manifest
+from crosslmm_edge.runtime.contract import ExportLimits, graph_specs
+from crosslmm_edge.runtime.files import file_sha256
+from crosslmm_edge.runtime.manifest import load_manifest
 
 CONFIGS = {
     # GQA 7:1, V2V over the whole video, gated DCAL MLP, tied head, bilinear pooling.
@@ -81,7 +82,7 @@ def test_every_graph_matches_pytorch_at_every_size(report):
 
 
 def test_chained_graphs_give_the_reference_greedy_tokens(report):
-    chain = report.chain
+    (chain,) = report.chains
     assert len(chain.torch_tokens) == 21  # the question chunk's token, then 20 decode steps
     assert chain.onnx_tokens == chain.torch_tokens
     assert chain.max_logit_error <= 1e-4  # every step's logits, not just their argmax
@@ -98,38 +99,40 @@ def test_size_cases_cover_zero_length_dims():
 
 def test_manifest_records_the_contract(package):
     checkpoint, pkg = package
-    manifest = load_manifest(pkg, verify_hashes=True)
+    manifest = load_manifest(pkg)
     config = json.loads((checkpoint / "config.json").read_text())
     assert (
         manifest.model_config["text_config"]["num_attention_heads"]
         == config["text_config"]["num_attention_heads"]
     )
     assert manifest.source["checkpoint"] == str(checkpoint.resolve())
-    assert set(manifest.tools) >= {"torch", "onnx", "onnxruntime", "opset"}
+    assert manifest.format_version == 2 and manifest.labels() == ["onnx/fp32"]
     assert manifest.limits == {"max_frames": 3, "max_context": 64}
     assert (pkg / "tokenizer.json").read_bytes() == (checkpoint / "tokenizer.json").read_bytes()
     llm = manifest.graphs["llm"]
-    assert [t.name for t in llm.inputs[:5]] == [
+    llm_fp32 = llm.find("onnx", "fp32")
+    assert set(llm_fp32.build) >= {"torch", "onnx", "onnxruntime", "opset", "crosslmm_edge"}
+    assert [t.name for t in llm_fp32.inputs[:5]] == [
         "input_ids",
         "visual_embeds",
         "position_ids",
         "past_key.0",
         "past_value.0",
     ]
-    assert llm.outputs[0].name == "logits" and llm.outputs[0].dims == (
+    assert llm_fp32.outputs[0].name == "logits" and llm_fp32.outputs[0].dims == (
         1,
         config["text_config"]["vocab_size"],
     )
     assert llm.dims["past_len"].min == 0 and llm.dims["text_len"].min == 0
     for role, graph in manifest.graphs.items():
-        art = graph.artifact("onnx", "fp32")
+        art = graph.find("onnx", "fp32")
         assert file_sha256(pkg / art.file) == art.sha256
         model = onnx.load(str(pkg / art.file), load_external_data=False)
         dims = {
             v.name: tuple(d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim)
             for v in (*model.graph.input, *model.graph.output)
         }
-        assert dims == {t.name: t.dims for t in (*graph.inputs, *graph.outputs)}, role
+        assert dims == {t.name: t.dims for t in (*art.inputs, *art.outputs)}, role
 
 
 def test_pooling_is_a_matmul_and_the_embedding_is_stored_once(package):
@@ -201,7 +204,7 @@ def test_the_embedded_model_exports_and_verifies(tmp_path):
     report = verify_package(tmp_path / "pkg")
     assert report.ok, report.worst.line()
     assert max(c.max_abs for c in report.checks) <= 1e-4
-    assert report.chain.onnx_tokens == report.chain.torch_tokens
+    assert all(c.onnx_tokens == c.torch_tokens for c in report.chains)
 
 
 def test_an_all_logits_graph_returns_every_position(tmp_path):
@@ -209,7 +212,8 @@ def test_an_all_logits_graph_returns_every_position(tmp_path):
 
     from crosslmm_edge.export.dcal import CrossKV
     from crosslmm_edge.export.graph_modules import graph_module
-    from crosslmm_edge.export.graph_specs import llm_sizes, random_inputs, trace_sizes
+    from crosslmm_edge.export.graph_specs import random_inputs, trace_sizes
+    from crosslmm_edge.runtime.contract import llm_sizes
 
     model = tiny_model(tiny_config(layers=2, dcal_every=2))
     config = model.config
@@ -245,7 +249,8 @@ def test_pooling_chunks_concatenate_to_the_whole_video(package):
     _, pkg = package
     session = ort.InferenceSession(str(pkg / "pooling.onnx"), providers=["CPUExecutionProvider"])
     shape = [
-        d if isinstance(d, int) else 3 for d in load_manifest(pkg).graphs["pooling"].inputs[0].dims
+        d if isinstance(d, int) else 3
+        for d in load_manifest(pkg).graphs["pooling"].artifacts[0].inputs[0].dims
     ]
     features = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     whole = session.run(None, {"patch_features": features})

@@ -11,7 +11,6 @@ from tiny_models import (  # single_thread: an autouse fixture
 
 from crosslmm_edge.export.dcal import CrossKV
 from crosslmm_edge.export.generate import (
-    Sampling,
     decode_step,
     generate,
     new_cache,
@@ -19,6 +18,7 @@ from crosslmm_edge.export.generate import (
     prefill_video_prefix,
 )
 from crosslmm_edge.export.projector import pool_tokens, pooling_matrix
+from crosslmm_edge.runtime.sampling import Sampler
 
 TOL = 1e-5
 
@@ -113,20 +113,20 @@ def test_pooling_matrix_equals_pool_tokens(mode, side):
         assert (torch.einsum("pn,fnd->fpd", matrix, features) - expected).abs().max() < 1e-12
 
 
-def _generate(model, video, sampling: Sampling, steps: int = 12) -> list[int]:
+def _generate(model, video, sampler: Sampler, steps: int = 12) -> list[int]:
     cache = new_cache(model, 128)
     prefill_video_prefix(model, cache, _ids(5, seed=3), video)
     prompt = _ids(4, seed=5)[0].tolist()
-    out = generate(model, cache, video.cross, prompt, steps, stop_ids=[], sampling=sampling)
+    out = generate(model, cache, video.cross, prompt, steps, stop_ids=[], sampler=sampler)
     return [token for token, _ in out]
 
 
 def test_sampling_seeded_and_top_k_one_is_greedy():
     model = tiny_model(tiny_config(), gates=0.7)
     video = _video(model)
-    sampled = _generate(model, video, Sampling(temperature=1.5, top_p=0.95, seed=7))
-    assert sampled == _generate(model, video, Sampling(temperature=1.5, top_p=0.95, seed=7))
-    assert sampled != _generate(model, video, Sampling(temperature=1.5, top_p=0.95, seed=8))
-    greedy = _generate(model, video, Sampling())
-    assert _generate(model, video, Sampling(temperature=2.0, top_k=1, seed=3)) == greedy
+    sampled = _generate(model, video, Sampler(temperature=1.5, top_p=0.95, seed=7))
+    assert sampled == _generate(model, video, Sampler(temperature=1.5, top_p=0.95, seed=7))
+    assert sampled != _generate(model, video, Sampler(temperature=1.5, top_p=0.95, seed=8))
+    greedy = _generate(model, video, Sampler())
+    assert _generate(model, video, Sampler(temperature=2.0, top_k=1, seed=3)) == greedy
     assert sampled != greedy

@@ -43,7 +43,6 @@ def test_embedded_package_matches_reference_for_50_tokens(demo_run) -> None:
     from crosslmm_edge.export.generate import generate
     from crosslmm_edge.export.reference_assistant import ReferenceAssistant
     from crosslmm_edge.runtime.assistant import RuntimeAssistant
-    from crosslmm_edge.runtime.generation import stream_tokens
     from crosslmm_edge.runtime.sampling import Sampler
 
     folder, _ = demo_run
@@ -68,20 +67,19 @@ def test_embedded_package_matches_reference_for_50_tokens(demo_run) -> None:
         want = [
             t
             for t, _ in generate(
-                reference.model, reference.cache, reference.video.cross, prompt_ids, 50, [], banned
+                reference.model,
+                reference.cache,
+                reference.video.cross,
+                prompt_ids,
+                50,
+                [],
+                Sampler(banned_ids=banned),
             )
         ]
     got = [
         t
-        for t, _ in stream_tokens(
-            runtime.sessions["llm"],
-            runtime.cache,
-            runtime.text_cross,
-            runtime.shapes,
-            prompt_ids,
-            Sampler(banned_ids=banned),
-            50,
-            [],
+        for t, _ in runtime.pipeline.generate(
+            runtime.cache, runtime.text_cross, prompt_ids, Sampler(banned_ids=banned), 50, []
         )
     ]
     assert len(want) == 50 and got == want

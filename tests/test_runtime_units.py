@@ -116,7 +116,7 @@ def test_device_array_rows_address_the_right_elements() -> None:
 
 def test_unknown_provider_names_the_available_ones() -> None:
     with pytest.raises(UserError, match=r"'warp-drive' is unknown; available: .*cpu"):
-        open_backend("warp-drive")
+        open_backend("onnx", "warp-drive")
 
 
 def test_cpu_backend_runs_a_graph_writing_outputs_in_place(tmp_path: Path) -> None:
@@ -135,8 +135,8 @@ def test_cpu_backend_runs_a_graph_writing_outputs_in_place(tmp_path: Path) -> No
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "g.onnx")
-    session = open_backend("cpu").load(tmp_path / "g.onnx", "g")
-    assert list(session.inputs) == ["x"] and session.outputs["y"].shape == (1, "n", 2)
+    session = open_backend("onnx", "cpu").load(tmp_path / "g.onnx", "g")
+    assert list(session.inputs) == ["x"] and session.outputs["y"].dims == (1, "n", 2)
     buffer = HostArray(np.zeros((1, 5, 2), dtype=np.float32))
     feed = np.arange(4, dtype=np.float32).reshape(1, 2, 2)
     out = session.run({"x": feed}, write_to={"y": buffer.rows(1, 3)})
@@ -147,7 +147,7 @@ def test_cpu_backend_runs_a_graph_writing_outputs_in_place(tmp_path: Path) -> No
 def test_unloadable_graph_is_a_user_error(tmp_path: Path) -> None:
     (tmp_path / "bad.onnx").write_bytes(b"not a graph")
     with pytest.raises(UserError, match=r"bad\.onnx"):
-        open_backend("cpu").load(tmp_path / "bad.onnx", "llm")
+        open_backend("onnx", "cpu").load(tmp_path / "bad.onnx", "llm")
 
 
 # -- video state files ------------------------------------------------------
@@ -168,7 +168,7 @@ def _state(key: StateKey) -> VideoState:
 
 
 def test_state_round_trips_and_refuses_other_keys(tmp_path: Path) -> None:
-    key = StateKey("a" * 64, 8, 16, "b" * 64)
+    key = StateKey("a" * 64, 8, 16, "onnx/fp32", "b" * 64)
     path = tmp_path / "state.npz"
     save_state(_state(key), path)
     loaded = load_state(path, key)
@@ -178,9 +178,10 @@ def test_state_round_trips_and_refuses_other_keys(tmp_path: Path) -> None:
     assert np.array_equal(loaded.cross["t2v_key.0"], original.cross["t2v_key.0"])
     assert np.array_equal(loaded.prefix_values[0], original.prefix_values[0])
     for other, field in [
-        (StateKey("c" * 64, 8, 16, "b" * 64), "video_sha256"),
-        (StateKey("a" * 64, 4, 16, "b" * 64), "num_frames"),
-        (StateKey("a" * 64, 8, 16, "d" * 64), "manifest_sha256"),
+        (StateKey("c" * 64, 8, 16, "onnx/fp32", "b" * 64), "video_sha256 differs"),
+        (StateKey("a" * 64, 4, 16, "onnx/fp32", "b" * 64), "num_frames differs"),
+        (StateKey("a" * 64, 8, 16, "onnx/fp32", "d" * 64), "artifact files differ"),
+        (StateKey("a" * 64, 8, 16, "onnx/fp16", "d" * 64), "made with onnx/fp32, this run"),
     ]:
         with pytest.raises(UserError, match=field):
             load_state(path, other)
@@ -188,7 +189,7 @@ def test_state_round_trips_and_refuses_other_keys(tmp_path: Path) -> None:
 
 
 def test_bad_state_files_are_user_errors(tmp_path: Path) -> None:
-    key = StateKey("a" * 64, 8, 16, "b" * 64)
+    key = StateKey("a" * 64, 8, 16, "onnx/fp32", "b" * 64)
     with pytest.raises(UserError, match="not found"):
         load_state(tmp_path / "missing.npz", key)
     (tmp_path / "junk.npz").write_bytes(b"junk")
@@ -205,18 +206,14 @@ def test_bad_state_files_are_user_errors(tmp_path: Path) -> None:
 
 def test_tensorrt_profiles_cover_the_exported_ranges() -> None:
     from crosslmm_edge.runtime.backends import trt_profile_options
-    from crosslmm_edge.runtime.manifest import DimRange, GraphEntry, TensorInfo
+    from crosslmm_edge.runtime.contract import DimSpec, TensorSpec
 
-    graph = GraphEntry(
-        inputs=(
-            TensorInfo("input_ids", "int64", (1, "text_len")),
-            TensorInfo("past_key.0", "float32", (1, "past_len", 2, 8)),
-        ),
-        outputs=(),
-        dims={"text_len": DimRange(0, 64), "past_len": DimRange(0, 63)},
-        artifacts=(),
+    inputs = (
+        TensorSpec("input_ids", "int64", (1, "text_len")),
+        TensorSpec("past_key.0", "float32", (1, "past_len", 2, 8)),
     )
-    assert trt_profile_options(graph) == {
+    dims = {"text_len": DimSpec("text_len", 0, 64), "past_len": DimSpec("past_len", 0, 63)}
+    assert trt_profile_options(inputs, dims) == {
         "trt_profile_min_shapes": "input_ids:1x0,past_key.0:1x0x2x8",
         "trt_profile_opt_shapes": "input_ids:1x64,past_key.0:1x63x2x8",
         "trt_profile_max_shapes": "input_ids:1x64,past_key.0:1x63x2x8",

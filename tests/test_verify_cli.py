@@ -14,7 +14,7 @@ from tiny_models import save_tiny_checkpoint, tiny_config
 
 from crosslmm_edge.cli import main
 from crosslmm_edge.export.package import export_package
-from crosslmm_edge.runtime.manifest import file_sha256
+from crosslmm_edge.runtime.files import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +123,9 @@ def test_an_fp16_package_verifies_within_fp16_tolerance(exported, tmp_path, caps
         == 0
     )
     manifest = json.loads((tmp_path / "pkg16" / "manifest.json").read_text())
-    assert manifest["precision"] == "fp16"
-    assert manifest["graphs"]["llm"]["inputs"][1]["dtype"] == "float16"
-    assert manifest["graphs"]["llm"]["outputs"][0]["dtype"] == "float32"  # logits stay fp32
+    (llm,) = manifest["graphs"]["llm"]["artifacts"]
+    assert llm["precision"] == "fp16" and llm["file"] == "llm.fp16.onnx"
+    assert llm["inputs"][1]["dtype"] == "float16"
+    assert llm["outputs"][0]["dtype"] == "float32"  # logits stay fp32
     assert main(["verify", str(tmp_path / "pkg16")]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("PASS")

@@ -1,0 +1,117 @@
+"""The three graphs of a package on one backend: encode frames, prefill, decode.
+
+Read this first. ``Pipeline`` opens a package, picks one artifact per role
+for the backend and precision asked for, loads the sessions, and offers the
+three steps of CrossLMM inference; the conversation on top of it (questions,
+turns, video states) lives in ``runtime/assistant.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from crosslmm_edge.runtime.backends import Backend, DeviceArray, GraphSession, open_backend
+from crosslmm_edge.runtime.contract import LLM, POOLING, ROLES, VISION_ENCODER, past_names
+from crosslmm_edge.runtime.generation import ChunkShapes, CrossFeeds, run_chunk, stream_tokens
+from crosslmm_edge.runtime.kv_cache import KVCache
+from crosslmm_edge.runtime.package import ArtifactSet, choose_artifacts, open_package
+from crosslmm_edge.runtime.sampling import Sampler
+from crosslmm_edge.runtime.video_state import encode_chunks, encode_frames
+
+
+class Pipeline:
+    """Sessions of one artifact set, and the steps that run them.
+
+    backend: artifact backend ("onnx"; "tensorrt" for engines). precision:
+    fp32/fp16/int8 (None: the best present for the device). provider: ONNX
+    Runtime execution provider (None: best available). threads: intra-op
+    threads (0: backend default). verify_hashes: check files against the
+    manifest's sha256 as they load.
+    """
+
+    def __init__(
+        self,
+        package_dir: str | Path,
+        provider: str | None = None,
+        precision: str | None = None,
+        backend: str = "onnx",
+        threads: int = 0,
+        verify_hashes: bool = True,
+        engine: Backend | None = None,
+    ) -> None:
+        self.package = open_package(package_dir, verify=False)
+        self.dims = self.package.dims
+        self.backend = engine or open_backend(backend, provider, threads)
+        manifest = self.package.manifest
+        self.artifacts: ArtifactSet = choose_artifacts(
+            manifest, backend, precision, self.backend.device
+        )
+        self.sessions: dict[str, GraphSession] = {}
+        for role in ROLES:
+            artifact = self.artifacts.by_role[role]
+            path = self.package.path(artifact, verify_hashes)
+            dims = manifest.graphs[role].dims
+            self.sessions[role] = self.backend.load(path, role, artifact.inputs, dims)
+        past = self.sessions[LLM].inputs[past_names(0)[0]]
+        self.shapes = ChunkShapes(
+            self.dims.hidden_size, self.dims.num_kv_heads, self.dims.head_dim, np.dtype(past.dtype)
+        )
+
+    # -- vision -----------------------------------------------------------
+    def encode(self, chunks: Iterable[np.ndarray]) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
+        """Chunks of frames [f, 3, S, S] -> (frames, visual embeds, cross K/V by name)."""
+        return encode_chunks(self.sessions[VISION_ENCODER], self.sessions[POOLING], chunks)
+
+    def encode_frames(self, pixels: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Frames [f, 3, S, S] -> visual embeds [1, f·P, D] and cross K/V."""
+        return encode_frames(self.sessions[VISION_ENCODER], self.sessions[POOLING], pixels)
+
+    # -- LLM --------------------------------------------------------------
+    def new_cache(self, capacity: int) -> KVCache:
+        """An empty KV cache of ``capacity`` positions in the backend's memory."""
+        d = self.dims
+        return KVCache.empty(
+            d.num_layers,
+            capacity,
+            d.num_kv_heads,
+            d.head_dim,
+            self.shapes.dtype,
+            self.backend.zeros,
+        )
+
+    def upload(self, array: np.ndarray) -> DeviceArray:
+        return self.backend.upload(array)
+
+    def prefill(
+        self,
+        cache: KVCache,
+        input_ids: Sequence[int],
+        visual_embeds: np.ndarray | DeviceArray,
+        cross: CrossFeeds,
+    ) -> np.ndarray:
+        """One ``[text ; visual]`` chunk at the cache's end; the last logits [V]."""
+        return run_chunk(self.sessions[LLM], cache, input_ids, visual_embeds, cross)
+
+    def generate(
+        self,
+        cache: KVCache,
+        text_cross: CrossFeeds,
+        prompt_ids: Sequence[int],
+        sampler: Sampler,
+        max_new_tokens: int,
+        stop_ids: Sequence[int],
+    ) -> Iterator[tuple[int, float]]:
+        """Prefill a text prompt, then decode; yields (token, log-probability)."""
+        return stream_tokens(
+            self.sessions[LLM],
+            cache,
+            text_cross,
+            self.shapes,
+            prompt_ids,
+            sampler,
+            max_new_tokens,
+            stop_ids,
+        )
