@@ -67,8 +67,9 @@ def concat_wrapper(model):
 
 def export_both(model, folder: Path) -> dict[str, Path]:
     from crosslmm_edge.export.graph_modules import graph_module
-    from crosslmm_edge.export.graph_specs import ExportLimits, TensorSpec, llm_spec, trace_sizes
+    from crosslmm_edge.export.graph_specs import trace_sizes
     from crosslmm_edge.export.onnx_export import export_graph
+    from crosslmm_edge.runtime.contract import ExportLimits, TensorSpec, llm_spec
 
     config = model.config
     spec = llm_spec(config, ExportLimits(8, 16384), "float32")
