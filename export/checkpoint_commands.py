@@ -27,6 +27,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the fresh weights")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     parser.set_defaults(func=run_compose)
+    register_random(subparsers)
+
+
+def register_random(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``random-checkpoint``."""
+    parser = subparsers.add_parser(
+        "random-checkpoint",
+        help="write a random-weight checkpoint of a real model's shape (benchmarks, plans)",
+        description="Presets: qwen2.5-0.5b (Qwen2.5-0.5B LLM widths, small SigLIP tower), "
+        "crosslmm-2b (the spec's full CrossLMM-2B sizes).",
+    )
+    parser.add_argument("--preset", required=True, choices=("qwen2.5-0.5b", "crosslmm-2b"))
+    parser.add_argument("--out", required=True, help="checkpoint folder to create")
+    parser.add_argument("--frames", type=int, default=32, help="default frames per video")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    parser.set_defaults(func=run_random)
+
+
+def run_random(args: argparse.Namespace) -> int:
+    """Write the random checkpoint."""
+    from crosslmm_edge.export.random_model import random_checkpoint
+
+    out = random_checkpoint(args.out, args.preset, args.frames, args.seed, args.force)
+    print(f"wrote {out}")
+    return 0
 
 
 def run_compose(args: argparse.Namespace) -> int:
