@@ -4,8 +4,14 @@ Tensors use the sequence-major layout ``[B, L, heads, head_dim]`` everywhere,
 which is also the KV-cache layout: a cache preallocated as ``[B, max_len, kvh,
 hd]`` gives its first ``P`` positions as a contiguous view when B == 1.
 
-Grouped-query attention never repeats K/V: queries are viewed as
-``[B, kvh, groups, L, hd]`` and broadcast against ``[B, kvh, 1, hd, M]`` keys.
+Grouped-query attention never repeats K/V. With batch 1 (every exported
+graph) keys are read as ``[M, kvh, hd]`` and permuted to ``[kvh, hd, M]``,
+the one pattern ONNX Runtime folds into ``FusedMatMul(transBatchB, transB)``:
+the cache and the T2V memory are consumed where they lie, never copied. Other
+batch sizes (training) take the general 5-D path.
+
+Softmax is computed in two parts (past keys, new keys) against one shared
+log-sum-exp, so neither the cache nor the full score tensor is ever concatenated.
 """
 
 from __future__ import annotations
@@ -15,25 +21,46 @@ from torch import Tensor
 
 
 def _group_queries(q: Tensor, num_kv_heads: int) -> Tensor:
-    # q: [B, L, H, hd] -> [B, kvh, G, L, hd]
+    # q: [B, L, H, hd] -> [kvh, G·L, hd] (B == 1) or [B, kvh, G, L, hd]
     b, length, h, d = q.shape
-    return q.reshape(b, length, num_kv_heads, h // num_kv_heads, d).permute(0, 2, 3, 1, 4)
+    grouped = q.reshape(b, length, num_kv_heads, h // num_kv_heads, d)
+    if b == 1:
+        return grouped[0].permute(1, 2, 0, 3).reshape(num_kv_heads, (h // num_kv_heads) * length, d)
+    return grouped.permute(0, 2, 3, 1, 4)
 
 
 def _scores(qg: Tensor, k: Tensor) -> Tensor:
-    # qg: [B, kvh, G, L, hd], k: [B, M, kvh, hd] -> [B, kvh, G, L, M]
+    # k: [B, M, kvh, hd]; -> [kvh, G·L, M] (B == 1) or [B, kvh, G, L, M]
+    if qg.dim() == 3:
+        return torch.matmul(qg, k.squeeze(0).permute(1, 2, 0))
     return torch.matmul(qg, k.permute(0, 2, 3, 1).unsqueeze(2))
 
 
 def _weighted_values(p: Tensor, v: Tensor) -> Tensor:
-    # p: [B, kvh, G, L, M], v: [B, M, kvh, hd] -> [B, kvh, G, L, hd]
+    # p: scores' shape; v: [B, M, kvh, hd] -> [kvh, G·L, hd] or [B, kvh, G, L, hd]
+    if p.dim() == 3:
+        return torch.matmul(p, v.squeeze(0).permute(1, 0, 2))
     return torch.matmul(p, v.permute(0, 2, 1, 3).unsqueeze(2))
 
 
-def _ungroup(out: Tensor) -> Tensor:
-    # [B, kvh, G, L, hd] -> [B, L, H, hd]
-    b, kvh, g, length, d = out.shape
+def _ungroup(out: Tensor, length: int, heads: int) -> Tensor:
+    # [kvh, G·L, hd] or [B, kvh, G, L, hd] -> [B, L, H, hd]
+    if out.dim() == 3:
+        kvh, _, d = out.shape
+        grouped = out.reshape(kvh, heads // kvh, length, d)
+        return grouped.permute(2, 0, 1, 3).reshape(1, length, heads, d)
+    b, kvh, g, _, d = out.shape
     return out.permute(0, 3, 1, 2, 4).reshape(b, length, kvh * g, d)
+
+
+def _causal_mask(scores: Tensor, length: int) -> Tensor:
+    """-inf above the diagonal of the new-key scores (last two dims are G·L or L, L)."""
+    causal = torch.ones(length, length, dtype=torch.bool, device=scores.device).tril()
+    if scores.dim() == 3:  # rows are (group, position): tile the mask over groups
+        kvh, rows, _ = scores.shape
+        masked = scores.reshape(kvh, rows // length, length, length)  # length ≥ 1 here
+        return masked.masked_fill(~causal, float("-inf")).reshape(kvh, rows, length)
+    return scores.masked_fill(~causal, float("-inf"))
 
 
 def causal_attention(
@@ -41,25 +68,23 @@ def causal_attention(
 ) -> Tensor:
     """Causal attention of ``L`` new queries over ``P`` cached and ``L`` new keys.
 
-    The past and new keys are scored separately and only the small score
-    tensors are concatenated, so the cache itself is never copied.
+    Past and new keys are scored separately and normalised by one shared
+    log-sum-exp, so the cache and the score tensor are never concatenated
+    (``P`` may be 0: the log-sum-exp of no scores is -inf, which drops out).
 
     q: [B, L, H, hd]; k_past, v_past: [B, P, kvh, hd]; k_new, v_new: [B, L, kvh, hd].
     Returns [B, L, H, hd]. Softmax runs in float32.
     """
-    kvh = k_new.shape[2]
-    scale = q.shape[-1] ** -0.5
-    qg = _group_queries(q, kvh) * scale  # [B, kvh, G, L, hd]
-    s_past = _scores(qg, k_past).float()  # [B, kvh, G, L, P]
-    s_new = _scores(qg, k_new).float()  # [B, kvh, G, L, L]
     length = q.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
-    s_new = s_new.masked_fill(~causal, float("-inf"))
-    probs = torch.softmax(torch.cat([s_past, s_new], dim=-1), dim=-1).to(q.dtype)
-    past_len = k_past.shape[1]
-    out = _weighted_values(probs[..., :past_len], v_past)
-    out = out + _weighted_values(probs[..., past_len:], v_new)
-    return _ungroup(out)
+    qg = _group_queries(q, k_new.shape[2]) * q.shape[-1] ** -0.5
+    s_past = _scores(qg, k_past).float()  # [.., P]
+    s_new = _causal_mask(_scores(qg, k_new).float(), length)  # [.., L]
+    lse = torch.logaddexp(  # [.., 1]; the new part always holds the diagonal: finite
+        torch.logsumexp(s_past, -1, keepdim=True), torch.logsumexp(s_new, -1, keepdim=True)
+    )
+    out = _weighted_values(torch.exp(s_past - lse).to(q.dtype), v_past)
+    out = out + _weighted_values(torch.exp(s_new - lse).to(q.dtype), v_new)
+    return _ungroup(out, length, q.shape[2])
 
 
 def full_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -69,4 +94,4 @@ def full_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """
     qg = _group_queries(q, k.shape[2]) * q.shape[-1] ** -0.5
     probs = torch.softmax(_scores(qg, k).float(), dim=-1).to(q.dtype)
-    return _ungroup(_weighted_values(probs, v))
+    return _ungroup(_weighted_values(probs, v), q.shape[1], q.shape[2])
