@@ -52,10 +52,11 @@ def runtime_greedy(
     empty = pipeline.shapes.no_memory()
     text_cross = {name: empty if is_v2v(name) else value for name, value in cross.items()}
     no_visual = pipeline.shapes.no_visual()
-    history = [pipeline.prefill(cache, question, no_visual, text_cross)]
+    # Copies: a session may reuse its logits buffer on the next run.
+    history = [np.array(pipeline.prefill(cache, question, no_visual, text_cross))]
     while len(history) <= steps:
         token = int(np.argmax(history[-1]))
-        history.append(pipeline.prefill(cache, [token], no_visual, text_cross))
+        history.append(np.array(pipeline.prefill(cache, [token], no_visual, text_cross)))
     return history
 
 

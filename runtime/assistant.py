@@ -299,7 +299,13 @@ class RuntimeAssistant(TurnTaking):
         sampler = Sampler.for_options(options, [self.dims.video_token_id])
         stops = sorted(self.prompt.stop_token_ids)
         steps = self.pipeline.generate(
-            self.cache, self.text_cross, prompt_ids, sampler, options.max_new_tokens, stops
+            self.cache,
+            self.text_cross,
+            prompt_ids,
+            sampler,
+            options.max_new_tokens,
+            stops,
+            options.logprobs,
         )
         stream = collect_tokens(steps, self.prompt.decode, stops, on_text)
         setup_s, self.setup_s, self.prefix_reused = self.setup_s, 0.0, True

@@ -54,7 +54,8 @@ def run_chunk(
     }
     logits = llm.run(feeds, write_to=cache.slot_targets(length), fetch=["logits"])["logits"]
     cache.advance(length)
-    return logits[0, -1] if logits.ndim == 3 else logits.reshape(-1)  # [V]; all-logits graphs too
+    # [V]; all-logits graphs too. May be the session's reused buffer: valid until its next run.
+    return logits[0, -1] if logits.ndim == 3 else logits.reshape(-1)
 
 
 def prefill_text(
@@ -84,16 +85,17 @@ def stream_tokens(
     sampler: Sampler,
     max_new_tokens: int,
     stop_ids: Sequence[int],
+    with_logprobs: bool = True,
 ) -> Iterator[tuple[int, float]]:
     """Prefill ``prompt_ids`` then decode; yield (token, log-probability) as they come.
 
-    A stop token is yielded and ends generation; like the last token of a
-    ``max_new_tokens`` cut, it is not written to the cache (a follow-up turn
-    feeds what it needs).
+    Log-probabilities are NaN unless ``with_logprobs``. A stop token is
+    yielded and ends generation; like the last token of a ``max_new_tokens``
+    cut, it is not written to the cache (a follow-up turn feeds what it needs).
     """
     logits = prefill_text(llm, cache, prompt_ids, text_cross, shapes)
     for step in range(max_new_tokens):
-        token, logprob = sampler.choose(logits)
+        token, logprob = sampler.choose(logits, with_logprobs)
         yield token, logprob
         if token in stop_ids or step == max_new_tokens - 1:
             return

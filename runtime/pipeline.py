@@ -16,6 +16,7 @@ import numpy as np
 from crosslmm_edge.runtime.backends import Backend, DeviceArray, GraphSession, open_backend
 from crosslmm_edge.runtime.contract import LLM, POOLING, ROLES, VISION_ENCODER, past_names
 from crosslmm_edge.runtime.generation import ChunkShapes, CrossFeeds, run_chunk, stream_tokens
+from crosslmm_edge.runtime.graph_contract import check_session
 from crosslmm_edge.runtime.kv_cache import KVCache
 from crosslmm_edge.runtime.package import ArtifactSet, choose_artifacts, open_package
 from crosslmm_edge.runtime.sampling import Sampler
@@ -55,6 +56,7 @@ class Pipeline:
             path = self.package.path(artifact, verify_hashes)
             dims = manifest.graphs[role].dims
             self.sessions[role] = self.backend.load(path, role, artifact.inputs, dims)
+            check_session(role, artifact, self.sessions[role])  # the right graph for the role
         past = self.sessions[LLM].inputs[past_names(0)[0]]
         self.shapes = ChunkShapes(
             self.dims.hidden_size, self.dims.num_kv_heads, self.dims.head_dim, np.dtype(past.dtype)
@@ -103,8 +105,9 @@ class Pipeline:
         sampler: Sampler,
         max_new_tokens: int,
         stop_ids: Sequence[int],
+        with_logprobs: bool = True,
     ) -> Iterator[tuple[int, float]]:
-        """Prefill a text prompt, then decode; yields (token, log-probability)."""
+        """Prefill a text prompt, then decode; yields (token, log-probability or NaN)."""
         return stream_tokens(
             self.sessions[LLM],
             cache,
@@ -114,4 +117,5 @@ class Pipeline:
             sampler,
             max_new_tokens,
             stop_ids,
+            with_logprobs,
         )

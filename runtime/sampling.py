@@ -42,19 +42,23 @@ class Sampler:
         masked[list(self.banned_ids)] = -np.inf
         return masked
 
-    def choose(self, logits: np.ndarray) -> tuple[int, float]:
+    def choose(self, logits: np.ndarray, with_logprob: bool = True) -> tuple[int, float]:
         """Pick a token from raw logits [V]; return it and its log-probability.
 
         The log-probability is the model's own: full-vocabulary softmax of the
         raw logits, before masking and temperature, as the reference reports it.
+        Without ``with_logprob`` it is NaN and costs nothing (a greedy step is
+        then one argmax over the vocabulary, no copy).
         """
-        masked = self.mask(logits)
-        token = self._greedy(masked) if self.temperature <= 0 else self._sample(masked)
-        return token, float(log_softmax(np.asarray(logits).reshape(-1))[token])
+        flat = np.asarray(logits).reshape(-1)
+        token = self._greedy(flat) if self.temperature <= 0 else self._sample(self.mask(flat))
+        return token, float(log_softmax(flat)[token]) if with_logprob else float("nan")
 
-    @staticmethod
-    def _greedy(logits: np.ndarray) -> int:
-        return int(np.argmax(logits))
+    def _greedy(self, logits: np.ndarray) -> int:
+        token = int(np.argmax(logits))
+        if token in self.banned_ids:  # rare: only then pay for the masked copy
+            token = int(np.argmax(self.mask(logits)))
+        return token
 
     def _sample(self, logits: np.ndarray) -> int:
         # Shift by the max in float64 first: a tiny temperature must not overflow to inf.
