@@ -1,0 +1,105 @@
+"""The ``bench`` subcommand: run suites, print one table per suite, write ``--json``.
+
+Imports nothing heavy until it runs (the CLI lists it on every install).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+SUITES = ("decode", "roofline", "reuse", "prefill", "context", "int8", "startup")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench``."""
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmark the runtime against transformers, optimum and the bandwidth limit",
+        description="Suites: " + ", ".join(SUITES) + ". Medians of interleaved repeats; "
+        "ratios are to baselines measured in the same run. Needs the dev extra (transformers).",
+    )
+    bench.add_argument("--suite", action="append", choices=SUITES, help="repeatable (default: all)")
+    bench.add_argument(
+        "--model", default="preset:qwen2.5-0.5b", help="package folder or preset:NAME"
+    )
+    bench.add_argument("--workdir", default=str(Path.home() / ".cache" / "crosslmm-edge" / "bench"))
+    bench.add_argument("--json", dest="json_file", help="write the figures to this file")
+    bench.add_argument("--threads", type=int, default=2)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--new-tokens", type=int, default=128)
+    bench.add_argument("--prompt-tokens", type=int, default=32)
+    bench.add_argument("--context-steps", type=int, default=8)
+    bench.add_argument("--prefill-frames", type=int, nargs="+", default=[8, 16, 32])
+    bench.add_argument("--optimum-python", help="python of a venv with optimum-onnx installed")
+    bench.add_argument("--optimum-model", help="ORTModelForCausalLM export of the same LLM")
+    bench.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run the chosen suites and report."""
+    from crosslmm_edge.benchmarks.machine import describe
+    from crosslmm_edge.benchmarks.models import resolve_model
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    suites = args.suite or list(SUITES)
+    machine = describe()
+    print(
+        f"machine: {machine['name']}; read bandwidth {machine['bandwidth_gbs']} GB/s, "
+        f"fp32 GEMM {machine['gflops']} GFLOP/s",
+        flush=True,
+    )
+    report: dict = {"machine": machine}
+    model = resolve_model(args.model, workdir)
+    for suite in suites:
+        print(f"== {suite}", flush=True)
+        report[suite] = _run_suite(suite, model, args, machine)
+        print(json.dumps(report[suite], indent=1, default=str), flush=True)
+    if args.json_file:
+        from crosslmm_edge.runtime.files import write_text_atomic
+
+        write_text_atomic(args.json_file, json.dumps(report, indent=1, default=str) + "\n")
+    return 0
+
+
+def _embedded_package(workdir: Path) -> Path:
+    """The embedded model exported for 32 frames (reuse suite, Python overhead)."""
+    from crosslmm_edge.export.package import export_package
+    from crosslmm_edge.models import embedded_model_dir
+
+    package = workdir / "embedded-32"
+    if not (package / "manifest.json").is_file():
+        export_package(embedded_model_dir(), package, max_frames=32, force=True)
+    return package
+
+
+def _run_suite(suite: str, model, args, machine: dict) -> dict:
+    if suite == "decode":
+        from crosslmm_edge.benchmarks.suite_decode import run_decode
+
+        return run_decode(model, args, machine)
+    if suite == "roofline":
+        from crosslmm_edge.benchmarks.suite_decode import run_roofline
+
+        return run_roofline(model, _embedded_package(Path(args.workdir)), args, machine)
+    if suite == "reuse":
+        from crosslmm_edge.benchmarks.suite_reuse import run_reuse
+
+        return run_reuse(_embedded_package(Path(args.workdir)), args)
+    if suite == "prefill":
+        from crosslmm_edge.benchmarks.suite_prefill import run_prefill
+
+        return run_prefill(model, args)
+    if suite == "context":
+        from crosslmm_edge.benchmarks.suite_context import run_context
+
+        return run_context(model, args, machine)
+    if suite == "startup":
+        from crosslmm_edge.benchmarks.suite_startup import run_startup
+
+        return run_startup(model.package, args)
+    from crosslmm_edge.benchmarks.suite_int8 import run_int8
+
+    return run_int8(model, args)

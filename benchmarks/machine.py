@@ -1,0 +1,53 @@
+"""The machine a benchmark ran on: its name, memory bandwidth and matmul throughput."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def machine_name() -> str:
+    """CPU model, cores and memory, as one line."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            model = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB RAM"
+
+
+def bandwidth_gbs(size_mb: int = 512, repeats: int = 5) -> float:
+    """Read bandwidth in GB/s: the best of ``repeats`` sums over a buffer far beyond cache."""
+    data = np.ones(size_mb * 2**20 // 4, dtype=np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum(dtype=np.float32)
+        best = min(best, time.perf_counter() - start)
+    return data.nbytes / best / 1e9
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """float32 GEMM throughput in GFLOP/s (best of ``repeats``)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def describe() -> dict[str, object]:
+    """``machine`` of the JSON report, measured now."""
+    return {
+        "name": machine_name(),
+        "bandwidth_gbs": round(bandwidth_gbs(), 2),
+        "gflops": round(matmul_gflops(), 1),
+    }

@@ -1,0 +1,45 @@
+"""The models a benchmark runs: a package (and its checkpoint) from a path or a preset.
+
+``--model`` is a package folder whose manifest names its source checkpoint,
+or ``preset:NAME`` (``export/random_model.py``), written and exported once
+into the work folder and reused by later runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.manifest import load_manifest
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    package: Path
+    checkpoint: Path
+
+
+def resolve_model(spec: str, workdir: Path, frames: int = 64, context: int = 4096) -> BenchModel:
+    """The package and checkpoint ``spec`` names, exporting a preset when needed."""
+    if spec.startswith("preset:"):
+        return _preset(spec.removeprefix("preset:"), workdir, frames, context)
+    package = Path(spec)
+    source = Path(load_manifest(package).source.get("checkpoint", ""))
+    if not source.is_dir():
+        raise UserError(f"{package}: its source checkpoint {source} is gone (needed for peers)")
+    return BenchModel(package, source)
+
+
+def _preset(name: str, workdir: Path, frames: int, context: int) -> BenchModel:
+    from crosslmm_edge.export.package import export_package
+    from crosslmm_edge.export.random_model import random_checkpoint
+
+    checkpoint, package = workdir / f"{name}-ck", workdir / f"{name}-pkg-{frames}x{context}"
+    if not (checkpoint / "config.json").is_file():
+        print(f"writing a random {name} checkpoint to {checkpoint} ...", flush=True)
+        random_checkpoint(checkpoint, name, num_frames=frames, force=True)
+    if not (package / "manifest.json").is_file():
+        print(f"exporting it to {package} ...", flush=True)
+        export_package(checkpoint, package, max_frames=frames, max_context=context, force=True)
+    return BenchModel(package, checkpoint)

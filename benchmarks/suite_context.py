@@ -1,0 +1,54 @@
+"""Suite ``context``: decode time per token as the cache grows, against the bytes it reads."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from crosslmm_edge.benchmarks.models import BenchModel
+from crosslmm_edge.benchmarks.ours import open_pipeline, video_cache
+from crosslmm_edge.benchmarks.suite_decode import step_bytes
+from crosslmm_edge.runtime.sampling import Sampler
+
+PASTS = (128, 512, 1024, 2048, 4096)
+
+
+def _step_ms(pipeline, past: int, steps: int) -> float:
+    """Median ms of ``steps`` decode steps after ``past`` cached positions (random K/V)."""
+    prefix = 4 + pipeline.dims.tokens_per_frame
+    cache, text = video_cache(pipeline, 1, past + steps + 2)
+    rng = np.random.default_rng(0)
+    for buffer in (*cache.keys, *cache.values):  # content is irrelevant to the time
+        rows = buffer.numpy()[:, prefix:past]
+        rows[...] = rng.standard_normal(rows.shape).astype(rows.dtype)
+    cache.advance(past - prefix)
+    no_visual, sampler, times = pipeline.shapes.no_visual(), Sampler(), []
+    logits = pipeline.prefill(cache, [5], no_visual, text)
+    for _ in range(steps):
+        token, _ = sampler.choose(logits, False)
+        start = time.perf_counter()
+        logits = pipeline.prefill(cache, [token], no_visual, text)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def run_context(model: BenchModel, args, machine: dict) -> dict:
+    """Per-token decode time at each past length; measured and byte-predicted ratios."""
+    pipeline = open_pipeline(model.package, args.threads)
+    pasts = [p for p in PASTS if p + args.context_steps + 2 <= pipeline.package.max_context]
+    rounds = {p: [] for p in pasts}
+    for _ in range(args.repeats):  # interleaved over past lengths
+        for past in pasts:
+            rounds[past].append(_step_ms(pipeline, past, args.context_steps))
+    measured = {p: statistics.median(v) for p, v in rounds.items()}
+    read = {p: sum(step_bytes(pipeline, p).values()) for p in pasts}
+    first, last = pasts[0], pasts[-1]
+    return {
+        "ms_per_token": measured,
+        "bytes_per_token": read,
+        f"ratio_{last}_over_{first}": measured[last] / measured[first],
+        "ratio_4096_over_128": measured[last] / measured[first] if last == 4096 else None,
+        "predicted_ratio": read[last] / read[first],
+    }

@@ -1,0 +1,89 @@
+"""Suites ``decode`` and ``roofline``: tokens/s against the peers and the bandwidth limit.
+
+The limit: a decode step reads every LLM weight once, plus the KV cache and
+the T2V memory of every DCAL; divided by the measured read bandwidth that is
+the fastest a bandwidth-bound step can be.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crosslmm_edge.benchmarks.models import BenchModel
+from crosslmm_edge.benchmarks.ours import decode_run, open_pipeline, python_ms_per_step
+from crosslmm_edge.benchmarks.peers import (
+    optimum_decode,
+    qwen2_from_checkpoint,
+    random_prompt,
+    transformers_decode,
+)
+from crosslmm_edge.benchmarks.timing import interleaved
+
+
+def step_bytes(pipeline, past: int, frames: int = 1) -> dict[str, int]:
+    """Bytes a decode step reads at ``past`` cached positions: weights, KV, cross K/V."""
+    d = pipeline.dims
+    item = pipeline.shapes.dtype.itemsize
+    llm_file = pipeline.package.path(pipeline.artifacts.by_role["llm"], verify=False)
+    weights = sum(
+        (llm_file.parent / r.file).stat().st_size for r in pipeline.artifacts.by_role["llm"].files()
+    )
+    kv = 2 * d.num_layers * past * d.num_kv_heads * d.head_dim * item
+    cross = 2 * d.num_dcal * frames * d.patches_per_frame * d.num_kv_heads * d.head_dim * item
+    return {"weights": weights, "kv": kv, "cross": cross}
+
+
+def run_decode(model: BenchModel, args, machine: dict) -> dict:
+    """Ours vs transformers eager and SDPA (and optimum when ``--optimum-python`` is given)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    pipeline = open_pipeline(model.package, args.threads)
+    prompt = random_prompt(args.prompt_tokens, pipeline.dims.vocab_size)
+    new = args.new_tokens
+    runs = {"ours": lambda: decode_run(pipeline, prompt, new)}
+    for attention in ("eager", "sdpa"):
+        hf = qwen2_from_checkpoint(model.checkpoint, attention)
+        runs[f"transformers_{attention}"] = (lambda m: lambda: transformers_decode(m, prompt, new))(
+            hf
+        )
+    if args.optimum_python and args.optimum_model:
+        for binding in (False, True):
+            runs[f"optimum_iobinding_{'on' if binding else 'off'}"] = (
+                lambda b: (
+                    lambda: optimum_decode(
+                        args.optimum_python, Path(args.optimum_model), b, args.threads, prompt, new
+                    )
+                )
+            )(binding)
+    medians = interleaved(runs, args.repeats)
+    past = 4 + pipeline.dims.tokens_per_frame + len(prompt) + new // 2
+    read = sum(step_bytes(pipeline, past).values())
+    limit_tok_s = machine["bandwidth_gbs"] * 1e9 / read
+    out = {name: figures for name, figures in medians.items()}
+    out["ours_tok_s"] = medians["ours"]["tok_s"]
+    out["transformers_sdpa_tok_s"] = medians["transformers_sdpa"]["tok_s"]
+    out["transformers_eager_tok_s"] = medians["transformers_eager"]["tok_s"]
+    optimum = [v["tok_s"] for k, v in medians.items() if k.startswith("optimum")]
+    out["optimum_tok_s"] = max(optimum) if optimum else None
+    out["bandwidth_limit_tok_s"] = limit_tok_s
+    out["bandwidth_fraction"] = medians["ours"]["tok_s"] / limit_tok_s
+    out["settings"] = {"threads": args.threads, "prompt": len(prompt), "new_tokens": new}
+    return out
+
+
+def run_roofline(model: BenchModel, embedded: Path, args, machine: dict) -> dict:
+    """Bytes per step over bandwidth vs our step time; Python time outside ONNX Runtime."""
+    pipeline = open_pipeline(model.package, args.threads)
+    bytes_ = step_bytes(pipeline, past=128)
+    big = python_ms_per_step(pipeline, steps=16)
+    step = decode_run(pipeline, random_prompt(16, pipeline.dims.vocab_size), 17)
+    small = open_pipeline(embedded, args.threads)
+    return {
+        "bytes_per_step": bytes_,
+        "limit_ms_per_step": sum(bytes_.values()) / (machine["bandwidth_gbs"] * 1e9) * 1000,
+        "ours_ms_per_step": 1000 / step["tok_s"],
+        "python_ms_per_step": python_ms_per_step(small, steps=200),
+        "python_ms_per_step_large": big,
+        "python_share_large": big / (1000 / step["tok_s"]),
+    }

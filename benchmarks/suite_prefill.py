@@ -1,0 +1,88 @@
+"""Suite ``prefill``: CrossLMM (P tokens per frame + DCAL) against the same LLM fed every
+patch token of every frame, through our graphs and through transformers' SDPA.
+
+Each point runs in a fresh process so its peak resident memory is its own;
+the LLM prefill alone is timed (the vision tower costs both layouts the same).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from crosslmm_edge.benchmarks.models import BenchModel
+
+CHILD = """
+import json, resource, sys, time
+import numpy as np
+kind, package, checkpoint, frames, threads = sys.argv[1:6]
+frames, threads = int(frames), int(threads)
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+if kind == "full_sdpa":
+    import torch
+    from crosslmm_edge.benchmarks.peers import qwen2_from_checkpoint
+    torch.set_num_threads(threads)
+    model = qwen2_from_checkpoint(__import__("pathlib").Path(checkpoint), "sdpa")
+    n = json.load(open(checkpoint + "/config.json"))["vision_config"]
+    tokens = frames * (n["image_size"] // n["patch_size"]) ** 2
+    embeds = torch.randn(1, tokens, model.config.hidden_size) * 0.02
+    base = rss()
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+        seconds = time.perf_counter() - start
+else:
+    from crosslmm_edge.benchmarks.ours import open_pipeline
+    pipeline = open_pipeline(package, threads)
+    d = pipeline.dims
+    rng = np.random.default_rng(0)
+    if kind == "crosslmm_ours":
+        pixels = rng.standard_normal((frames, 3, d.image_size, d.image_size), np.float32)
+        _, embeds, cross = pipeline.encode([pixels])
+    else:  # full_ours: every patch token in the sequence, no cross memory
+        embeds = (rng.standard_normal((1, frames * d.patches_per_frame, d.hidden_size)) * 0.02)
+        embeds = embeds.astype(np.float32)
+        empty = pipeline.shapes.no_memory()
+        cross = {n: empty for n in pipeline.sessions["llm"].inputs if "2v_" in n}
+    cache = pipeline.new_cache(embeds.shape[1] + 8)
+    base = rss()
+    start = time.perf_counter()
+    pipeline.prefill(cache, [1, 2, 3, 4], embeds, cross)
+    seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "peak_rss": rss(), "rss_before": base}))
+"""
+
+
+def _point(kind: str, model: BenchModel, frames: int, threads: int) -> dict:
+    args = [sys.executable, "-c", CHILD, kind, str(model.package), str(model.checkpoint)]
+    done = subprocess.run(
+        [*args, str(frames), str(threads)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_prefill(model: BenchModel, args) -> dict:
+    """Time and peak RSS per layout and frame count, and the CrossLMM/full ratios."""
+    kinds = ("crosslmm_ours", "full_ours", "full_sdpa")
+    points = {kind: {} for kind in kinds}
+    for frames in args.prefill_frames:
+        for kind in kinds:
+            points[kind][frames] = _point(kind, model, frames, args.threads)
+    out: dict = {"points": points}
+    for frames in args.prefill_frames:
+        cross, full = points["crosslmm_ours"][frames], points["full_sdpa"][frames]
+        ours_full = points["full_ours"][frames]
+        if "seconds" in cross and "seconds" in full:
+            out[f"cross_over_full_time_{frames}"] = cross["seconds"] / full["seconds"]
+            out[f"cross_over_full_mem_{frames}"] = cross["peak_rss"] / full["peak_rss"]
+        if "seconds" in ours_full and "seconds" in full:
+            out[f"ours_full_over_sdpa_time_{frames}"] = ours_full["seconds"] / full["seconds"]
+            out[f"ours_full_over_sdpa_mem_{frames}"] = ours_full["peak_rss"] / full["peak_rss"]
+    return out
