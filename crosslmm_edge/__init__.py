@@ -5,4 +5,4 @@ Subpackages: ``crosslmm_edge.export`` (PyTorch reference, checkpoints, ONNX),
 inference).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
