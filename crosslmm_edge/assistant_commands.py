@@ -160,6 +160,8 @@ def run_chat(args: argparse.Namespace) -> int:
     options = generation_options(args)
     assistant = _open(args)
     print("chat: ask about the video; /video FILE, /reset, /quit", file=sys.stderr)
+    if hasattr(sys.stdin, "reconfigure"):  # bad bytes reach the prompt, which refuses them
+        sys.stdin.reconfigure(errors="surrogateescape")
     for line in sys.stdin:
         line = line.strip()
         if not line:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from crosslmm_edge.export.model import CrossLMM
+from crosslmm_edge.export.safetensors_header import check_safetensors
 from crosslmm_edge.runtime.config import CrossLMMConfig
+from crosslmm_edge.runtime.containment import inside
 from crosslmm_edge.runtime.errors import UserError
 from crosslmm_edge.runtime.files import hash_file_into, read_json, staged_folder
+from crosslmm_edge.runtime.limits import check_allocation
 
 CONFIG_NAME = "config.json"
 SINGLE_WEIGHTS = "model.safetensors"
@@ -70,18 +74,19 @@ def weight_files(directory: str | Path) -> list[Path]:
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise UserError(f"{index}: no 'weight_map' object")
-        names = set(weight_map.values())
         # Shards must be plain file names: an index never reaches outside its folder.
-        bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", "..")]
+        values = list(weight_map.values())
+        bad = [n for n in values if not isinstance(n, str) or Path(n).name != n or n in ("", "..")]
+        names = set() if bad else set(values)
         if bad:
             raise UserError(f"{index}: weight_map names {bad[0]!r}, not a shard file name")
-        files = [directory / name for name in sorted(names)]
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            raise UserError(f"{missing[0]}: shard listed in {index.name} is missing")
-        return files
-    if single.is_file():
-        return [single]
+        bad_keys = [k for k in weight_map if not k or len(k) > 1024]
+        if bad_keys or not names:
+            raise UserError(f"{index}: weight_map is empty or names an empty or huge tensor")
+        # Regular files in the folder itself: no link out, no FIFO that would hang a read.
+        return [inside(directory, name, f"shard listed in {index.name}") for name in sorted(names)]
+    if os.path.lexists(single):
+        return [inside(directory, SINGLE_WEIGHTS, "weights file")]
     pickles = sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise UserError(
@@ -95,7 +100,12 @@ def read_weights(directory: str | Path) -> tuple[dict[str, Tensor], dict[str, Pa
     """All tensors of a folder's safetensors files, and the file each came from."""
     state: dict[str, Tensor] = {}
     origin: dict[str, Path] = {}
-    for path in weight_files(directory):
+    files = weight_files(directory)
+    for path in files:
+        check_safetensors(path)  # shapes and offsets bounded by the file before loading
+    total = sum(path.stat().st_size for path in files)
+    check_allocation(total, f"the weights in {directory}")
+    for path in files:
         try:
             tensors = load_file(path)
         except (SafetensorError, OSError, ValueError) as exc:
@@ -222,7 +232,7 @@ def save_checkpoint(
     renamed into place when complete, so no half-written checkpoint remains.
     """
     target = Path(directory)
-    with staged_folder(target, "checkpoint", force=overwrite) as temp:
+    with staged_folder(target, "checkpoint", force=overwrite, marker=CONFIG_NAME) as temp:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         _write_weights(state, temp, max_shard_bytes)
         _write_side_files(model.config, temp, tokenizer_src, extra_files)

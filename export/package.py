@@ -47,6 +47,7 @@ from crosslmm_edge.runtime.manifest import (
     load_manifest,
 )
 from crosslmm_edge.runtime.package import add_artifacts
+from crosslmm_edge.runtime.staging import temp_name
 
 DTYPES = {"fp32": (torch.float32, "float32"), "fp16": (torch.float16, "float16")}
 
@@ -128,7 +129,15 @@ def _copy_side_files(checkpoint: Path, folder: Path) -> dict[str, object]:
     if (checkpoint / GENERATION_CONFIG).is_file():
         shutil.copyfile(checkpoint / GENERATION_CONFIG, folder / GENERATION_CONFIG)
         generation = GENERATION_CONFIG
-    return {"config": CONFIG_NAME, "generation_config": generation, "tokenizer": tokenizer}
+    names = [CONFIG_NAME, *tokenizer, *([generation] if generation else [])]
+    # Hashed like the graphs: the runtime checks them before it tokenizes anything.
+    hashes = {name: file_sha256(folder / name) for name in names}
+    return {
+        "config": CONFIG_NAME,
+        "generation_config": generation,
+        "tokenizer": tokenizer,
+        "sha256": hashes,
+    }
 
 
 def _export_graphs(
@@ -209,7 +218,7 @@ def _add_precisions(
     if again:
         raise UserError(f"--add: {target} already holds {again} graphs (it holds {held})")
     limits = ExportLimits(**manifest.limits)
-    staging = target / f".add-{os.getpid()}"
+    staging = target / temp_name("add")  # a killed run's is removed by the next add
     try:
         staging.mkdir()
         for precision in precisions:
@@ -256,9 +265,9 @@ def export_package(
         raise UserError(f"--out {target}: would replace the checkpoint {checkpoint} itself")
     if add:
         return _add_precisions(checkpoint, target, precisions, all_logits, log)
-    if target.exists() and not force:
+    if os.path.lexists(target) and not force:  # lexists: a too-long name is no crash
         raise UserError(f"{target}: already exists (use --force to replace it, --add to extend it)")
     limits = resolve_limits(load_config(checkpoint), max_frames, max_context)
-    with staged_folder(target, "package", force=force) as temp:
+    with staged_folder(target, "package", force=force, marker=MANIFEST_NAME) as temp:
         manifest = _write_package(checkpoint, temp, limits, precisions, all_logits, log)
     return manifest

@@ -21,11 +21,14 @@ import numpy as np
 
 from crosslmm_edge.runtime.answer_stream import build_answer, collect_tokens
 from crosslmm_edge.runtime.assistant_types import Answer, GenerationOptions, TokenCallback
+from crosslmm_edge.runtime.contract import LLM
 from crosslmm_edge.runtime.errors import UserError
 from crosslmm_edge.runtime.kv_cache import KVCache, cache_from_prefix
+from crosslmm_edge.runtime.limits import check_allocation, kv_cache_bytes
 from crosslmm_edge.runtime.pipeline import Pipeline
 from crosslmm_edge.runtime.prompt import PromptBuilder
 from crosslmm_edge.runtime.sampling import Sampler
+from crosslmm_edge.runtime.state_file import StateSpec
 from crosslmm_edge.runtime.turns import TurnTaking
 from crosslmm_edge.runtime.video_state import (
     DEFAULT_CHUNK_FRAMES,
@@ -65,6 +68,14 @@ class RuntimeAssistant(TurnTaking):
         package = self.pipeline.package
         self.dims = self.pipeline.dims
         limit = min(max_context or package.max_context, package.max_context)
+        d = self.dims  # the KV cache is allocated from these sizes: bound them first
+        check_allocation(
+            kv_cache_bytes(
+                d.num_layers, limit, d.num_kv_heads, d.head_dim, self.pipeline.shapes.dtype.itemsize
+            ),
+            f"a KV cache of {limit} positions",
+            "use a smaller --max-context",
+        )
         super().__init__(PromptBuilder.from_dir(package.folder), system, limit)
         self.chunk_frames = chunk_frames
         self.state: VideoState | None = None
@@ -106,8 +117,7 @@ class RuntimeAssistant(TurnTaking):
         self._check_frames(frames)
         self.video_source = (path, frames)
         if state_file is not None:
-            state = load_state(state_file, self.state_key(path, frames))
-            self._check_state_shapes(state, state_file)
+            state = load_state(state_file, self.state_key(path, frames), self._state_spec())
             self._install(state, start)
             return
         chunks = iter_video_chunks(path, frames, self.dims.image_size, self.chunk_frames)
@@ -134,23 +144,12 @@ class RuntimeAssistant(TurnTaking):
         state.prefix_values = [v[:, : self.prefix_length] for v in values]
         save_state(state, path)
 
-    def _check_state_shapes(self, state: VideoState, origin: str) -> None:
-        """Refuse a state file whose arrays do not fit this model (damaged or hand-made)."""
-        d, f = self.dims, state.num_frames
-        kv = (d.num_kv_heads, d.head_dim)
-        expected = {"visual_embeds": (1, f * d.tokens_per_frame, d.hidden_size)}
-        expected.update({name: (1, f * d.patches_per_frame, *kv) for name in state.cross})
-        found = {"visual_embeds": state.visual_embeds.shape}
-        found.update({name: value.shape for name, value in state.cross.items()})
-        prefix = [k.shape[2:] for k in state.prefix_keys + state.prefix_values]
-        t2v = sum(name.startswith("t2v") for name in state.cross)
-        if (
-            found != expected
-            or t2v != 2 * d.num_dcal
-            or len(prefix) != 2 * d.num_layers
-            or any(shape != kv for shape in prefix)
-        ):
-            raise UserError(f"video state {origin} does not fit this package's model")
+    def _state_spec(self) -> StateSpec:
+        """The exact shapes and dtypes a state file must have for this package's run."""
+        llm = self.pipeline.artifacts.by_role[LLM]
+        package = self.pipeline.package
+        dtypes = {t.name: t.dtype for t in llm.inputs}
+        return StateSpec(self.dims, dtypes, package.max_frames, self.max_context)
 
     def _check_frames(self, frames: int) -> None:
         package = self.pipeline.package

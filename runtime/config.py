@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.limits import (
+    MAX_TOKEN_ID,
+    is_count,
+    positive_float_problems,
+    size_problems,
+)
 
 POOL_MODES = ("bilinear", "avg")
 # Hugging Face activation names the SigLIP tower implements (siglip.activation).
@@ -95,6 +101,8 @@ class TextConfig:
     def unsupported_features(self) -> list[str]:
         """Qwen2 options the reference decoder does not implement (plain RoPE, full attention)."""
         rope = self.extra.get("rope_parameters") or self.extra.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            return [f"rope parameters {rope!r} (expected an object)"]
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         problems = [] if rope_type == "default" else [f"rope type {rope_type!r} (only 'default')"]
         if self.extra.get("use_sliding_window"):
@@ -106,7 +114,7 @@ class TextConfig:
         data = dict(data)
         # transformers >= 5 nests rope_theta in rope_parameters.
         rope = data.get("rope_parameters") or {}
-        if "rope_theta" not in data and "rope_theta" in rope:
+        if "rope_theta" not in data and isinstance(rope, dict) and "rope_theta" in rope:
             data["rope_theta"] = rope["rope_theta"]
         known, extra = _split_known(cls, data)
         return cls(**known, extra=extra)
@@ -164,8 +172,10 @@ class CrossLMMConfig:
 
     def validate(self) -> None:
         """Raise ``UserError`` when the config describes no model this project runs."""
-        problems = self._size_problems()
-        if not problems:  # the structural checks divide by these sizes
+        # Sizes first: the structural checks divide by them, and every later
+        # allocation multiplies them. Then the floats that enter the arithmetic.
+        problems = self._size_problems() + self._type_problems()
+        if not problems:
             problems = self._structure_problems()
         if problems:
             raise UserError("invalid CrossLMM config: " + "; ".join(problems))
@@ -190,11 +200,50 @@ class CrossLMMConfig:
             "dcal_every": self.dcal_every,
             "num_frames": self.num_frames,
         }
-        return [
-            f"{name} must be a positive integer, got {value!r}"
-            for name, value in sizes.items()
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1
+        return size_problems(sizes)
+
+    def _type_problems(self) -> list[str]:
+        """Floats finite and positive, ids integers, names strings (a NaN answers nothing)."""
+        v, t = self.vision_config, self.text_config
+        problems = positive_float_problems(
+            {
+                "vision layer_norm_eps": v.layer_norm_eps,
+                "rms_norm_eps": t.rms_norm_eps,
+                "rope_theta": t.rope_theta,
+            }
+        )
+        ids = {"video_token_id": self.video_token_id, "bos_token_id": t.bos_token_id}
+        eos = t.eos_token_id if isinstance(t.eos_token_id, list) else [t.eos_token_id]
+        ids.update({f"eos_token_id[{i}]": value for i, value in enumerate(eos)})
+        problems += [
+            f"{name} must be an integer token id, got {value!r}"
+            for name, value in ids.items()
+            if (value is not None or name == "video_token_id")
+            and not is_count(value, 0, MAX_TOKEN_ID)
         ]
+        if not isinstance(self.vision_feature_layer, int) or isinstance(
+            self.vision_feature_layer, bool
+        ):
+            problems.append(
+                f"vision_feature_layer must be an integer, not {self.vision_feature_layer!r}"
+            )
+        names = {
+            "model_type": self.model_type,
+            "pool_mode": self.pool_mode,
+            "v2v_scope": self.v2v_scope,
+            "vision hidden_act": v.hidden_act,
+            "text hidden_act": t.hidden_act,
+        }
+        problems += [
+            f"{n} must be a string, not {x!r}" for n, x in names.items() if not isinstance(x, str)
+        ]
+        flags = {"dcal_mlp": self.dcal_mlp, "tie_word_embeddings": t.tie_word_embeddings}
+        problems += [
+            f"{n} must be true or false, not {x!r}"
+            for n, x in flags.items()
+            if not isinstance(x, bool)
+        ]
+        return problems
 
     def _structure_problems(self) -> list[str]:
         v, t = self.vision_config, self.text_config
@@ -205,6 +254,8 @@ class CrossLMMConfig:
             problems.append(f"pool_mode {self.pool_mode!r} not in {POOL_MODES}")
         if self.v2v_scope not in V2V_SCOPES:
             problems.append(f"v2v_scope {self.v2v_scope!r} not in {V2V_SCOPES}")
+        if v.num_channels != 3:
+            problems.append(f"vision num_channels {v.num_channels}: the graphs take RGB frames (3)")
         if self.pooled_grid > v.grid_size:
             problems.append(f"pooled_grid {self.pooled_grid} larger than the {v.grid_size}² grid")
         if self.num_dcal < 1:

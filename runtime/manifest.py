@@ -29,20 +29,31 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from crosslmm_edge.runtime.containment import inside
 from crosslmm_edge.runtime.contract import ROLES, DimSpec, TensorSpec
 from crosslmm_edge.runtime.errors import UserError
 from crosslmm_edge.runtime.files import read_json
+from crosslmm_edge.runtime.manifest_fields import (
+    FileRef,
+    as_dict,
+    as_list,
+    choice,
+    dim_spec,
+    file_name,
+    file_ref,
+    limits_dict,
+    sha256_hex,
+    side_file_names,
+    side_files,
+    tensor_spec,
+)
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 2
-BACKENDS = ("onnx", "tensorrt")
+# onnx-trt: ONNX graphs meant for TensorRT's builder (fp16 with INT8 Q/DQ); ONNX Runtime
+# does not run them (``choose_artifacts`` matches the backend, never picks them for onnx).
+BACKENDS = ("onnx", "tensorrt", "onnx-trt")
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-@dataclass(frozen=True)
-class FileRef:
-    file: str
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -81,14 +92,15 @@ class Artifact:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Artifact:
-        extra = tuple(FileRef(str(e["file"]), str(e["sha256"])) for e in data["external_data"])
+        """Parse one artifact record; ``ValueError`` names the first bad field."""
+        extra = tuple(file_ref(e) for e in as_list(data.get("external_data", []), "external_data"))
         return cls(
-            backend=str(data["backend"]),
-            precision=str(data["precision"]),
-            file=str(data["file"]),
-            sha256=str(data["sha256"]),
-            inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
-            outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
+            backend=choice(data["backend"], BACKENDS, "backend"),
+            precision=choice(data["precision"], PRECISIONS, "precision"),
+            file=file_name(data["file"]),
+            sha256=sha256_hex(data["sha256"]),
+            inputs=tuple(tensor_spec(t) for t in as_list(data["inputs"], "inputs")),
+            outputs=tuple(tensor_spec(t) for t in as_list(data["outputs"], "outputs")),
             external_data=extra,
             build=dict(data.get("build") or {}),
         )
@@ -114,10 +126,14 @@ class GraphEntry:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GraphEntry:
         dims = {
-            name: DimSpec(str(name), int(d["min"]), int(d["max"]), d.get("expr"))
-            for name, d in data["dims"].items()
+            str(name): dim_spec(str(name), d) for name, d in as_dict(data["dims"], "dims").items()
         }
-        return cls(dims, tuple(Artifact.from_dict(a) for a in data["artifacts"]))
+        artifacts = as_list(data["artifacts"], "artifacts")
+        parsed = tuple(Artifact.from_dict(as_dict(a, "artifact")) for a in artifacts)
+        labels = [a.label for a in parsed]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"two artifacts of one backend and precision: {sorted(labels)}")
+        return cls(dims, parsed)
 
 
 @dataclass(frozen=True)
@@ -157,33 +173,37 @@ class Manifest:
 
 def manifest_from_dict(data: dict[str, Any]) -> Manifest:
     """Build a ``Manifest``; raises KeyError/TypeError/ValueError on a bad shape."""
+    graphs = as_dict(data["graphs"], "graphs")
+    unknown = sorted(set(graphs) - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown graph roles {unknown} (expected {list(ROLES)})")
     return Manifest(
         format_version=int(data["format_version"]),
-        source=dict(data["source"]),
-        model_config=dict(data["model_config"]),
-        limits={k: int(v) for k, v in data["limits"].items()},
-        files=dict(data["files"]),
-        graphs={str(role): GraphEntry.from_dict(g) for role, g in data["graphs"].items()},
+        source=dict(as_dict(data["source"], "source")),
+        model_config=dict(as_dict(data["model_config"], "model_config")),
+        limits=limits_dict(as_dict(data["limits"], "limits")),
+        files=side_files(as_dict(data["files"], "files")),
+        graphs={str(role): GraphEntry.from_dict(as_dict(g, role)) for role, g in graphs.items()},
     )
 
 
 def _check_files(pkg: Path, manifest: Manifest) -> None:
+    """Every file the manifest names is a regular file inside the package."""
     for role, graph in manifest.graphs.items():
         for artifact in graph.artifacts:
             for ref in artifact.files():
-                if not (pkg / ref.file).is_file():
-                    raise UserError(
-                        f"{pkg / ref.file}: file of graph {role!r} ({artifact.label}) listed "
-                        "in the manifest is missing"
-                    )
+                inside(pkg, ref.file, f"file of graph {role!r} ({artifact.label}) in the manifest")
+    for name in side_file_names(manifest.files):
+        inside(pkg, name, "side file in the manifest")
 
 
 def load_manifest(pkg_dir: str | Path) -> Manifest:
     """Read and validate ``PKG/manifest.json``; ``UserError`` names what is wrong.
 
-    Checks the format version, that every graph role is present and that each
-    artifact's files exist. Hashes are checked when an artifact is loaded
-    (``runtime.package``).
+    Checks the format version, every field's type and range
+    (``manifest_fields``), that every graph role is present and that each file
+    it names is a regular file inside the package, reached through no symbolic
+    link. Hashes and the graphs' contract are checked by ``runtime.package``.
     """
     pkg = Path(pkg_dir)
     path = pkg / MANIFEST_NAME
@@ -193,7 +213,7 @@ def load_manifest(pkg_dir: str | Path) -> Manifest:
         raise UserError(
             f"{path}: not found; is {pkg} a model package (made by `crosslmm-edge export`)?"
         )
-    data = read_json(path)
+    data = read_json(inside(pkg, MANIFEST_NAME, "manifest"))
     version = data.get("format_version")
     if version != FORMAT_VERSION:
         hint = " (re-export it with this version of crosslmm-edge)" if version == 1 else ""
@@ -203,8 +223,9 @@ def load_manifest(pkg_dir: str | Path) -> Manifest:
         )
     try:
         manifest = manifest_from_dict(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UserError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        message = f"{path}: malformed manifest ({type(exc).__name__}: {exc}"[:300]
+        raise UserError(message + ")") from None
     missing = [role for role in ROLES if role not in manifest.graphs]
     if missing:
         raise UserError(f"{path}: graphs {missing} missing")

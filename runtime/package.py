@@ -2,7 +2,9 @@
 
 The runtime trusts only ``manifest.json`` (docs/package-format.md). It picks
 one artifact per role for a backend and precision, checks each file against
-the manifest's sha256 before it is loaded, and names what it ran. Tools that
+the manifest's sha256 before it is loaded (and that it stays inside the
+folder), checks the graphs' records against their roles' contract, and names
+what it ran. Tools that
 add artifacts (fp16, INT8, TensorRT engines) go through ``add_artifacts``,
 which moves the new files in and rewrites the manifest last, atomically.
 """
@@ -16,10 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crosslmm_edge.runtime.config import CrossLMMConfig
+from crosslmm_edge.runtime.containment import inside, name_problem, relative_to_graph
 from crosslmm_edge.runtime.contract import ROLES, ModelDims
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.files import file_sha256, write_text_atomic
+from crosslmm_edge.runtime.files import write_text_atomic
+from crosslmm_edge.runtime.graph_contract import check_manifest_contract
+from crosslmm_edge.runtime.hash_cache import HashCache
 from crosslmm_edge.runtime.manifest import MANIFEST_NAME, Artifact, Manifest, load_manifest
+from crosslmm_edge.runtime.manifest_fields import side_file_names
+from crosslmm_edge.runtime.onnx_refs import external_data_locations
+from crosslmm_edge.runtime.staging import clean_stale
 
 # Precision tried first when none is asked for, per device: fp32 on a CPU (fp16 is
 # emulated there), fp16 on a GPU. INT8 is always an explicit choice: it has a drift cost.
@@ -71,33 +79,87 @@ def choose_artifacts(
 
 
 class ModelPackage:
-    """An exported package folder: manifest, config, sizes, limits, verified files."""
+    """An exported package folder: manifest, config, sizes, limits, verified files.
 
-    def __init__(self, folder: Path, manifest: Manifest) -> None:
+    ``hash_cache`` remembers large files that matched (``runtime/hash_cache.py``);
+    None uses the per-user default.
+    """
+
+    def __init__(
+        self, folder: Path, manifest: Manifest, hash_cache: HashCache | None = None
+    ) -> None:
         self.folder = folder
         self.manifest = manifest
+        where = str(folder / MANIFEST_NAME)
         try:
             self.config = CrossLMMConfig.from_dict(manifest.model_config)
             self.max_context = int(manifest.limits["max_context"])
             self.max_frames = int(manifest.limits["max_frames"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{folder / MANIFEST_NAME}: malformed manifest ({exc!r})") from None
+            raise UserError(f"{where}: malformed manifest ({exc!r})") from None
         except UserError as exc:
-            raise UserError(f"{folder / MANIFEST_NAME}: {exc}") from None
+            raise UserError(f"{where}: {exc}") from None
+        check_manifest_contract(self.config, manifest, where)
         self.dims = ModelDims.from_config(self.config)
+        self.hashes = hash_cache or HashCache.default()
         self._verified: set[tuple[str, str]] = set()
+        self._side_files_verified = False
 
     def path(self, artifact: Artifact, verify: bool = True) -> Path:
-        """The artifact's main file, its files' sha256 checked once (unless ``verify`` is off)."""
+        """The artifact's main file, checked once (unless ``verify`` is off).
+
+        Checked: every file inside the package and matching its sha256, and,
+        for an ONNX graph, every external-data file the graph itself names
+        being one the manifest lists (so none escapes the hash check).
+        """
+        main = inside(self.folder, artifact.file, f"graph file ({artifact.label})")
         if verify and (artifact.file, artifact.sha256) not in self._verified:
+            self.verify_side_files()
             for ref in artifact.files():
-                if file_sha256(self.folder / ref.file) != ref.sha256:
-                    raise UserError(
-                        f"package {self.folder}: {ref.file} does not match the sha256 in "
-                        "manifest.json (corrupt, truncated or replaced)"
-                    )
+                self._check_hash(ref.file, ref.sha256)
+            if artifact.backend in ("onnx", "onnx-trt"):  # both are ONNX files
+                self._check_external_data(artifact)
             self._verified.add((artifact.file, artifact.sha256))
-        return self.folder / artifact.file
+        return main
+
+    def _check_hash(self, name: str, sha256: str) -> None:
+        path = inside(self.folder, name, "file")
+        try:
+            same = self.hashes.matches(path, sha256)
+        except OSError as exc:
+            raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if not same:
+            raise UserError(
+                f"package {self.folder}: {name} does not match the sha256 in "
+                "manifest.json (corrupt, truncated or replaced)"
+            )
+
+    def _check_external_data(self, artifact: Artifact) -> None:
+        """The graph's own external-data references: inside, listed, hence hashed."""
+        listed = {ref.file for ref in artifact.external_data}
+        named = external_data_locations(self.folder / artifact.file)
+        for location in sorted(named):
+            name = relative_to_graph(artifact.file, location)
+            inside(self.folder, name, f"external data of {artifact.file}")
+            if name not in listed:
+                raise UserError(
+                    f"package {self.folder}: graph {artifact.file} reads external data "
+                    f"{location!r}, which manifest.json does not list with a sha256"
+                )
+
+    def verify_side_files(self) -> None:
+        """Check config, generation config and tokenizer files against their sha256."""
+        if self._side_files_verified:
+            return
+        hashes = self.manifest.files.get("sha256", {})
+        for name in side_file_names(self.manifest.files):
+            if name not in hashes:
+                raise UserError(
+                    f"package {self.folder}: manifest.json lists no sha256 for {name}; "
+                    "re-export the package with this version of crosslmm-edge"
+                )
+            self._check_hash(name, hashes[name])
+        self._side_files_verified = True
 
     def verify_all(self) -> None:
         """Check every artifact's files now rather than on first use."""
@@ -133,6 +195,10 @@ def add_artifacts(folder: str | Path, artifacts: Mapping[str, Artifact], staging
         if all(a.label != new.label for new in artifacts.values())
     }
     names = [ref.file for a in artifacts.values() for ref in a.files()]
+    bad = [name for name in names if name_problem(name)]
+    if bad:
+        raise UserError(f"{folder}: artifact file {bad[0]!r} is not a plain name inside it")
+    clean_stale(folder)  # staging folders of killed tools (.add.tmp-PID, .quantize.tmp-PID)
     clash = sorted(set(names) & kept)
     if clash:
         raise UserError(f"{folder}: {clash} belong to artifacts the package keeps")

@@ -263,6 +263,12 @@ class PromptBuilder:
         """Token ids of ``text`` with special-token matching switched off."""
         if not text:
             return []
+        try:  # command-line bytes that are not UTF-8 arrive as lone surrogates
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UserError(
+                f"text {text[max(0, exc.start - 10) : exc.end + 10]!r} is not valid UTF-8"
+            ) from None
         self._tokenizer.encode_special_tokens = True
         try:
             ids = self._tokenizer.encode(text, add_special_tokens=False).ids

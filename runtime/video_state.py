@@ -8,22 +8,31 @@ by the chunk, not by the video length.
 
 A state saved to disk is keyed by the video's sha256, the frame-sampling
 settings and the package's manifest hash; loading it for anything else is
-refused. The file is a plain ``.npz`` read with ``allow_pickle=False``.
+refused. The file is a plain ``.npz``, parsed defensively
+(``runtime/state_file.py``, ``runtime/state_arrays.py``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import zipfile
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
 from crosslmm_edge.runtime.backends import GraphSession
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.files import write_atomic
+from crosslmm_edge.runtime.files import open_regular, write_atomic
+from crosslmm_edge.runtime.limits import check_allocation
+from crosslmm_edge.runtime.state_arrays import state_parts
+from crosslmm_edge.runtime.state_file import (
+    HARD_MAX_BYTES,
+    BadStateError,
+    StateSpec,
+    parse_meta,
+    read_members,
+)
 
 STATE_FORMAT = 2
 SAMPLING_RULE = "segment-centres"  # spec section 2: frame i = floor((i + 0.5) n / T)
@@ -139,40 +148,48 @@ def save_state(state: VideoState, path: str | os.PathLike) -> None:
     write_atomic(path, lambda handle: np.savez(handle, **arrays))
 
 
-def load_state(path: str | os.PathLike, expected: StateKey) -> VideoState:
-    """Read a state file; refuse it unless it was made for ``expected``."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
+def load_state(
+    path: str | os.PathLike, expected: StateKey, spec: StateSpec | None = None
+) -> VideoState:
+    """Read a state file; refuse it unless it was made for ``expected``.
+
+    With ``spec`` (the running package's sizes and dtypes) every array must
+    have exactly the shape and dtype that package would have saved; without
+    it only the file's own consistency is checked. See ``runtime/state_file.py``.
+    """
+    max_bytes = spec.max_bytes() if spec else HARD_MAX_BYTES
+    with open_regular(path, max_bytes, "video state") as handle:
+        check_allocation(os.fstat(handle.fileno()).st_size, f"video state {path}")
+        try:
+            arrays = read_members(handle, max_bytes)
+            meta = parse_meta(arrays.pop("meta"))
             if meta.get("format") != STATE_FORMAT:
                 raise UserError(
                     f"video state {path} was saved by another version of crosslmm-edge "
                     f"(state format {meta.get('format')!r}, this one reads {STATE_FORMAT}); "
                     "save it again"
                 )
-            key = StateKey(**meta["key"])
+            key = _state_key(meta.get("key"))
             differs = key.mismatch(expected)
             if differs:
                 raise UserError(
                     f"video state {path} does not fit this run ({'; '.join(differs)}); "
                     "refusing to use it"
                 )
-            layers = sum(1 for name in data.files if name.startswith("prefix_key/"))
-            return VideoState(
-                key=key,
-                num_frames=int(meta["num_frames"]),
-                visual_embeds=data["visual_embeds"],
-                cross={name: data[f"cross/{name}"] for name in meta["cross_names"]},
-                prefix_ids=[int(i) for i in meta["prefix_ids"]],
-                prefix_keys=[data[f"prefix_key/{i}"] for i in range(layers)],
-                prefix_values=[data[f"prefix_value/{i}"] for i in range(layers)],
-            )
-    except FileNotFoundError:
-        raise UserError(f"video state file not found: {path}") from None
-    except UserError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-        # np.load(allow_pickle=False) reports a non-npz file as "pickled data": say what it is.
-        raise UserError(
-            f"{path} is not a video state saved by --save-video-state ({type(exc).__name__})"
-        ) from None
+            return VideoState(key=key, **state_parts(meta, arrays, spec))
+        except BadStateError as exc:
+            raise UserError(
+                f"{path} is not a video state saved by --save-video-state for this package ({exc})"
+            ) from None
+
+
+def _state_key(data: object) -> StateKey:
+    """The key record, with exactly StateKey's fields and types."""
+    types = {f.name: f.type for f in fields(StateKey)}
+    if not isinstance(data, dict) or set(data) != set(types):
+        raise BadStateError("key record has the wrong fields")
+    for name, value in data.items():
+        wanted = int if types[name] in (int, "int") else str
+        if type(value) is not wanted or (wanted is str and len(value) > 256):
+            raise BadStateError(f"key field {name} is not a {wanted.__name__}")
+    return StateKey(**data)

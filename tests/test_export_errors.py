@@ -78,6 +78,7 @@ def test_force_replaces_an_existing_package(checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "pkg"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / "manifest.json").write_text("{}")  # --force replaces only a package folder
     assert _export(checkpoint, out, "--force") == 0
     assert not (out / "old.txt").exists()
     manifest = json.loads((out / "manifest.json").read_text())
