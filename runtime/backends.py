@@ -156,13 +156,17 @@ def resolve_provider(requested: str | None) -> str:
     return wanted
 
 
-BACKEND_KINDS = ("onnx",)
+BACKEND_KINDS = ("onnx", "tensorrt")
 
 
 def open_backend(kind: str = "onnx", provider: str | None = None, threads: int = 0) -> Backend:
     """The backend that runs ``kind`` artifacts; for ONNX, on ``provider`` (None: best)."""
     if kind == "onnx":
         return OrtBackend(resolve_provider(provider), threads=threads)
+    if kind == "tensorrt":  # native engines (`build`); --provider does not apply
+        from crosslmm_edge.runtime.trt_backend import TrtBackend
+
+        return TrtBackend()
     raise UserError(f"--backend {kind!r}: expected one of {', '.join(BACKEND_KINDS)}")
 
 
@@ -225,15 +229,7 @@ class OrtSession(GraphSession):
         if self._binding is None:
             self._binding = self.session.io_binding()
         binding = self._binding
-        keep_alive = []  # host arrays must outlive the run
-        for name, value in feeds.items():
-            if isinstance(value, DeviceArray):
-                self._bind_once(binding.bind_input, name, value)
-            else:
-                array = np.ascontiguousarray(value, dtype=np.dtype(self.inputs[name].dtype))
-                keep_alive.append(array)
-                binding.bind_cpu_input(name, array)
-                self._bound.pop(name, None)
+        keep_alive = self._bind_inputs(binding, feeds, self._bind_once)  # outlive the run
         for name, target in write_to.items():
             self._bind_once(binding.bind_output, name, target)
         for name in fetch:
@@ -242,7 +238,22 @@ class OrtSession(GraphSession):
                 self._out[name] = np.empty(spec.dims, dtype=np.dtype(spec.dtype))
             self._bind_once(binding.bind_output, name, HostArray(self._out[name]))
         self.session.run_with_iobinding(binding)
+        del keep_alive  # the run is over: the host feeds may go
         return {name: self._out[name] for name in fetch}
+
+    def _bind_inputs(self, binding, feeds, bind_device) -> list[np.ndarray]:
+        """Bind every feed; host arrays are cast to the input's dtype and returned
+        (the caller keeps them alive until the run ends)."""
+        keep_alive = []
+        for name, value in feeds.items():
+            if isinstance(value, DeviceArray):
+                bind_device(binding.bind_input, name, value)
+            else:
+                array = np.ascontiguousarray(value, dtype=np.dtype(self.inputs[name].dtype))
+                keep_alive.append(array)
+                binding.bind_cpu_input(name, array)
+                self._bound.pop(name, None)  # the persistent binding must rebind it
+        return keep_alive
 
     def _bind_once(self, bind, name: str, array: DeviceArray) -> None:
         key = (array.pointer, tuple(array.shape))
@@ -253,19 +264,13 @@ class OrtSession(GraphSession):
     def _run_fresh(self, feeds, write_to, fetch) -> dict[str, np.ndarray]:
         """A new binding and ORT-allocated outputs (dynamic output shapes)."""
         binding = self.session.io_binding()
-        keep_alive = []  # host arrays must outlive the run
-        for name, value in feeds.items():
-            if isinstance(value, DeviceArray):
-                self._bind_array(binding.bind_input, name, value)
-            else:
-                array = np.ascontiguousarray(value, dtype=np.dtype(self.inputs[name].dtype))
-                keep_alive.append(array)
-                binding.bind_cpu_input(name, array)
+        keep_alive = self._bind_inputs(binding, feeds, self._bind_array)  # outlive the run
         for name, target in write_to.items():
             self._bind_array(binding.bind_output, name, target)
         for name in fetch:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
+        del keep_alive  # the run is over: the host feeds may go
         values = binding.get_outputs()[len(write_to) :]
         return {name: value.numpy() for name, value in zip(fetch, values, strict=True)}
 
@@ -337,18 +342,15 @@ class OrtBackend(Backend):
 def trt_profile_options(
     inputs: Sequence[TensorSpec], dims: Mapping[str, DimSpec]
 ) -> dict[str, str]:
-    """``trt_profile_{min,opt,max}_shapes`` for every input, from the manifest's ranges.
+    """``trt_profile_{min,opt,max}_shapes``: the profiles `build` uses (runtime/trt_profiles.py).
 
-    The opt shape is the max (tactics chosen for the largest chunk); untested
+    Each profile's min, opt and max are consistent points (text + visual =
+    sequence length); the LLM gets decode, text and visual profiles. Untested
     on a GPU here.
     """
-    shapes: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
-    for tensor in inputs:
-        for kind in shapes:
-            end = "min" if kind == "min" else "max"
-            shape = [d if isinstance(d, int) else getattr(dims[d], end) for d in tensor.dims]
-            shapes[kind].append(f"{tensor.name}:" + "x".join(str(d) for d in shape))
-    return {f"trt_profile_{kind}_shapes": ",".join(items) for kind, items in shapes.items()}
+    from crosslmm_edge.runtime import trt_profiles
+
+    return trt_profiles.trt_profile_options(inputs, dims)
 
 
 def _static(dims: tuple) -> bool:

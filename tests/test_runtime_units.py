@@ -202,19 +202,3 @@ def test_bad_state_files_are_user_errors(tmp_path: Path) -> None:
         load_state(tmp_path / "cut.npz", key)
     with pytest.raises(UserError, match="no folder"):
         save_state(_state(key), tmp_path / "missing" / "state.npz")
-
-
-def test_tensorrt_profiles_cover_the_exported_ranges() -> None:
-    from crosslmm_edge.runtime.backends import trt_profile_options
-    from crosslmm_edge.runtime.contract import DimSpec, TensorSpec
-
-    inputs = (
-        TensorSpec("input_ids", "int64", (1, "text_len")),
-        TensorSpec("past_key.0", "float32", (1, "past_len", 2, 8)),
-    )
-    dims = {"text_len": DimSpec("text_len", 0, 64), "past_len": DimSpec("past_len", 0, 63)}
-    assert trt_profile_options(inputs, dims) == {
-        "trt_profile_min_shapes": "input_ids:1x0,past_key.0:1x0x2x8",
-        "trt_profile_opt_shapes": "input_ids:1x64,past_key.0:1x63x2x8",
-        "trt_profile_max_shapes": "input_ids:1x64,past_key.0:1x63x2x8",
-    }

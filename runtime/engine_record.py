@@ -1,0 +1,114 @@
+"""What a TensorRT engine was built for, and whether this machine can run it.
+
+A serialized plan runs only on the TensorRT version and GPU it was built for
+(unless built version- or hardware-compatible). ``build`` stores an engine
+record in the artifact's ``build`` field; before a plan is deserialised the
+backend compares it with the running TensorRT, GPU and the plan's bytes, and
+refuses a mismatch with "rebuild for ..." instead of letting TensorRT fail
+inside deserialisation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from crosslmm_edge.runtime.errors import UserError
+
+RECORD_FORMAT = 1
+TEGRA_RELEASE = Path("/etc/nv_tegra_release")
+# L4T release -> JetPack (NVIDIA's JetPack archive); only what the record names.
+JETPACK_OF_L4T = {"36.2": "6.0 DP", "36.3": "6.0", "36.4": "6.1", "36.4.3": "6.2"}
+HARDWARE_LEVELS = ("NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY")
+
+
+def tegra_release(path: Path = TEGRA_RELEASE) -> dict[str, str] | None:
+    """L4T (and JetPack) release of a Jetson from /etc/nv_tegra_release; None elsewhere."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    if not match:
+        return {"l4t": "unknown"}
+    l4t = f"{match.group(1)}.{match.group(2)}"
+    short = ".".join(l4t.split(".")[:2])
+    return {"l4t": l4t, "jetpack": JETPACK_OF_L4T.get(l4t, JETPACK_OF_L4T.get(short, "unknown"))}
+
+
+def environment(trt: Any, cuda: Any) -> dict[str, Any]:
+    """The running TensorRT, GPU and CUDA, as the record stores them."""
+    device = cuda.device()
+    env = {
+        "tensorrt": str(trt.__version__),
+        "gpu": device["name"],
+        "compute_capability": device["compute_capability"],
+        "gpu_memory": int(device["total_memory"]),
+        "cuda": cuda.versions(),
+    }
+    jetson = tegra_release()
+    if jetson:
+        env["jetson"] = jetson
+    return env
+
+
+def make_record(
+    env: Mapping[str, Any], settings: Mapping[str, Any], engine_facts: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The engine record: environment, build settings and what the engine says of itself.
+
+    settings: version_compatible, hardware_compatibility, strongly_typed,
+    optimization_level, workspace_bytes, profiles (min/opt/max per input),
+    source {file, sha256}, plan_sha256. engine_facts: io [{name, dtype,
+    mode}], device_memory per profile.
+    """
+    return {"engine_record": RECORD_FORMAT, **env, **settings, **engine_facts}
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version))
+
+
+def mismatches(record: Mapping[str, Any], env: Mapping[str, Any]) -> list[str]:
+    """Why an engine built as ``record`` says cannot run in ``env`` (empty: it can)."""
+    if record.get("engine_record") != RECORD_FORMAT:
+        return ["an engine record this version of crosslmm-edge does not read"]
+    problems = []
+    built, running = str(record["tensorrt"]), str(env["tensorrt"])
+    if record.get("version_compatible"):
+        b, r = _version_tuple(built), _version_tuple(running)
+        if r[:1] != b[:1] or r < b:
+            problems.append(f"TensorRT {running} (version-compatible engine built with {built})")
+    elif built != running:
+        problems.append(f"TensorRT {running} (the engine was built with TensorRT {built})")
+    level = record.get("hardware_compatibility", "NONE")
+    cc_built, cc_running = str(record["compute_capability"]), str(env["compute_capability"])
+    if level == "AMPERE_PLUS":
+        if _version_tuple(cc_running) < (8, 0):
+            problems.append(
+                f"{env['gpu']} (compute {cc_running}; the engine needs Ampere or later)"
+            )
+    elif cc_built != cc_running or (level == "NONE" and record["gpu"] != env["gpu"]):
+        problems.append(
+            f"{env['gpu']} (compute {cc_running}; the engine was built on {record['gpu']}, "
+            f"compute {cc_built})"
+        )
+    return problems
+
+
+def require_compatible(
+    record: Mapping[str, Any] | None, env: Mapping[str, Any], plan_sha256: str, what: str
+) -> None:
+    """Refuse, with ``UserError`` "rebuild for ...", a plan that must not be deserialised."""
+    if not record or "engine_record" not in record:
+        raise UserError(f"{what}: no engine record in the manifest; rebuild it with `build`")
+    if record.get("plan_sha256") != plan_sha256:
+        raise UserError(
+            f"{what}: the plan file does not match the sha256 of its engine record "
+            "(corrupt, truncated or replaced); rebuild it with `build`"
+        )
+    problems = mismatches(record, env)
+    if problems:
+        raise UserError(f"{what}: rebuild for {'; '.join(problems)} (`crosslmm-edge build`)")
