@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--seed", type=int, default=1, help="stream of videos (default 1)")
     evaluate.add_argument("--frames", type=int, default=8, help="frames per video (default 8)")
+    evaluate.add_argument(
+        "--precision", default=None, help="package artifacts: fp32, fp16 or int8 (default: best)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=run_eval)
 
@@ -79,7 +82,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from crosslmm_edge.models import embedded_model_dir
 
     model = args.model if args.model is not None else str(embedded_model_dir())
-    assistant = open_assistant(model)
+    assistant = open_assistant(model, precision=args.precision)
 
     def progress(index: int) -> None:
         if not args.json and sys.stderr.isatty():

@@ -75,9 +75,10 @@ def _demo(folder: Path, seed: int, provider: str | None) -> int:
     _say("[4/4] answering with the torch-free runtime")
     assistant = _open_runtime(package, provider)
     assistant.set_video(str(video))
-    correct = 0
+    correct, answers = 0, []
     for qa in qas:
         answer = assistant.ask(qa.question, GenerationOptions(max_new_tokens=8))
+        answers.append(answer.answer)
         right = normalise_answer(answer.answer) == qa.answer
         correct += right
         reuse = "prefix reused" if answer.video_prefix_reused else "video encoded + prefilled"
@@ -87,6 +88,9 @@ def _demo(folder: Path, seed: int, provider: str | None) -> int:
             f"{reuse})"
         )
     _say(f"{correct}/{len(qas)} correct")
+    from crosslmm_edge.calibration.demo_int8 import int8_step
+
+    int8_step(package, video, qas, answers, _say)
     return 0
 
 

@@ -121,7 +121,7 @@ def _onnx_files(target: Path) -> list[Path]:
         target / art.file
         for graph in manifest.graphs.values()
         for art in graph.artifacts
-        if art.backend == "onnx"
+        if art.backend in ("onnx", "onnx-trt")  # onnx-trt: the graphs TensorRT builds INT8 from
     ]
     if not files:
         raise UserError(f"{target}: the manifest lists no ONNX graph")

@@ -33,8 +33,10 @@ def test_demo_exports_then_answers_with_the_runtime(demo_run) -> None:
     assert (folder / "package" / "manifest.json").is_file()
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "exporting llm.onnx"):
         assert step in printed
-    assert printed.count("  Q: ") == 4 and printed.count("truth: ") == 4
+    # Each question twice: with the FP32 graphs, then FP32 and INT8 side by side.
+    assert printed.count("  Q: ") == 8 and printed.count("truth: ") == 8
     assert printed.count("prefix reused") == 3  # every question after the first
+    assert printed.count("   int8 '") == 4 and "[INT8] drift" in printed
     assert ("RANDOM" in printed) != EMBEDDED
 
 

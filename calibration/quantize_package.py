@@ -1,0 +1,167 @@
+"""``quantize``: calibrate once, write the INT8 artifacts, add them to a package atomically.
+
+``--in-place`` stages the new graphs in a hidden folder inside the package and
+adds them with ``runtime.package.add_artifacts`` (old manifest or new, never
+half). ``--out DIR`` builds a copy of the package in a hidden sibling folder
+and renames it into place only when complete. Either way a failure leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from crosslmm_edge.calibration.progress import progress_bar
+from crosslmm_edge.calibration.quantize import (
+    Calibration,
+    QuantizeOptions,
+    calibrate,
+    int8_artifacts,
+    selected_nodes,
+)
+from crosslmm_edge.calibration.quantize_fp16 import trt_int8_artifacts
+from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.files import staged_folder
+from crosslmm_edge.runtime.manifest import load_manifest
+from crosslmm_edge.runtime.package import add_artifacts, choose_artifacts
+from crosslmm_edge.runtime.staging import clean_stale, temp_name
+
+Log = Callable[[str], None]
+
+
+def add_int8(
+    folder: Path,
+    calibration: Calibration,
+    options: QuantizeOptions,
+    extra: Callable | None = None,
+    trt_int8: bool = False,
+) -> None:
+    """Quantize ``folder``'s FP32 graphs and add them to it (``extra`` adds more artifacts).
+
+    ``trt_int8`` also writes the same Q/DQ on the fp16 graphs (``onnx-trt/int8``),
+    before either set is added, so a failure adds neither.
+    """
+    staging = folder / f".quantize-{os.getpid()}"
+    try:
+        staging.mkdir()
+        with progress_bar(3, "quantization", "graph") as bar:
+            artifacts = int8_artifacts(folder, staging, calibration, options, bar.update)
+        trt = trt_int8_artifacts(folder, staging, artifacts, staging) if trt_int8 else {}
+        add_artifacts(folder, artifacts, staging)
+        if trt:  # one artifact per role and call: the second set, each write atomic
+            add_artifacts(folder, trt, staging)
+        if extra is not None:
+            extra(folder, staging)
+    except OSError as exc:
+        raise UserError(f"{folder}: writing INT8 graphs failed ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_package(source: Path, target: Path) -> None:
+    for item in source.iterdir():
+        if item.name.startswith("."):
+            continue  # another writer's staging folder
+        if item.is_dir():
+            shutil.copytree(item, target / item.name)
+        else:
+            shutil.copy2(item, target / item.name)
+
+
+def quantize_package(
+    package: Path,
+    out: Path | None,
+    options: QuantizeOptions,
+    calib: list[str] | None,
+    count: int,
+    seed: int,
+    max_drift: float | None = None,
+    search_videos: int = 50,
+    log: Log = print,
+    trt_int8: bool = True,
+) -> dict:
+    """Add INT8 artifacts to ``package`` (or to a copy at ``out``); a summary dict.
+
+    ``trt_int8``: also the ``onnx-trt/int8`` set, when the package has fp16 graphs.
+    """
+    manifest = load_manifest(package)
+    choose_artifacts(manifest, "onnx", "fp32")  # refuses a package without FP32 graphs
+    trt_int8 = trt_int8 and _has_fp16(manifest, log)
+    selected_nodes(package, manifest, options)  # recipe and --exclude errors before any work
+    if out is not None and out.exists():
+        raise UserError(f"--out {out}: already exists")
+    if max_drift is not None and max_drift < 0:
+        raise UserError(f"--max-drift must not be negative, got {max_drift}")
+    # Named with our pid, so the next run removes one a kill -9 left behind.
+    clean_stale(Path(tempfile.gettempdir()), "crosslmm-quantize")
+    with tempfile.TemporaryDirectory(prefix=temp_name("crosslmm-quantize") + "-") as temp:
+        calibration = calibrate(package, Path(temp), calib, count, seed, log)
+        kept: dict[str, str] = {}
+        if max_drift is not None:
+            from crosslmm_edge.calibration.search import search_recipe
+
+            options, kept = search_recipe(package, calibration, options, max_drift, search_videos)
+        if out is None:
+            add_int8(package, calibration, options, trt_int8=trt_int8)
+            target = package
+        else:
+            with staged_folder(out, "package") as staged:
+                _copy_package(package, staged)
+                add_int8(staged, calibration, options, trt_int8=trt_int8)
+            target = out
+    return _summary(target, options, kept, calibration)
+
+
+def _has_fp16(manifest, log: Log) -> bool:
+    """Whether the package holds fp16 graphs; if not, one line on how to add them."""
+    if "onnx/fp16" in manifest.labels():
+        return True
+    log(
+        "note: no TensorRT INT8 graphs (onnx-trt/int8): they need the fp16 graphs; "
+        "run `crosslmm-edge export CKPT --add --dtype fp16 --out PKG`, then quantize again"
+    )
+    return False
+
+
+def _summary(target: Path, options: QuantizeOptions, kept: dict, calibration) -> dict:
+    manifest = load_manifest(target)
+    int8 = choose_artifacts(manifest, "onnx", "int8")
+    build = {role: a.build for role, a in int8.by_role.items()}
+    kept = dict(kept)
+    kept.setdefault("attention products, norms, softmax, residuals, gates", "recipe: not weights")
+    kept.setdefault("LM head", "recipe: logits feed every answer, kept float")
+    return {
+        "package": str(target),
+        "recipe": options.recipe if not options.skip_groups else f"{options.recipe} (searched)",
+        "exclude": list(options.exclude),
+        "kept_float_groups": list(options.skip_groups),
+        "kept_float": kept,
+        "quantized_modules": {role: b["quantized_modules"] for role, b in build.items()},
+        "cross_kv": build["llm"]["cross_kv"],
+        "calibration_sha256": calibration.sha256,
+        "calibration_videos": len(calibration.videos),
+        "search": build["llm"].get("search"),
+        "trt_int8": "onnx-trt/int8" in manifest.labels(),
+        "cross_kv_memory_bytes": cross_kv_memory(manifest.model_config),
+    }
+
+
+def cross_kv_memory(model_config: dict) -> dict[str, dict[str, int]]:
+    """Bytes of the T2V memory a video keeps, at 32 and 256 frames, per storage type."""
+    from crosslmm_edge.calibration.kv_int8 import cross_kv_bytes
+    from crosslmm_edge.runtime.config import CrossLMMConfig
+    from crosslmm_edge.runtime.contract import ModelDims
+
+    d = ModelDims.from_config(CrossLMMConfig.from_dict(model_config))
+    shape = (d.num_dcal, d.patches_per_frame, d.num_kv_heads, d.head_dim)
+    return {
+        str(frames): {
+            kind: cross_kv_bytes(*shape, frames, size)
+            for kind, size in (("fp32", 4), ("fp16", 2), ("int8", 1))
+        }
+        for frames in (32, 256)
+    }
