@@ -3,6 +3,9 @@ Runtime counted apart from the Python around it."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -75,3 +78,20 @@ def python_ms_per_step(pipeline: Pipeline, steps: int = 64, past: int = 64) -> f
         logits = pipeline.prefill(cache, [token], no_visual, text)
     total = time.perf_counter() - start
     return (total - timed.seconds) / steps * 1000
+
+
+DECODE_CHILD = """
+import json, sys
+from crosslmm_edge.benchmarks.ours import decode_run, open_pipeline
+pipeline = open_pipeline(sys.argv[1], int(sys.argv[2]))
+prompt, new = json.loads(sys.argv[3]), int(sys.argv[4])
+decode_run(pipeline, prompt, 4)  # warm
+print(json.dumps(decode_run(pipeline, prompt, new)))
+"""
+
+
+def ours_decode_child(package: Path, threads: int, prompt: list[int], new: int) -> dict:
+    """``decode_run`` in a fresh process (no torch loaded there)."""
+    args = [sys.executable, "-c", DECODE_CHILD, str(package), str(threads), json.dumps(prompt)]
+    done = subprocess.run([*args, str(new)], check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -10,7 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from crosslmm_edge.benchmarks.models import BenchModel
-from crosslmm_edge.benchmarks.ours import decode_run, open_pipeline, python_ms_per_step
+from crosslmm_edge.benchmarks.ours import (
+    decode_run,
+    open_pipeline,
+    ours_decode_child,
+    python_ms_per_step,
+)
 from crosslmm_edge.benchmarks.peers import (
     optimum_decode,
     qwen2_from_checkpoint,
@@ -41,7 +46,9 @@ def run_decode(model: BenchModel, args, machine: dict) -> dict:
     pipeline = open_pipeline(model.package, args.threads)
     prompt = random_prompt(args.prompt_tokens, pipeline.dims.vocab_size)
     new = args.new_tokens
-    runs = {"ours": lambda: decode_run(pipeline, prompt, new)}
+    # Ours runs in its own process like optimum: torch's OpenMP threads, idle but
+    # spinning after each transformers step, would otherwise take its cores.
+    runs = {"ours": lambda: ours_decode_child(model.package, args.threads, prompt, new)}
     for attention in ("eager", "sdpa"):
         hf = qwen2_from_checkpoint(model.checkpoint, attention)
         runs[f"transformers_{attention}"] = (lambda m: lambda: transformers_decode(m, prompt, new))(

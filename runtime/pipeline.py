@@ -14,13 +14,24 @@ from pathlib import Path
 import numpy as np
 
 from crosslmm_edge.runtime.backends import Backend, DeviceArray, GraphSession, open_backend
-from crosslmm_edge.runtime.contract import LLM, POOLING, ROLES, VISION_ENCODER, past_names
+from crosslmm_edge.runtime.contract import (
+    LLM,
+    POOLING,
+    ROLES,
+    VISION_ENCODER,
+    is_v2v,
+    past_names,
+)
 from crosslmm_edge.runtime.generation import ChunkShapes, CrossFeeds, run_chunk, stream_tokens
 from crosslmm_edge.runtime.graph_contract import check_session
 from crosslmm_edge.runtime.kv_cache import KVCache
 from crosslmm_edge.runtime.package import ArtifactSet, choose_artifacts, open_package
 from crosslmm_edge.runtime.sampling import Sampler
 from crosslmm_edge.runtime.video_state import encode_chunks, encode_frames
+
+# Positions one LLM run prefills at most (= the TensorRT text profile's cap): scores for
+# 512 queries over an 8k context stay small in fp32, whatever the prompt's length.
+DEFAULT_MAX_CHUNK_TOKENS = 512
 
 
 class Pipeline:
@@ -42,7 +53,9 @@ class Pipeline:
         threads: int = 0,
         verify_hashes: bool = True,
         engine: Backend | None = None,
+        max_chunk_tokens: int = DEFAULT_MAX_CHUNK_TOKENS,
     ) -> None:
+        self.max_chunk_tokens = max_chunk_tokens
         self.package = open_package(package_dir, verify=False)
         self.dims = self.package.dims
         self.backend = engine or open_backend(backend, provider, threads)
@@ -91,11 +104,49 @@ class Pipeline:
         self,
         cache: KVCache,
         input_ids: Sequence[int],
-        visual_embeds: np.ndarray | DeviceArray,
+        visual_embeds: np.ndarray,
         cross: CrossFeeds,
+        max_chunk_tokens: int | None = None,
     ) -> np.ndarray:
-        """One ``[text ; visual]`` chunk at the cache's end; the last logits [V]."""
-        return run_chunk(self.sessions[LLM], cache, input_ids, visual_embeds, cross)
+        """``[text ; visual]`` at the cache's end, in pieces; the last logits [V].
+
+        A long chunk runs as text pieces then frame-aligned visual pieces of at
+        most ``max_chunk_tokens`` (default ``self.max_chunk_tokens``) positions,
+        which bounds the attention scores' memory by the piece instead of the
+        prompt. Causal attention and the per-token cross-attention make the
+        pieces exact: each visual piece reads the V2V memory of its own frames
+        (``"frame"`` scope) or of all of them (``"video"``).
+        """
+        limit = max(max_chunk_tokens or self.max_chunk_tokens, self.dims.tokens_per_frame)
+        llm = self.sessions[LLM]
+        if len(input_ids) + visual_embeds.shape[1] <= limit:
+            return run_chunk(llm, cache, input_ids, visual_embeds, cross)
+        logits = None
+        no_visual = self.shapes.no_visual()
+        text_cross = self._text_only(cross)
+        ids = list(input_ids)
+        for start in range(0, len(ids), limit):  # [V] of the last piece is what counts
+            logits = run_chunk(llm, cache, ids[start : start + limit], no_visual, text_cross)
+        p, n = self.dims.tokens_per_frame, self.dims.patches_per_frame
+        per_piece = limit // p
+        frames = visual_embeds.shape[1] // p
+        for first in range(0, frames, per_piece):
+            last = min(frames, first + per_piece)
+            piece = visual_embeds[:, first * p : last * p]  # [1, f·P, D]
+            logits = run_chunk(llm, cache, [], piece, self._piece_cross(cross, first, last, n))
+        return logits
+
+    def _text_only(self, cross: CrossFeeds) -> dict:
+        empty = self.shapes.no_memory()
+        return {name: empty if is_v2v(name) else value for name, value in cross.items()}
+
+    def _piece_cross(self, cross: CrossFeeds, first: int, last: int, n: int) -> dict:
+        if self.dims.v2v_scope != "frame":
+            return dict(cross)
+        return {
+            name: _rows(value, first * n, last * n) if is_v2v(name) else value
+            for name, value in cross.items()
+        }
 
     def generate(
         self,
@@ -119,3 +170,10 @@ class Pipeline:
             stop_ids,
             with_logprobs,
         )
+
+
+def _rows(value: np.ndarray | DeviceArray, start: int, stop: int) -> np.ndarray | DeviceArray:
+    """Positions ``start:stop`` along axis 1 of a host or device array (no copy)."""
+    if isinstance(value, DeviceArray):
+        return value.rows(start, stop)
+    return value[:, start:stop]

@@ -24,6 +24,7 @@ from crosslmm_edge.export.reference_assistant import ReferenceAssistant
 from crosslmm_edge.runtime.assistant import RuntimeAssistant
 from crosslmm_edge.runtime.assistant_types import GenerationOptions
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.sampling import Sampler
 
 QUESTIONS = ["What colour is the small dot?", "Which way does it move?", "Say more."]
 GREEDY = GenerationOptions(max_new_tokens=60, logprobs=True)
@@ -156,7 +157,7 @@ def test_frame_scope_appends_frames_like_the_reference_prefilling_chunks(models,
         prompt.first_question_ids(QUESTIONS[0]),
         60,
         sorted(prompt.stop_token_ids),
-        [model.config.video_token_id],
+        Sampler(banned_ids=[model.config.video_token_id]),
     )
     want = [t for t, _ in steps if t not in prompt.stop_token_ids]
     assert got == want and len(want) >= 50
@@ -244,3 +245,23 @@ def test_rolling_window_equals_a_fresh_start_on_its_last_frames(models, scope):
     assert live.ask(QUESTIONS[0], GREEDY).token_ids == fresh.ask(QUESTIONS[0], GREEDY).token_ids
     with pytest.raises(UserError, match="at most 4"):
         RollingWindow(live, seconds=10, source_fps=2, sample_fps=2)
+
+
+@pytest.mark.parametrize("scope", ["video", "frame"])
+def test_prefill_in_pieces_equals_one_chunk(models, scope):
+    package = models[scope][1]
+    runtime = RuntimeAssistant(package)
+    pipeline = runtime.pipeline
+    frames = np.random.default_rng(1).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    _, embeds, cross = pipeline.encode([frames])
+    feeds = {name: pipeline.upload(value) for name, value in cross.items()}
+    ids = list(range(5, 16))  # 11 text tokens, then 4 frames of visual tokens
+    results = []
+    for limit in (10_000, pipeline.dims.tokens_per_frame):  # one chunk; pieces of one frame
+        cache = pipeline.new_cache(64)
+        logits = np.array(pipeline.prefill(cache, ids, embeds, feeds, max_chunk_tokens=limit))
+        results.append((logits, cache.prefix_arrays()))
+    (whole, (keys, values)), (pieces, (piece_keys, piece_values)) = results
+    assert np.allclose(whole, pieces, atol=1e-4)
+    for a, b in zip(keys + values, piece_keys + piece_values, strict=True):
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-4)
