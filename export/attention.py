@@ -10,8 +10,8 @@ the one pattern ONNX Runtime folds into ``FusedMatMul(transBatchB, transB)``:
 the cache and the T2V memory are consumed where they lie, never copied. Other
 batch sizes (training) take the general 5-D path.
 
-Softmax is computed in two parts (past keys, new keys) against one shared
-log-sum-exp, so neither the cache nor the full score tensor is ever concatenated.
+Past and new keys are scored separately; only the score tensors are
+concatenated for the softmax, never the cache.
 """
 
 from __future__ import annotations
@@ -68,9 +68,11 @@ def causal_attention(
 ) -> Tensor:
     """Causal attention of ``L`` new queries over ``P`` cached and ``L`` new keys.
 
-    Past and new keys are scored separately and normalised by one shared
-    log-sum-exp, so the cache and the score tensor are never concatenated
-    (``P`` may be 0: the log-sum-exp of no scores is -inf, which drops out).
+    The past and new keys are scored separately and only the score tensors are
+    concatenated, so the cache itself is never copied. (A shared log-sum-exp
+    would avoid that concatenation too, but it reduces over the past axis,
+    which is empty for a first chunk, and ONNX Runtime before 1.2x returns an
+    empty tensor for such a reduction and then crashes: the Jetson builds are old.)
 
     q: [B, L, H, hd]; k_past, v_past: [B, P, kvh, hd]; k_new, v_new: [B, L, kvh, hd].
     Returns [B, L, H, hd]. Softmax runs in float32.
@@ -79,11 +81,10 @@ def causal_attention(
     qg = _group_queries(q, k_new.shape[2]) * q.shape[-1] ** -0.5
     s_past = _scores(qg, k_past).float()  # [.., P]
     s_new = _causal_mask(_scores(qg, k_new).float(), length)  # [.., L]
-    lse = torch.logaddexp(  # [.., 1]; the new part always holds the diagonal: finite
-        torch.logsumexp(s_past, -1, keepdim=True), torch.logsumexp(s_new, -1, keepdim=True)
-    )
-    out = _weighted_values(torch.exp(s_past - lse).to(q.dtype), v_past)
-    out = out + _weighted_values(torch.exp(s_new - lse).to(q.dtype), v_new)
+    probs = torch.softmax(torch.cat([s_past, s_new], dim=-1), dim=-1).to(q.dtype)
+    past_len = k_past.shape[1]
+    out = _weighted_values(probs[..., :past_len], v_past)
+    out = out + _weighted_values(probs[..., past_len:], v_new)
     return _ungroup(out, length, q.shape[2])
 
 

@@ -297,7 +297,9 @@ class OrtBackend(Backend):
         options.log_severity_level = 3  # warnings about unused initializers are noise here
         providers = self._providers(path, inputs, dims)
         try:
-            session = ort.InferenceSession(str(path), options, providers=providers)
+            session = ort.InferenceSession(
+                str(path), options, providers=providers, disabled_optimizers=_unsafe_fusions(ort)
+            )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise UserError(f"cannot load graph {name} from {path}: {exc}") from exc
         active = session.get_providers()[0]
@@ -351,6 +353,20 @@ def trt_profile_options(
     from crosslmm_edge.runtime import trt_profiles
 
     return trt_profiles.trt_profile_options(inputs, dims)
+
+
+# The first ONNX Runtime release seen to run FusedMatMul(transBatchB) on an empty cache:
+# 1.23.2 (the newest with Python 3.10 wheels, JetPack 6's Python) dies with SIGFPE there.
+FUSED_TRANSPOSE_SAFE_FROM = (1, 32)
+
+
+def _unsafe_fusions(ort) -> list[str]:
+    """Fusions to switch off on this ONNX Runtime: correct but slower graphs on old ones."""
+    try:
+        version = tuple(int(part) for part in ort.__version__.split(".")[:2])
+    except ValueError:
+        version = (0, 0)
+    return [] if version >= FUSED_TRANSPOSE_SAFE_FROM else ["MatmulTransposeFusion"]
 
 
 def _static(dims: tuple) -> bool:
