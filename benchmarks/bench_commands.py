@@ -39,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the chosen suites and report."""
+    import importlib.util
+
+    from crosslmm_edge.runtime.errors import UserError
+
+    if importlib.util.find_spec("transformers") is None:
+        raise UserError("bench compares against transformers: pip install 'crosslmm-edge[dev]'")
     from crosslmm_edge.benchmarks.machine import describe
     from crosslmm_edge.benchmarks.models import resolve_model
 
