@@ -51,7 +51,7 @@ def run_bench(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     suites = args.suite or list(SUITES)
-    machine = describe()
+    machine = describe(args.threads)
     print(
         f"machine: {machine['name']}; read bandwidth {machine['bandwidth_gbs']} GB/s, "
         f"fp32 GEMM {machine['gflops']} GFLOP/s",
