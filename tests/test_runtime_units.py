@@ -103,7 +103,7 @@ class FakeCudaValue:
 
 
 def test_device_array_rows_address_the_right_elements() -> None:
-    from crosslmm_edge.runtime.backends import OrtDeviceArray
+    from crosslmm_edge.runtime.ort_backend import OrtDeviceArray
 
     cache = np.arange(1 * 6 * 2 * 3, dtype=np.float32).reshape(1, 6, 2, 3)  # [1, len, kvh, hd]
     device = OrtDeviceArray(FakeCudaValue(cache), cache.shape, cache.dtype)
