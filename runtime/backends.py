@@ -2,8 +2,9 @@
 
 The runtime talks only to this interface, so ONNX Runtime (CPU, CUDA or
 TensorRT execution providers: ``ort_backend.py``) and native TensorRT engines
-(``trt_backend.py``) are interchangeable. Arrays that must stay on the device between steps (KV caches,
-cross K/V) are ``DeviceArray``s allocated by the backend; a graph reads them
+(``trt_backend.py``) are interchangeable. Arrays that must stay on the
+device between steps (KV caches, cross K/V) are ``DeviceArray``s allocated by
+the backend; a graph reads them
 and writes its outputs straight into slices of them, so a decode step moves
 only the new token, the new cache rows and the logits.
 """
