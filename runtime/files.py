@@ -14,7 +14,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -117,6 +117,8 @@ def write_atomic(target: str | Path, write: Callable[[BinaryIO], None]) -> None:
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
+            # mkstemp makes the file private (0600); an artifact gets the mode any new file would.
+            os.fchmod(file.fileno(), _default_file_mode())
             os.fsync(file.fileno())
         _check_replaceable(target)  # it may have changed while we wrote
         os.replace(temp, target)
@@ -126,6 +128,21 @@ def write_atomic(target: str | Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def _default_file_mode() -> int:
+    """0666 less the process umask: what ``open(..., "w")`` would have given the file."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def share_files(paths: Iterable[Path]) -> None:
+    """Give regular files the mode a plain new file gets (some writers make them 0600)."""
+    mode = _default_file_mode()
+    for path in paths:
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 def write_text_atomic(target: str | Path, text: str) -> None:
@@ -173,6 +190,7 @@ def staged_folder(
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir()
         yield temp
+        share_files(temp.iterdir())
         replace_folder(temp, target)
     except OSError as exc:  # disk full, read-only, a file where a folder should be
         raise UserError(f"cannot write {what} {target}: {exc.strerror or exc}") from None

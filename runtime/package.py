@@ -21,7 +21,7 @@ from crosslmm_edge.runtime.config import CrossLMMConfig
 from crosslmm_edge.runtime.containment import inside, name_problem, relative_to_graph
 from crosslmm_edge.runtime.contract import ROLES, ModelDims
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.files import write_text_atomic
+from crosslmm_edge.runtime.files import share_files, write_text_atomic
 from crosslmm_edge.runtime.graph_contract import check_manifest_contract
 from crosslmm_edge.runtime.hash_cache import HashCache
 from crosslmm_edge.runtime.manifest import MANIFEST_NAME, Artifact, Manifest, load_manifest
@@ -205,6 +205,7 @@ def add_artifacts(folder: str | Path, artifacts: Mapping[str, Artifact], staging
     moved: list[Path] = []
     try:
         for name in names:
+            share_files([staging / name])  # ONNX and ORT save external data as 0600
             os.replace(staging / name, folder / name)
             moved.append(folder / name)
         for role, artifact in artifacts.items():
