@@ -28,23 +28,9 @@ import time
 from pathlib import Path
 
 MAKE_CHECKPOINT = """
-import sys, torch
-from crosslmm_edge.export.checkpoint import save_checkpoint
-from crosslmm_edge.runtime.config import CrossLMMConfig
-from crosslmm_edge.export.model import CrossLMM
-config = CrossLMMConfig(num_frames=int(sys.argv[2]))  # the defaults are the 2B sizes
-with torch.device("meta"):
-    model = CrossLMM(config)
-model.to_empty(device="cpu")
-generator = torch.Generator().manual_seed(0)
-with torch.no_grad():
-    for name, param in model.named_parameters():
-        if name.endswith("norm.weight") or "layer_norm" in name or "layernorm" in name:
-            param.fill_(1.0)
-        else:
-            param.normal_(0.0, 0.02, generator=generator)
-print(f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f} B parameters", flush=True)
-save_checkpoint(model, sys.argv[1], max_shard_bytes=4 << 30)
+import sys
+from crosslmm_edge.export.random_model import random_checkpoint
+random_checkpoint(sys.argv[1], "crosslmm-2b", num_frames=int(sys.argv[2]))
 """
 
 

@@ -68,6 +68,7 @@ class OrtSession(GraphSession):
         self._binding = None  # reused across steps (see _run_reusing)
         self._bound: dict[str, tuple[int, tuple[int, ...]]] = {}  # name -> (pointer, shape)
         self._out: dict[str, np.ndarray] = {}  # preallocated static-shape outputs
+        self._static_outputs = {n for n, spec in self.outputs.items() if _static(spec.dims)}
 
     def run(self, feeds, write_to=None, fetch=None) -> dict[str, np.ndarray]:
         """Run; static-shape fetched outputs come back in buffers reused on the next run."""
@@ -77,7 +78,7 @@ class OrtSession(GraphSession):
         complete = len(feeds) == len(self.inputs) and len(write_to) + len(fetch) == len(
             self.outputs
         )
-        if complete and all(_static(self.outputs[n].dims) for n in fetch):  # e.g. logits [1, V]
+        if complete and self._static_outputs.issuperset(fetch):  # e.g. logits [1, V]
             return self._run_reusing(feeds, write_to, fetch)
         return self._run_fresh(feeds, write_to, fetch)
 
