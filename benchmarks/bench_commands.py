@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 SUITES = ("decode", "roofline", "reuse", "prefill", "context", "int8", "startup")
+GPU_SUITES = ("prefill-cuda",)  # PyTorch on a CUDA GPU; not in the default list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Suites: " + ", ".join(SUITES) + ". Medians of interleaved repeats; "
         "ratios are to baselines measured in the same run. Needs the dev extra (transformers).",
     )
-    bench.add_argument("--suite", action="append", choices=SUITES, help="repeatable (default: all)")
+    bench.add_argument(
+        "--suite",
+        action="append",
+        choices=SUITES + GPU_SUITES,
+        help="repeatable (default: all but prefill-cuda)",
+    )
     bench.add_argument(
         "--model", default="preset:qwen2.5-0.5b", help="package folder or preset:NAME"
     )
@@ -32,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--prompt-tokens", type=int, default=32)
     bench.add_argument("--context-steps", type=int, default=8)
     bench.add_argument("--prefill-frames", type=int, nargs="+", default=[8, 16, 32])
+    bench.add_argument(
+        "--cuda-preset", default="crosslmm-2b", help="prefill-cuda: random model of this shape"
+    )
     bench.add_argument("--optimum-python", help="python of a venv with optimum-onnx installed")
     bench.add_argument("--optimum-model", help="ORTModelForCausalLM export of the same LLM")
     bench.set_defaults(func=run_bench)
@@ -58,7 +67,8 @@ def run_bench(args: argparse.Namespace) -> int:
         flush=True,
     )
     report: dict = {"machine": machine}
-    model = resolve_model(args.model, workdir)
+    needs_package = any(suite not in GPU_SUITES for suite in suites)
+    model = resolve_model(args.model, workdir) if needs_package else None
     for suite in suites:
         print(f"== {suite}", flush=True)
         report[suite] = _run_suite(suite, model, args, machine)
@@ -82,6 +92,10 @@ def _embedded_package(workdir: Path) -> Path:
 
 
 def _run_suite(suite: str, model, args, machine: dict) -> dict:
+    if suite == "prefill-cuda":
+        from crosslmm_edge.benchmarks.suite_prefill_cuda import run_prefill_cuda
+
+        return run_prefill_cuda(args)
     if suite == "decode":
         from crosslmm_edge.benchmarks.suite_decode import run_decode
 

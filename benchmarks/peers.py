@@ -11,17 +11,11 @@ from pathlib import Path
 import numpy as np
 
 
-def qwen2_from_checkpoint(checkpoint: Path, attention: str):
-    """Our checkpoint's ``language_model.*`` as a transformers ``Qwen2ForCausalLM``."""
-    import torch
+def qwen2_config(text, attention: str):
+    """transformers' ``Qwen2Config`` for our ``TextConfig`` (same field names)."""
     import transformers
-    from safetensors.torch import load_file
 
-    from crosslmm_edge.runtime.config import CrossLMMConfig
-    from crosslmm_edge.runtime.files import read_json
-
-    text = CrossLMMConfig.from_dict(read_json(checkpoint / "config.json")).text_config
-    config = transformers.Qwen2Config(
+    return transformers.Qwen2Config(
         vocab_size=text.vocab_size,
         hidden_size=text.hidden_size,
         intermediate_size=text.intermediate_size,
@@ -34,6 +28,19 @@ def qwen2_from_checkpoint(checkpoint: Path, attention: str):
         rope_parameters={"rope_type": "default", "rope_theta": text.rope_theta},
         attn_implementation=attention,
     )
+
+
+def qwen2_from_checkpoint(checkpoint: Path, attention: str):
+    """Our checkpoint's ``language_model.*`` as a transformers ``Qwen2ForCausalLM``."""
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+
+    from crosslmm_edge.runtime.config import CrossLMMConfig
+    from crosslmm_edge.runtime.files import read_json
+
+    text = CrossLMMConfig.from_dict(read_json(checkpoint / "config.json")).text_config
+    config = qwen2_config(text, attention)
     with torch.device("meta"):
         model = transformers.Qwen2ForCausalLM(config)
     prefix = "language_model."

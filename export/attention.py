@@ -96,3 +96,21 @@ def full_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     qg = _group_queries(q, k.shape[2]) * q.shape[-1] ** -0.5
     probs = torch.softmax(_scores(qg, k).float(), dim=-1).to(q.dtype)
     return _ungroup(_weighted_values(probs, v), q.shape[1], q.shape[2])
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``full_attention`` through torch's fused SDPA kernels (flash, memory-efficient).
+
+    The same math without materialising the scores, for running the reference
+    on a GPU; not for export (the graphs keep standard ops). Unmasked, so each
+    KV head's query group is folded into the query axis and K/V are not repeated.
+    q: [B, L, H, hd]; k, v: [B, M, kvh, hd]. Returns [B, L, H, hd].
+    """
+    b, length, h, d = q.shape
+    kvh = k.shape[2]
+    qg = q.reshape(b, length, kvh, h // kvh, d).permute(0, 2, 3, 1, 4)  # [B, kvh, G, L, hd]
+    qg = qg.reshape(b, kvh, (h // kvh) * length, d)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        qg, k.transpose(1, 2), v.transpose(1, 2)
+    )  # [B, kvh, G·L, hd]
+    return out.reshape(b, kvh, h // kvh, length, d).permute(0, 3, 1, 2, 4).reshape(b, length, h, d)

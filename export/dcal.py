@@ -6,6 +6,7 @@ LLM's head layout, zero-initialised tanh gates, and an optional gated MLP.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,8 @@ from torch import Tensor, nn
 from crosslmm_edge.export.attention import full_attention
 from crosslmm_edge.export.qwen2 import Qwen2MLP, RMSNorm
 from crosslmm_edge.runtime.config import CrossLMMConfig
+
+Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # q [B,L,H,hd], k, v [B,M,kvh,hd] -> [B,L,H,hd]
 
 
 @dataclass
@@ -33,8 +36,11 @@ class CrossKV:
 class CrossAttention(nn.Module):
     """GQA cross-attention from sequence positions to the memory, no RoPE."""
 
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, num_kv_heads: int, attend: Attend = full_attention
+    ) -> None:
         super().__init__()
+        self.attend = attend  # the attention kernel, injected (full_attention exports)
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = dim // num_heads
         self.q_proj = nn.Linear(dim, num_heads * self.head_dim, bias=True)
@@ -52,14 +58,14 @@ class CrossAttention(nn.Module):
         return self.q_proj(x).view(*x.shape[:2], self.num_heads, self.head_dim)
 
     def forward(self, x: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        out = full_attention(self.queries(x), key, value)  # [B, L, H, hd]
+        out = self.attend(self.queries(x), key, value)  # [B, L, H, hd]
         return self.o_proj(out.reshape(*x.shape[:2], self.num_heads * self.head_dim))
 
 
 class DCAL(nn.Module):
     """``dcal.{j}``: V2V on visual positions, T2V on text positions, optional MLP."""
 
-    def __init__(self, config: CrossLMMConfig) -> None:
+    def __init__(self, config: CrossLMMConfig, attend: Attend = full_attention) -> None:
         super().__init__()
         t = config.text_config
         dim, eps = t.hidden_size, t.rms_norm_eps
@@ -68,8 +74,9 @@ class DCAL(nn.Module):
         self.frame_scope = config.v2v_scope == "frame"
         self.v2v_norm = RMSNorm(dim, eps)
         self.t2v_norm = RMSNorm(dim, eps)
-        self.v2v_attn = CrossAttention(dim, t.num_attention_heads, t.num_key_value_heads)
-        self.t2v_attn = CrossAttention(dim, t.num_attention_heads, t.num_key_value_heads)
+        heads = (t.num_attention_heads, t.num_key_value_heads)
+        self.v2v_attn = CrossAttention(dim, *heads, attend)
+        self.t2v_attn = CrossAttention(dim, *heads, attend)
         self.v2v_gate = nn.Parameter(torch.zeros(1))
         self.t2v_gate = nn.Parameter(torch.zeros(1))
         self.has_mlp = config.dcal_mlp

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from crosslmm_edge.export.dcal import DCAL, CrossKV
+from crosslmm_edge.export.attention import full_attention
+from crosslmm_edge.export.dcal import DCAL, Attend, CrossKV
 from crosslmm_edge.export.projector import Projector, pool_tokens
 from crosslmm_edge.export.qwen2 import Qwen2ForCausalLM, rotary_cos_sin
 from crosslmm_edge.export.siglip import SiglipVisionTransformer
@@ -40,14 +41,14 @@ class VideoFeatures:
 
 
 class CrossLMM(nn.Module):
-    def __init__(self, config: CrossLMMConfig) -> None:
+    def __init__(self, config: CrossLMMConfig, cross_attention: Attend = full_attention) -> None:
         super().__init__()
         self.config = config
         v, t = config.vision_config, config.text_config
         self.vision_model = SiglipVisionTransformer(v, config.vision_feature_layer)
         self.projector = Projector(v.hidden_size, t.hidden_size)
         self.language_model = Qwen2ForCausalLM(t)
-        self.dcal = nn.ModuleList(DCAL(config) for _ in range(config.num_dcal))
+        self.dcal = nn.ModuleList(DCAL(config, cross_attention) for _ in range(config.num_dcal))
 
     # -- video side -------------------------------------------------------
     def encode_frames(self, pixels: Tensor) -> Tensor:
@@ -112,6 +113,10 @@ class CrossLMM(nn.Module):
         return [(empty, empty) for _ in range(t.num_hidden_layers)]
 
 
-def build_model(config: CrossLMMConfig) -> CrossLMM:
-    """A CrossLMM with random weights (DCAL gates at 0), in eval mode."""
-    return CrossLMM(config).eval()
+def build_model(config: CrossLMMConfig, cross_attention: Attend = full_attention) -> CrossLMM:
+    """A CrossLMM with random weights (DCAL gates at 0), in eval mode.
+
+    ``cross_attention``: the DCAL attention kernel; ``full_attention`` exports,
+    ``sdpa_attention`` runs the same math in torch's fused kernels.
+    """
+    return CrossLMM(config, cross_attention).eval()

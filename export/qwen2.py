@@ -26,7 +26,8 @@ class RMSNorm(nn.Module):
 
 def rotary_cos_sin(position_ids: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
     """RoPE tables for ``position_ids`` [B, L] -> cos, sin [B, L, 1, hd] (float32)."""
-    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    steps = torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device)
+    exponent = steps.float() / head_dim
     inv_freq = 1.0 / (theta**exponent)  # [hd/2]
     freqs = position_ids.float().unsqueeze(-1) * inv_freq  # [B, L, hd/2]
     angles = torch.cat([freqs, freqs], dim=-1).unsqueeze(2)  # [B, L, 1, hd]

@@ -110,11 +110,14 @@ class Backend(ABC):
         name: str,
         inputs: Sequence[TensorSpec] = (),
         dims: Mapping[str, DimSpec] | None = None,
+        sha256: Sequence[str] = (),
     ) -> GraphSession:
         """Load the graph file ``path``; ``name`` is for messages.
 
         ``inputs`` and ``dims`` (the manifest's contract) give the dynamic
         ranges that engine builders need for their optimisation profiles.
+        ``sha256``: the graph's files' hashes, already checked against them
+        (empty when unchecked); a backend may key caches of derived work on it.
         """
 
     @abstractmethod

@@ -104,6 +104,7 @@ class ModelDims:
     """The sizes the runtime needs, all taken from ``CrossLMMConfig`` (never re-derived)."""
 
     num_layers: int
+    num_heads: int
     num_kv_heads: int
     head_dim: int
     hidden_size: int
@@ -121,6 +122,7 @@ class ModelDims:
         t, v = config.text_config, config.vision_config
         return cls(
             num_layers=t.num_hidden_layers,
+            num_heads=t.num_attention_heads,
             num_kv_heads=t.num_key_value_heads,
             head_dim=t.head_dim,
             hidden_size=t.hidden_size,

@@ -7,12 +7,13 @@ and a graph writes its new cache rows straight into them.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from crosslmm_edge.runtime import trt_profiles
+from crosslmm_edge.runtime import ort_cache, trt_profiles
 from crosslmm_edge.runtime.backends import (
     PROVIDER_NAMES,
     Backend,
@@ -22,6 +23,7 @@ from crosslmm_edge.runtime.backends import (
 )
 from crosslmm_edge.runtime.contract import DimSpec, TensorSpec
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.ort_cache import OptimizedGraphCache, cache_key
 
 ONNX_DTYPES = {
     "tensor(float)": "float32",
@@ -147,24 +149,41 @@ class OrtBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, provider: str, threads: int = 0) -> None:
+    def __init__(
+        self, provider: str, threads: int = 0, cache: OptimizedGraphCache | None = None
+    ) -> None:
         self.provider = provider
         self.device = "cpu" if provider == "cpu" else "cuda"
         self.threads = threads
+        self.cache = cache if cache is not None else OptimizedGraphCache.default()
+        self.loaded_from: dict[str, str] = {}  # graph name -> "cache", "optimized" or "plain"
 
-    def load(self, path, name, inputs=(), dims=None) -> OrtSession:
+    def load(self, path, name, inputs=(), dims=None, sha256=()) -> OrtSession:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.log_severity_level = 3  # warnings about unused initializers are noise here
+        disabled = _unsafe_fusions(ort)
         providers = self._providers(path, inputs, dims)
-        try:
-            session = ort.InferenceSession(
-                str(path), options, providers=providers, disabled_optimizers=_unsafe_fusions(ort)
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise UserError(f"cannot load graph {name} from {path}: {exc}") from exc
+        key = None
+        if sha256 and self.provider == "cpu":  # see ort_cache: only checked graphs, CPU only
+            key = cache_key(list(sha256), self.provider, ort.__version__, disabled)
+        session = None
+        if key and (cached := self.cache.lookup(key)) is not None:
+            try:  # already optimized for exactly this: load it as it is
+                session = self._session(ort, cached, providers, disabled, from_cache=True)
+                self.loaded_from[name] = "cache"
+            except Exception:  # never let a cache entry stop a good package from opening
+                session = None
+        if session is None:
+            staging = self.cache.staging(key) if key else None
+            try:
+                session = self._session(ort, path, providers, disabled, save_to=staging)
+            except Exception as exc:  # onnxruntime raises its own untyped errors
+                if staging is not None:
+                    shutil.rmtree(staging, ignore_errors=True)
+                raise UserError(f"cannot load graph {name} from {path}: {exc}") from exc
+            if staging is not None:
+                self.cache.commit(key, staging)  # type: ignore[arg-type]
+            self.loaded_from[name] = "optimized" if staging is not None else "plain"
         active = session.get_providers()[0]
         if active != PROVIDER_NAMES[self.provider]:
             # ORT silently falls back to the CPU when CUDA/TensorRT cannot start; device
@@ -175,6 +194,23 @@ class OrtBackend(Backend):
                 "or use --provider cpu"
             )
         return OrtSession(session, name, self.device)
+
+    def _session(self, ort, path, providers, disabled, from_cache=False, save_to=None):
+        """An InferenceSession; ``save_to``: a folder ORT writes its optimized graph into."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3  # warnings about unused initializers are noise here
+        if from_cache:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if save_to is not None:
+            options.optimized_model_filepath = str(save_to / ort_cache.GRAPH)
+            for entry, value in (("file_name", ort_cache.DATA), ("min_size_in_bytes", "1024")):
+                options.add_session_config_entry(
+                    f"session.optimized_model_external_initializers_{entry}", value
+                )
+        return ort.InferenceSession(
+            str(path), options, providers=providers, disabled_optimizers=disabled
+        )
 
     def zeros(self, shape, dtype) -> DeviceArray:
         return self.upload(np.zeros(shape, dtype=dtype))

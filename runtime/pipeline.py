@@ -29,9 +29,12 @@ from crosslmm_edge.runtime.package import ArtifactSet, choose_artifacts, open_pa
 from crosslmm_edge.runtime.sampling import Sampler
 from crosslmm_edge.runtime.video_state import encode_chunks, encode_frames
 
-# Positions one LLM run prefills at most (= the TensorRT text profile's cap): scores for
-# 512 queries over an 8k context stay small in fp32, whatever the prompt's length.
+# Positions one LLM run prefills at most (= the TensorRT text profile's cap).
 DEFAULT_MAX_CHUNK_TOKENS = 512
+# Bytes one attention's float32 score tensor may take in a prefill piece: pieces shrink
+# as the past (self-attention) or the memory (DCAL) grows, so long prompts and long
+# videos prefill in bounded memory; each extra piece costs one more read of the weights.
+DEFAULT_MAX_SCORE_BYTES = 64 << 20
 
 
 class Pipeline:
@@ -54,8 +57,9 @@ class Pipeline:
         verify_hashes: bool = True,
         engine: Backend | None = None,
         max_chunk_tokens: int = DEFAULT_MAX_CHUNK_TOKENS,
+        max_score_bytes: int = DEFAULT_MAX_SCORE_BYTES,
     ) -> None:
-        self.max_chunk_tokens = max_chunk_tokens
+        self.max_chunk_tokens, self.max_score_bytes = max_chunk_tokens, max_score_bytes
         self.package = open_package(package_dir, verify=False)
         self.dims = self.package.dims
         self.backend = engine or open_backend(backend, provider, threads)
@@ -68,7 +72,8 @@ class Pipeline:
             artifact = self.artifacts.by_role[role]
             path = self.package.path(artifact, verify_hashes)
             dims = manifest.graphs[role].dims
-            self.sessions[role] = self.backend.load(path, role, artifact.inputs, dims)
+            checked = [ref.sha256 for ref in artifact.files()] if verify_hashes else []
+            self.sessions[role] = self.backend.load(path, role, artifact.inputs, dims, checked)
             check_session(role, artifact, self.sessions[role])  # the right graph for the role
         past = self.sessions[LLM].inputs[past_names(0)[0]]
         self.shapes = ChunkShapes(
@@ -112,29 +117,42 @@ class Pipeline:
 
         A long chunk runs as text pieces then frame-aligned visual pieces of at
         most ``max_chunk_tokens`` (default ``self.max_chunk_tokens``) positions,
-        which bounds the attention scores' memory by the piece instead of the
-        prompt. Causal attention and the per-token cross-attention make the
-        pieces exact: each visual piece reads the V2V memory of its own frames
-        (``"frame"`` scope) or of all of them (``"video"``).
+        fewer where one attention's scores would pass ``self.max_score_bytes``
+        (see ``piece_tokens``). Causal attention and the per-token
+        cross-attention make the pieces exact: each visual piece reads the V2V
+        memory of its own frames (``"frame"`` scope) or of all of them (``"video"``).
         """
-        limit = max(max_chunk_tokens or self.max_chunk_tokens, self.dims.tokens_per_frame)
+        p, n = self.dims.tokens_per_frame, self.dims.patches_per_frame
+        limit = max(max_chunk_tokens or self.max_chunk_tokens, p)
         llm = self.sessions[LLM]
-        if len(input_ids) + visual_embeds.shape[1] <= limit:
+        memory = _memory_rows(cross)
+        total = len(input_ids) + visual_embeds.shape[1]
+        if total <= self.piece_tokens(cache.length, memory, limit):
             return run_chunk(llm, cache, input_ids, visual_embeds, cross)
         logits = None
         no_visual = self.shapes.no_visual()
         text_cross = self._text_only(cross)
-        ids = list(input_ids)
-        for start in range(0, len(ids), limit):  # [V] of the last piece is what counts
-            logits = run_chunk(llm, cache, ids[start : start + limit], no_visual, text_cross)
-        p, n = self.dims.tokens_per_frame, self.dims.patches_per_frame
-        per_piece = limit // p
-        frames = visual_embeds.shape[1] // p
-        for first in range(0, frames, per_piece):
-            last = min(frames, first + per_piece)
+        ids, start = list(input_ids), 0
+        while start < len(ids):  # [V] of the last piece is what counts
+            size = self.piece_tokens(cache.length, memory, limit)
+            logits = run_chunk(llm, cache, ids[start : start + size], no_visual, text_cross)
+            start += size
+        frames, first = visual_embeds.shape[1] // p, 0
+        if self.dims.v2v_scope == "frame":
+            memory = limit // p * n  # a piece reads its own frames' memory: at most this
+        while first < frames:
+            last = min(frames, first + max(1, self.piece_tokens(cache.length, memory, limit) // p))
             piece = visual_embeds[:, first * p : last * p]  # [1, f·P, D]
             logits = run_chunk(llm, cache, [], piece, self._piece_cross(cross, first, last, n))
+            first = last
         return logits
+
+    def piece_tokens(self, past: int, memory: int, limit: int) -> int:
+        """Positions per prefill piece: at most ``limit``, and few enough that one
+        attention's float32 scores [heads, piece, keys] stay within ``max_score_bytes``
+        (keys: the past plus the piece for self-attention, the memory for DCAL)."""
+        per_query = 4 * self.dims.num_heads * max(past + limit, memory)
+        return max(1, min(limit, self.max_score_bytes // per_query))
 
     def _text_only(self, cross: CrossFeeds) -> dict:
         empty = self.shapes.no_memory()
@@ -170,6 +188,11 @@ class Pipeline:
             stop_ids,
             with_logprobs,
         )
+
+
+def _memory_rows(cross: CrossFeeds) -> int:
+    """Rows of the longest cross-attention memory fed (0 for a text-only model run)."""
+    return max((value.shape[1] for value in cross.values()), default=0)
 
 
 def _rows(value: np.ndarray | DeviceArray, start: int, stop: int) -> np.ndarray | DeviceArray:

@@ -64,6 +64,7 @@ class TrtBackend(Backend):
         name: str,
         inputs: Sequence[TensorSpec] = (),
         dims: Mapping[str, DimSpec] | None = None,
+        sha256: Sequence[str] = (),  # engines are loaded as built: nothing derived to cache
     ) -> TrtSession:
         artifact = engine_artifact(path)
         data = path.read_bytes()

@@ -130,3 +130,38 @@ def test_sampling_seeded_and_top_k_one_is_greedy():
     greedy = _generate(model, video, Sampler())
     assert _generate(model, video, Sampler(temperature=2.0, top_k=1, seed=3)) == greedy
     assert sampled != greedy
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "batch"), [(4, 2, 1), (6, 1, 1), (4, 4, 2)])
+def test_sdpa_attention_equals_full_attention(heads: int, kv_heads: int, batch: int) -> None:
+    """The fused-kernel DCAL attention (GPU benchmarks) computes what the exported one does."""
+    from crosslmm_edge.export.attention import full_attention, sdpa_attention
+
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(batch, 7, heads, 8, generator=gen)
+    k, v = (torch.randn(batch, 29, kv_heads, 8, generator=gen) for _ in range(2))
+    want, got = full_attention(q, k, v), sdpa_attention(q, k, v)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(sdpa_attention(q, k, v.flip(1)), want, atol=1e-3)  # v matters
+
+
+def test_injected_cross_attention_gives_the_same_model() -> None:
+    from crosslmm_edge.export.attention import sdpa_attention
+    from crosslmm_edge.export.model import CrossLMM
+
+    config = tiny_config(v2v_scope="video")
+    torch.manual_seed(0)
+    plain = CrossLMM(config).eval()
+    fused = CrossLMM(config, cross_attention=sdpa_attention).eval()
+    fused.load_state_dict(plain.state_dict())
+    for layer in [*plain.dcal, *fused.dcal]:  # open the zero-initialised gates
+        torch.nn.init.constant_(layer.v2v_gate, 0.5)
+        torch.nn.init.constant_(layer.t2v_gate, 0.5)
+    video = _video(plain)
+    ids = _ids(5, 2)
+    positions = torch.arange(ids.shape[1] + video.visual_embeds.shape[1])[None]
+    with torch.no_grad():
+        want, _ = plain(ids, video.visual_embeds, positions, plain.empty_past(), video.cross)
+        got, _ = fused(ids, video.visual_embeds, positions, fused.empty_past(), video.cross)
+    assert fused.dcal[0].t2v_attn.attend is sdpa_attention
+    assert torch.allclose(got, want, atol=1e-4)

@@ -256,12 +256,43 @@ def test_prefill_in_pieces_equals_one_chunk(models, scope):
     _, embeds, cross = pipeline.encode([frames])
     feeds = {name: pipeline.upload(value) for name, value in cross.items()}
     ids = list(range(5, 16))  # 11 text tokens, then 4 frames of visual tokens
-    results = []
-    for limit in (10_000, pipeline.dims.tokens_per_frame):  # one chunk; pieces of one frame
-        cache = pipeline.new_cache(64)
+    llm, runs = pipeline.sessions["llm"], []
+    run = llm.run
+    llm.run = lambda *args, **kwargs: runs.append(1) or run(*args, **kwargs)  # count pieces
+    per_query = 4 * pipeline.dims.num_heads * embeds.shape[1] * pipeline.dims.patches_per_frame
+    results, counts = [], []
+    # one chunk; pieces of one frame; pieces cut by the score budget (3 text tokens each)
+    for limit, budget in (
+        (10_000, 1 << 40),
+        (pipeline.dims.tokens_per_frame, 1 << 40),
+        (10_000, 3 * max(per_query, 4 * pipeline.dims.num_heads * 10_064)),
+    ):
+        pipeline.max_score_bytes = budget
+        cache, runs[:] = pipeline.new_cache(64), []
         logits = np.array(pipeline.prefill(cache, ids, embeds, feeds, max_chunk_tokens=limit))
         results.append((logits, cache.prefix_arrays()))
-    (whole, (keys, values)), (pieces, (piece_keys, piece_values)) = results
-    assert np.allclose(whole, pieces, atol=1e-4)
-    for a, b in zip(keys + values, piece_keys + piece_values, strict=True):
-        assert a.shape == b.shape and np.allclose(a, b, atol=1e-4)
+        counts.append(len(runs))
+    text_pieces = -(-len(ids) // pipeline.dims.tokens_per_frame)
+    assert counts[0] == 1 and counts[1] == text_pieces + 4 and counts[2] > counts[1]
+    (whole, (keys, values)), *split = results
+    for pieces, (piece_keys, piece_values) in split:
+        assert np.allclose(whole, pieces, atol=1e-4)
+        for a, b in zip(keys + values, piece_keys + piece_values, strict=True):
+            assert a.shape == b.shape and np.allclose(a, b, atol=1e-4)
+
+
+def test_optimized_graph_cache_answers_the_same(
+    models, video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second open loads ONNX Runtime's saved optimized graphs and answers token for token."""
+    _, package = models["video"]
+    answers, sources = [], []
+    for cache in ("off", str(tmp_path / "ort"), str(tmp_path / "ort")):
+        monkeypatch.setenv("CROSSLMM_EDGE_ORT_CACHE", cache)
+        runtime = RuntimeAssistant(package, provider="cpu")
+        runtime.set_video(str(video))
+        answer = runtime.ask(QUESTIONS[0], GREEDY)
+        answers.append((answer.token_ids, answer.logprobs))
+        sources.append(set(runtime.pipeline.backend.loaded_from.values()))
+    assert sources == [{"plain"}, {"optimized"}, {"cache"}]
+    assert answers[1] == answers[0] and answers[2] == answers[0]
