@@ -18,6 +18,23 @@ from crosslmm_edge.runtime.sampling import Sampler
 
 CrossFeeds = Mapping[str, np.ndarray | DeviceArray]
 
+# Positions one LLM run prefills at most (= the TensorRT text profile's cap).
+DEFAULT_MAX_CHUNK_TOKENS = 512
+# Bytes one attention's float32 score tensor may take in a prefill piece: pieces shrink
+# as the past (self-attention) or the memory (DCAL) grows, so long prompts and long
+# videos prefill in bounded memory. 32 MiB measured best on the 0.5B shape on CPU
+# (`bench --suite prefill`): smaller pieces re-read the weights more often, larger
+# ones grow the scores and run no faster.
+DEFAULT_MAX_SCORE_BYTES = 32 << 20
+
+
+def piece_tokens(num_heads: int, past: int, memory: int, limit: int, max_score_bytes: int) -> int:
+    """Positions per prefill piece: at most ``limit``, and few enough that one attention's
+    float32 scores [heads, piece, keys] stay within ``max_score_bytes`` (keys: the past
+    plus the piece for self-attention, ``memory`` for the DCAL cross-attention)."""
+    per_query = 4 * num_heads * max(past + limit, memory)
+    return max(1, min(limit, max_score_bytes // per_query))
+
 
 @dataclass(frozen=True)
 class ChunkShapes:

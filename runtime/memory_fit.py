@@ -9,6 +9,11 @@ from pathlib import Path
 from crosslmm_edge.runtime.config import CrossLMMConfig
 from crosslmm_edge.runtime.errors import UserError
 from crosslmm_edge.runtime.files import read_json
+from crosslmm_edge.runtime.generation import (
+    DEFAULT_MAX_CHUNK_TOKENS,
+    DEFAULT_MAX_SCORE_BYTES,
+    piece_tokens,
+)
 from crosslmm_edge.runtime.manifest import MANIFEST_NAME, load_manifest
 from crosslmm_edge.runtime.memory_plan import (
     DECODE_TOKENS,
@@ -87,7 +92,7 @@ def predict_cpu(model: Model, frames: int, context: int, precision: str) -> Pred
     prefill = (
         cross
         + kv_bytes(s, visual + OPT_PREFIX_TEXT + DECODE_TOKENS, item)
-        + llm_activation_bytes(s, OPT_PREFIX_TEXT, visual, 0, frames * s.patches, 4)
+        + _prefill_piece_bytes(s, OPT_PREFIX_TEXT, visual, frames * s.patches)
     )
     parts = {
         "interpreter and libraries": PROCESS_BASE,
@@ -96,6 +101,16 @@ def predict_cpu(model: Model, frames: int, context: int, precision: str) -> Pred
         "encode or prefill (the larger)": max(encode, prefill),
     }
     return Prediction(parts, _host_memory())
+
+
+def _prefill_piece_bytes(s: Shapes, text: int, visual: int, memory: int) -> int:
+    """Activations of the largest piece ``Pipeline.prefill`` runs the video prefix in."""
+    limit = max(DEFAULT_MAX_CHUNK_TOKENS, s.pooled)
+    piece = piece_tokens(s.heads, text + visual, memory, limit, DEFAULT_MAX_SCORE_BYTES)
+    if text + visual <= piece:  # one run, as the runtime does it
+        return llm_activation_bytes(s, text, visual, 0, memory, 4)
+    frames = max(1, piece // s.pooled)  # visual pieces are whole frames
+    return llm_activation_bytes(s, 0, min(visual, frames * s.pooled), text + visual, memory, 4)
 
 
 def _host_memory() -> int:

@@ -166,24 +166,15 @@ class OrtBackend(Backend):
         key = None
         if sha256 and self.provider == "cpu":  # see ort_cache: only checked graphs, CPU only
             key = cache_key(list(sha256), self.provider, ort.__version__, disabled)
-        session = None
-        if key and (cached := self.cache.lookup(key)) is not None:
-            try:  # already optimized for exactly this: load it as it is
-                session = self._session(ort, cached, providers, disabled, from_cache=True)
-                self.loaded_from[name] = "cache"
-            except Exception:  # never let a cache entry stop a good package from opening
-                session = None
+        session = self._load_cached(ort, key, providers, disabled, name) if key else None
+        if session is None and key:
+            session = self._load_caching(ort, path, key, providers, disabled, name)
         if session is None:
-            staging = self.cache.staging(key) if key else None
             try:
-                session = self._session(ort, path, providers, disabled, save_to=staging)
+                session = self._session(ort, path, providers, disabled)
             except Exception as exc:  # onnxruntime raises its own untyped errors
-                if staging is not None:
-                    shutil.rmtree(staging, ignore_errors=True)
                 raise UserError(f"cannot load graph {name} from {path}: {exc}") from exc
-            if staging is not None:
-                self.cache.commit(key, staging)  # type: ignore[arg-type]
-            self.loaded_from[name] = "optimized" if staging is not None else "plain"
+            self.loaded_from[name] = "plain"
         active = session.get_providers()[0]
         if active != PROVIDER_NAMES[self.provider]:
             # ORT silently falls back to the CPU when CUDA/TensorRT cannot start; device
@@ -194,6 +185,33 @@ class OrtBackend(Backend):
                 "or use --provider cpu"
             )
         return OrtSession(session, name, self.device)
+
+    def _load_cached(self, ort, key, providers, disabled, name):
+        """The session of a cached optimized graph, or None (no entry, or it fails)."""
+        cached = self.cache.lookup(key)
+        if cached is None:
+            return None
+        try:  # already optimized for exactly this: load it as it is
+            session = self._session(ort, cached, providers, disabled, from_cache=True)
+        except Exception:  # never let a cache entry stop a good package from opening
+            return None
+        self.loaded_from[name] = "cache"
+        return session
+
+    def _load_caching(self, ort, path, key, providers, disabled, name):
+        """A session that also writes its optimized graph to the cache; None if that fails
+        (then the caller loads the graph plainly: a cache must never stop a package)."""
+        staging = self.cache.staging(key)
+        if staging is None:
+            return None
+        try:
+            session = self._session(ort, path, providers, disabled, save_to=staging)
+        except Exception:
+            shutil.rmtree(staging, ignore_errors=True)
+            return None
+        written = self.cache.commit(key, staging)
+        self.loaded_from[name] = "optimized" if written else "plain"
+        return session
 
     def _session(self, ort, path, providers, disabled, from_cache=False, save_to=None):
         """An InferenceSession; ``save_to``: a folder ORT writes its optimized graph into."""

@@ -136,8 +136,9 @@ class OptimizedGraphCache:
             return None
         return temp
 
-    def commit(self, key: str, temp: Path) -> None:
-        """Record the files ONNX Runtime wrote into ``temp`` and move it into place."""
+    def commit(self, key: str, temp: Path) -> bool:
+        """Record the files ONNX Runtime wrote into ``temp`` and move it into place;
+        whether an entry was written."""
         try:
             if not (temp / GRAPH).is_file():
                 raise OSError("ONNX Runtime wrote no optimized graph")
@@ -149,8 +150,9 @@ class OptimizedGraphCache:
             shutil.rmtree(final, ignore_errors=True)  # a stale or untrusted entry
             os.rename(temp, final)  # fails if another process committed first: keep theirs
             self._evict()
+            return True
         except (OSError, UserError):
-            pass  # a cache that cannot be written only costs the next start its time
+            return False  # a cache that cannot be written only costs the next start its time
         finally:
             shutil.rmtree(temp, ignore_errors=True)
 

@@ -22,19 +22,20 @@ from crosslmm_edge.runtime.contract import (
     is_v2v,
     past_names,
 )
-from crosslmm_edge.runtime.generation import ChunkShapes, CrossFeeds, run_chunk, stream_tokens
+from crosslmm_edge.runtime.generation import (
+    DEFAULT_MAX_CHUNK_TOKENS,
+    DEFAULT_MAX_SCORE_BYTES,
+    ChunkShapes,
+    CrossFeeds,
+    piece_tokens,
+    run_chunk,
+    stream_tokens,
+)
 from crosslmm_edge.runtime.graph_contract import check_session
 from crosslmm_edge.runtime.kv_cache import KVCache
 from crosslmm_edge.runtime.package import ArtifactSet, choose_artifacts, open_package
 from crosslmm_edge.runtime.sampling import Sampler
 from crosslmm_edge.runtime.video_state import encode_chunks, encode_frames
-
-# Positions one LLM run prefills at most (= the TensorRT text profile's cap).
-DEFAULT_MAX_CHUNK_TOKENS = 512
-# Bytes one attention's float32 score tensor may take in a prefill piece: pieces shrink
-# as the past (self-attention) or the memory (DCAL) grows, so long prompts and long
-# videos prefill in bounded memory; each extra piece costs one more read of the weights.
-DEFAULT_MAX_SCORE_BYTES = 64 << 20
 
 
 class Pipeline:
@@ -148,11 +149,8 @@ class Pipeline:
         return logits
 
     def piece_tokens(self, past: int, memory: int, limit: int) -> int:
-        """Positions per prefill piece: at most ``limit``, and few enough that one
-        attention's float32 scores [heads, piece, keys] stay within ``max_score_bytes``
-        (keys: the past plus the piece for self-attention, the memory for DCAL)."""
-        per_query = 4 * self.dims.num_heads * max(past + limit, memory)
-        return max(1, min(limit, self.max_score_bytes // per_query))
+        """Positions of the next prefill piece (``generation.piece_tokens``)."""
+        return piece_tokens(self.dims.num_heads, past, memory, limit, self.max_score_bytes)
 
     def _text_only(self, cross: CrossFeeds) -> dict:
         empty = self.shapes.no_memory()

@@ -122,3 +122,14 @@ def test_litter_of_a_killed_run_goes_and_old_entries_are_evicted(
         oldest = min(_entries(root), key=lambda p: (p / "record.json").stat().st_mtime_ns)
         os.utime(oldest / "record.json", ns=(1, 1))  # make the order unambiguous
     assert not dead.exists() and len(_entries(root)) == 2
+
+
+def test_a_cache_that_cannot_be_written_never_stops_loading(
+    graph: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = OptimizedGraphCache(tmp_path / "cache")
+    monkeypatch.setattr(cache, "staging", lambda key: tmp_path / "missing" / "folder")
+    backend = OrtBackend("cpu", cache=cache)
+    got = _run(backend, graph)
+    assert backend.loaded_from == {"g": "plain"} and not (tmp_path / "cache").exists()
+    assert np.array_equal(got, _run(OrtBackend("cpu", cache=OptimizedGraphCache(None)), graph))
