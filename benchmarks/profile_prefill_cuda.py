@@ -1,0 +1,66 @@
+"""Where a CrossLMM LLM prefill spends its time on a GPU: kernels against launches.
+
+    python3 -m crosslmm_edge.benchmarks.profile_prefill_cuda [--frames 32] [--preset crosslmm-2b]
+
+Runs the ``prefill-cuda`` suite's CrossLMM layout (fused DCAL attention) under
+``torch.profiler`` and prints the wall time of the LLM prefill, the summed GPU
+kernel time, the number of kernels, and the largest kernels. A wall time far
+above the kernel time means the step is bound by launching kernels from Python,
+not by the GPU's arithmetic or memory. Needs a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from crosslmm_edge.benchmarks.suite_prefill_cuda import PROMPT_TOKENS, _vision
+from crosslmm_edge.export.attention import sdpa_attention
+from crosslmm_edge.export.model import build_model
+from crosslmm_edge.export.random_model import preset_config
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--preset", default="crosslmm-2b")
+    args = parser.parse_args()
+    config = preset_config(args.preset, num_frames=args.frames)
+    with torch.device("cuda"):
+        model = build_model(config, cross_attention=sdpa_attention).to(torch.bfloat16)
+    size = config.vision_config.image_size
+    pixels = torch.randn(args.frames, 3, size, size, device="cuda", dtype=torch.bfloat16)
+    prompt = torch.randint(4, 1000, (1, PROMPT_TOKENS), device="cuda")
+    with torch.no_grad():
+        video = model.pool_and_project(_vision(model, pixels))
+        length = prompt.shape[1] + video.visual_embeds.shape[1]
+        positions = torch.arange(length, device="cuda")[None]  # [1, S+Nv]
+
+        def prefill():
+            past = model.empty_past()
+            return model(prompt, video.visual_embeds, positions, past, video.cross, last_only=True)
+
+        for _ in range(3):  # warm-up: kernels chosen, memory pooled
+            prefill()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            prefill()
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in kernels) / 1e3  # microseconds -> ms
+    print(
+        f"{args.preset}, {args.frames} frames, {length} positions: LLM prefill {wall * 1e3:.1f} ms "
+        f"wall (under the profiler), {busy:.1f} ms of GPU kernels, {len(kernels)} kernels"
+    )
+    table = prof.key_averages().table(sort_by="device_time_total", row_limit=8)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
