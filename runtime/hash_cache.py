@@ -46,7 +46,8 @@ def default_cache_path() -> Path | None:
     return Path(base) / "crosslmm-edge" / "verified-sha256.json"
 
 
-def _stamp(info: os.stat_result) -> list[int]:
+def file_stamp(info: os.stat_result) -> list[int]:
+    """What changes whenever a file is written or replaced: device, inode, size, mtime, ctime."""
     return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
 
@@ -69,13 +70,13 @@ class HashCache:
         before = os.stat(path)
         big = self.path is not None and before.st_size >= self.min_bytes
         key = os.path.realpath(path)
-        if big and self._load().get(key) == [*_stamp(before), expected]:
+        if big and self._load().get(key) == [*file_stamp(before), expected]:
             return True
         digest = file_sha256(path)
         after = os.stat(path)
         settled = time.time_ns() - max(after.st_mtime_ns, after.st_ctime_ns) > self.settle_s * 1e9
-        if big and digest == expected and _stamp(before) == _stamp(after) and settled:
-            self._remember(key, [*_stamp(after), expected])
+        if big and digest == expected and file_stamp(before) == file_stamp(after) and settled:
+            self._remember(key, [*file_stamp(after), expected])
         return digest == expected
 
     def _load(self) -> dict[str, list]:

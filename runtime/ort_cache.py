@@ -38,6 +38,7 @@ from pathlib import Path
 
 from crosslmm_edge.runtime.errors import UserError
 from crosslmm_edge.runtime.files import open_regular, write_text_atomic
+from crosslmm_edge.runtime.hash_cache import file_stamp
 from crosslmm_edge.runtime.staging import clean_stale, temp_name
 
 ENV_PATH = "CROSSLMM_EDGE_ORT_CACHE"  # a folder, or "off"
@@ -86,11 +87,6 @@ def cache_key(graph_hashes: list[str], provider: str, ort_version: str, disabled
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def _stamp(path: Path) -> list[int]:
-    info = path.lstat()
-    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
-
-
 class OptimizedGraphCache:
     """Entries of optimized graphs under ``root``, one folder per key."""
 
@@ -114,7 +110,7 @@ class OptimizedGraphCache:
             stamps = record["stamps"]
             if record.get("key") != key or set(stamps) != {GRAPH, DATA}:
                 return None
-            if any(_stamp(folder / name) != stamps[name] for name in (GRAPH, DATA)):
+            if any(file_stamp((folder / name).lstat()) != stamps[name] for name in (GRAPH, DATA)):
                 return None
             os.utime(folder / RECORD)  # last use, for eviction
         except (OSError, UserError, ValueError, KeyError, TypeError, AttributeError):
@@ -144,7 +140,7 @@ class OptimizedGraphCache:
                 raise OSError("ONNX Runtime wrote no optimized graph")
             if not (temp / DATA).exists():
                 (temp / DATA).touch()  # a graph small enough to hold its weights inline
-            stamps = {name: _stamp(temp / name) for name in (GRAPH, DATA)}
+            stamps = {name: file_stamp((temp / name).lstat()) for name in (GRAPH, DATA)}
             write_text_atomic(temp / RECORD, json.dumps({"key": key, "stamps": stamps}))
             final = self.root / key  # type: ignore[operator]
             shutil.rmtree(final, ignore_errors=True)  # a stale or untrusted entry

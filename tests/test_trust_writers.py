@@ -114,6 +114,9 @@ def test_sigterm_and_sigint_clean_up_the_staging_folder(tmp_path: Path, signum):
         [sys.executable, "-c", textwrap.dedent(SIGTERM_SCRIPT), str(tmp_path / "pkg")],
         stdout=subprocess.PIPE,
         text=True,
+        # A shell starts background jobs with SIGINT ignored, and Python then keeps it
+        # ignored: give the child the disposition an interactive run has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert child.stdout.readline().strip() == "ready"
     child.send_signal(signum)
