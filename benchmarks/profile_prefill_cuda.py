@@ -18,7 +18,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from crosslmm_edge.benchmarks.suite_prefill_cuda import PROMPT_TOKENS, _vision
+from crosslmm_edge.benchmarks.suite_prefill_cuda import PROMPT_TOKENS, vision_features
 from crosslmm_edge.export.attention import sdpa_attention
 from crosslmm_edge.export.model import build_model
 from crosslmm_edge.export.random_model import preset_config
@@ -36,7 +36,7 @@ def main() -> int:
     pixels = torch.randn(args.frames, 3, size, size, device="cuda", dtype=torch.bfloat16)
     prompt = torch.randint(4, 1000, (1, PROMPT_TOKENS), device="cuda")
     with torch.no_grad():
-        video = model.pool_and_project(_vision(model, pixels))
+        video = model.pool_and_project(vision_features(model, pixels))
         length = prompt.shape[1] + video.visual_embeds.shape[1]
         positions = torch.arange(length, device="cuda")[None]  # [1, S+Nv]
 
@@ -75,12 +75,12 @@ def _full_token_llm_ms(config, model, pixels, prompt) -> float:
     import transformers
 
     from crosslmm_edge.benchmarks.peers import qwen2_config
-    from crosslmm_edge.benchmarks.suite_prefill_cuda import _tokens
+    from crosslmm_edge.benchmarks.suite_prefill_cuda import token_layout
 
     with torch.device("cuda"):
         peer = transformers.Qwen2ForCausalLM(qwen2_config(config.text_config, "sdpa"))
     peer = peer.to(torch.bfloat16).eval()
-    layout = _tokens(None)
+    layout = token_layout(None)
     with torch.no_grad():
         runs = [layout(model, peer, pixels, prompt)["llm"] for _ in range(4)][1:]
     return sorted(runs)[1] * 1e3

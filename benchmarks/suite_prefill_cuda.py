@@ -51,8 +51,8 @@ def run_prefill_cuda(args) -> dict:
     layouts = {
         "crosslmm": _crosslmm(full_attention),
         "crosslmm_sdpa": _crosslmm(sdpa_attention),
-        "llava_ov": _tokens(LLAVA_OV_GRID),
-        "full": _tokens(None),
+        "llava_ov": token_layout(LLAVA_OV_GRID),
+        "full": token_layout(None),
     }
     own = _param_bytes(model.vision_model, model.projector)
     weights = {
@@ -147,7 +147,8 @@ def _timed(step, spans: dict, name: str):
     return result
 
 
-def _vision(model, pixels):
+def vision_features(model, pixels):
+    """SigLIP features [F, N, Dv] of every frame, ``VISION_CHUNK`` frames at a time."""
     import torch
 
     return torch.cat([model.vision_model(chunk) for chunk in pixels.split(VISION_CHUNK)])
@@ -165,7 +166,9 @@ def _crosslmm(attend):
             if isinstance(module, CrossAttention):
                 module.attend = attend  # the injected part (see export/dcal.py)
         spans: dict = {}
-        video = _timed(lambda: model.pool_and_project(_vision(model, pixels)), spans, "vision")
+        video = _timed(
+            lambda: model.pool_and_project(vision_features(model, pixels)), spans, "vision"
+        )
         length = prompt.shape[1] + video.visual_embeds.shape[1]
         positions = torch.arange(length, device=prompt.device)[None]  # [1, S+Nv]
 
@@ -179,7 +182,7 @@ def _crosslmm(attend):
     return run
 
 
-def _tokens(grid: int | None):
+def token_layout(grid: int | None):
     """The full-token layout: every (or ``grid``² pooled) token per frame in the sequence."""
 
     def run(model, peer, pixels, prompt) -> dict:
@@ -188,7 +191,7 @@ def _tokens(grid: int | None):
         from crosslmm_edge.export.projector import pool_tokens
 
         def vision():
-            features = _vision(model, pixels)  # [F, 729, Dv]
+            features = vision_features(model, pixels)  # [F, 729, Dv]
             if grid is not None:
                 features = pool_tokens(features, grid, "bilinear")  # [F, grid², Dv]
             return model.projector(features).reshape(1, -1, peer.config.hidden_size)

@@ -26,6 +26,17 @@ from crosslmm_edge.runtime.staging import clean_stale, replace_folder, temp_name
 BLOCK = 1 << 20
 
 
+def user_cache_path(env_var: str, name: str) -> Path | None:
+    """Where a per-user cache lives: ``$env_var`` (a path; "off" disables it: None),
+    else ``$XDG_CACHE_HOME`` or ``~/.cache``, then ``crosslmm-edge/name``. Never in a
+    package: a package copied from elsewhere must not bring its own cache."""
+    chosen = os.environ.get(env_var)
+    if chosen:
+        return None if chosen == "off" else Path(chosen)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "crosslmm-edge" / name
+
+
 def open_regular(path: str | Path, max_bytes: int, what: str) -> BinaryIO:
     """Open a regular file of at most ``max_bytes`` for reading, or raise ``UserError``.
 

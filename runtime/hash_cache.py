@@ -28,7 +28,12 @@ import time
 from pathlib import Path
 
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.files import file_sha256, open_regular, write_text_atomic
+from crosslmm_edge.runtime.files import (
+    file_sha256,
+    open_regular,
+    user_cache_path,
+    write_text_atomic,
+)
 
 ENV_PATH = "CROSSLMM_EDGE_HASH_CACHE"  # a file path, or "off"
 DEFAULT_MIN_BYTES = 64 << 20
@@ -39,11 +44,7 @@ MAX_CACHE_BYTES = 1 << 20
 
 def default_cache_path() -> Path | None:
     """``$CROSSLMM_EDGE_HASH_CACHE``, else ``$XDG_CACHE_HOME`` or ``~/.cache``; None if off."""
-    chosen = os.environ.get(ENV_PATH)
-    if chosen:
-        return None if chosen == "off" else Path(chosen)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "crosslmm-edge" / "verified-sha256.json"
+    return user_cache_path(ENV_PATH, "verified-sha256.json")
 
 
 def file_stamp(info: os.stat_result) -> list[int]:

@@ -23,7 +23,7 @@ from crosslmm_edge.runtime.backends import (
 )
 from crosslmm_edge.runtime.contract import DimSpec, TensorSpec
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.ort_cache import OptimizedGraphCache, cache_key
+from crosslmm_edge.runtime.ort_cache import OptimizedGraphCache
 
 ONNX_DTYPES = {
     "tensor(float)": "float32",
@@ -165,7 +165,7 @@ class OrtBackend(Backend):
         providers = self._providers(path, inputs, dims)
         key = None
         if sha256 and self.provider == "cpu":  # see ort_cache: only checked graphs, CPU only
-            key = cache_key(list(sha256), self.provider, ort.__version__, disabled)
+            key = self.cache.key(list(sha256), self.provider, ort.__version__, disabled)
         session = self._load_cached(ort, key, providers, disabled, name) if key else None
         if session is None and key:
             session = self._load_caching(ort, path, key, providers, disabled, name)

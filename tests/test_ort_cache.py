@@ -97,13 +97,16 @@ def test_an_entry_others_may_write_is_ignored(graph: Path, tmp_path: Path) -> No
 
 
 def test_the_key_covers_what_the_optimized_graph_depends_on() -> None:
-    base = cache_key(CHECKED, "cpu", "1.32.0", [])
-    assert base == cache_key(CHECKED, "cpu", "1.32.0", [])
+    here = ort_cache.processor_id()
+    base = cache_key(CHECKED, "cpu", "1.32.0", [], here)
+    assert base == cache_key(CHECKED, "cpu", "1.32.0", [], here)
+    assert base == OptimizedGraphCache(None).key(CHECKED, "cpu", "1.32.0", [])
     others = [
-        cache_key(CHECKED[:1], "cpu", "1.32.0", []),
-        cache_key(CHECKED, "cuda", "1.32.0", []),
-        cache_key(CHECKED, "cpu", "1.23.2", []),
-        cache_key(CHECKED, "cpu", "1.32.0", ["MatmulTransposeFusion"]),
+        cache_key(CHECKED[:1], "cpu", "1.32.0", [], here),
+        cache_key(CHECKED, "cuda", "1.32.0", [], here),
+        cache_key(CHECKED, "cpu", "1.23.2", [], here),
+        cache_key(CHECKED, "cpu", "1.32.0", ["MatmulTransposeFusion"], here),
+        cache_key(CHECKED, "cpu", "1.32.0", [], here + " another CPU"),
     ]
     assert base not in others and len(set(others)) == len(others)
     assert "flags" in ort_cache.processor_id() or "Features" in ort_cache.processor_id()
