@@ -13,20 +13,20 @@ opset drops node metadata.
 
 from __future__ import annotations
 
-import ast
 import fnmatch
 import re
 from dataclasses import dataclass
 
 import onnx
 
+from crosslmm_edge.export.graph_passes import NAME_SCOPES, innermost_module
 from crosslmm_edge.runtime.contract import LLM, POOLING, VISION_ENCODER
 from crosslmm_edge.runtime.errors import UserError
 
-NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 DECODER = r"^model\.language_model\.model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj$"
 DCAL_LLM = r"^model\.dcal\.\d+\.((t2v|v2v)_attn|mlp)\.\w+_proj$"
-DCAL_MEMORY = r"^model\.dcal\.\d+\.(t2v|v2v)_attn\.[kv]_proj$"  # in the pooling graph
+# k and v read the same memory: export fuses them into one "k_v_proj" MatMul (graph_passes)
+DCAL_MEMORY = r"^model\.dcal\.\d+\.(t2v|v2v)_attn\.(k|v|k_v)_proj$"  # in the pooling graph
 PROJECTOR = r"^model\.projector\."
 VISION = r"^model\.vision_model\."
 
@@ -68,8 +68,7 @@ def module_path(node: onnx.NodeProto) -> str:
     """The innermost module path of a node ('' when the exporter recorded none)."""
     for prop in node.metadata_props:
         if prop.key == NAME_SCOPES:
-            scopes = ast.literal_eval(prop.value)
-            return str(scopes[-2]) if len(scopes) >= 2 else ""
+            return innermost_module(prop.value)
     return ""
 
 

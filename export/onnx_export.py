@@ -12,7 +12,8 @@ Constant, ConstantOfShape, Identity). Correctness wins: dynamo. For the
 2B-shaped model the whole package exports in about 2 minutes on 2 cores.
 
 After export: spec dim names on every input/output, weights stored
-pre-transposed (``fold_weight_transposes``), external data above 1.5 GiB,
+pre-transposed and sibling projections fused (``graph_passes``), external
+data above 1.5 GiB,
 then ``onnx.checker`` and strict shape inference on the written file.
 """
 
@@ -30,6 +31,7 @@ import onnx
 import torch
 from torch import nn
 
+from crosslmm_edge.export.graph_passes import fold_weight_transposes, fuse_sibling_matmuls
 from crosslmm_edge.export.graph_specs import random_inputs
 from crosslmm_edge.runtime.contract import GraphSpec
 
@@ -83,38 +85,6 @@ def _renamed(dim: object, rename: dict[str, str]) -> object:
     return re.sub(r"\bs\d+\b", lambda m: rename.get(m.group(0), m.group(0)), dim.value)
 
 
-def fold_weight_transposes(program: torch.onnx.ONNXProgram) -> int:
-    """Store ``Transpose(W)`` of single-use weights pre-transposed; return how many.
-
-    torch's optimizer folds only tensors of up to 8192 elements, so a real
-    model would keep a ``Transpose`` in front of every MatMul weight: ONNX
-    Runtime would transpose (and briefly hold twice) each weight at load and
-    an INT8 quantizer would not see the weight as a MatMul constant. A weight
-    with other uses (the tied embedding, also a Gather table) keeps its
-    Transpose so that it is stored once.
-    """
-    import numpy as np
-    import onnx_ir as ir
-
-    graph, folded = program.model.graph, 0
-    for node in list(graph):
-        source = node.inputs[0] if node.op_type == "Transpose" and node.inputs else None
-        if source is None or not source.is_initializer() or source.const_value is None:
-            continue
-        if len(source.uses()) != 1 or node.outputs[0].is_graph_output():
-            continue
-        perm = node.attributes["perm"].as_ints()
-        array = np.ascontiguousarray(source.const_value.numpy().transpose(perm))
-        weight = ir.Value(name=f"{source.name}.T", const_value=ir.tensor(array))
-        weight.shape, weight.type = ir.Shape(array.shape), ir.TensorType(source.dtype)
-        graph.register_initializer(weight)
-        node.outputs[0].replace_all_uses_with(weight)
-        graph.remove(node, safe=True)
-        graph.initializers.pop(source.name)
-        folded += 1
-    return folded
-
-
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence the exporter's internal deprecation and "torchvision not installed" noise."""
@@ -160,7 +130,8 @@ def export_graph(
             verbose=False,
         )
     _rename_dims(program, spec)
-    fold_weight_transposes(program)
+    fold_weight_transposes(program.model.graph)
+    fuse_sibling_matmuls(program.model.graph)
     weights = sum(
         v.const_value.nbytes
         for v in program.model.graph.initializers.values()

@@ -34,7 +34,8 @@ def _tamper(pkg: Path) -> None:
     """Nudge one LLM weight by 0.05 and re-hash, as a subtly wrong exporter would."""
     path = pkg / "llm.onnx"
     model = onnx.load(str(path))
-    weight = next(i for i in model.graph.initializer if "layers.0.self_attn.q_proj.bias" in i.name)
+    fused_bias = "layers.0.self_attn.q_k_v_proj.bias"  # q, k, v biases in one (graph_passes)
+    weight = next(i for i in model.graph.initializer if fused_bias in i.name)
     values = numpy_helper.to_array(weight) + np.float32(0.05)
     weight.CopyFrom(numpy_helper.from_array(values, weight.name))
     onnx.save(model, str(path))

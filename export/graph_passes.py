@@ -1,0 +1,163 @@
+"""Rewrites of an exported graph that ONNX Runtime and TensorRT do not do for us.
+
+Both passes keep the graph in standard ONNX ops (``lint-trt`` accepts them) and
+keep the exporter's module path on every weight MatMul, which the INT8 recipes
+select by.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import numpy as np
+import onnx_ir as ir
+
+# Node metadata the dynamo exporter writes: the module stack, innermost last but one.
+NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def fold_weight_transposes(graph: ir.Graph) -> int:
+    """Store ``Transpose(W)`` of single-use weights pre-transposed; return how many.
+
+    torch's optimizer folds only tensors of up to 8192 elements, so a real
+    model would keep a ``Transpose`` in front of every MatMul weight: ONNX
+    Runtime would transpose (and briefly hold twice) each weight at load and
+    an INT8 quantizer would not see the weight as a MatMul constant. A weight
+    with other uses (the tied embedding, also a Gather table) keeps its
+    Transpose so that it is stored once.
+    """
+    folded = 0
+    for node in list(graph):
+        source = node.inputs[0] if node.op_type == "Transpose" and node.inputs else None
+        if source is None or not source.is_initializer() or source.const_value is None:
+            continue
+        if len(source.uses()) != 1 or node.outputs[0].is_graph_output():
+            continue
+        perm = node.attributes["perm"].as_ints()
+        array = np.ascontiguousarray(source.const_value.numpy().transpose(perm))
+        weight = _initializer(graph, f"{source.name}.T", array)
+        node.outputs[0].replace_all_uses_with(weight)
+        graph.remove(node, safe=True)
+        graph.initializers.pop(source.name)
+        folded += 1
+    return folded
+
+
+def fuse_sibling_matmuls(graph: ir.Graph) -> int:
+    """Merge weight MatMuls of one module that read the same input; return how many groups.
+
+    q/k/v and gate/up read the same normed hidden state: one MatMul over the
+    concatenated weights (and one Add over the concatenated biases) followed by
+    a ``Split`` gives the same columns. A decode step is a row times each
+    weight, so fewer, wider products mean fewer thread-pool dispatches and
+    longer streaming reads (measured on the 0.5B shape: about 2 % more tok/s).
+    Only siblings (same parent module, as the exporter recorded it) are merged,
+    so every fused node still names one block for the INT8 recipes.
+    """
+    groups: dict[tuple[ir.Value, str], list[ir.Node]] = {}
+    for node in graph:
+        parent = _module_path(node).rpartition(".")[0]
+        if parent and _is_weight_matmul(node):
+            groups.setdefault((node.inputs[0], parent), []).append(node)  # type: ignore[index]
+    fused = [_fuse(graph, x, nodes) for (x, _), nodes in groups.items() if len(nodes) > 1]
+    return len(fused)
+
+
+def innermost_module(name_scopes: str) -> str:
+    """The innermost module path of a ``NAME_SCOPES`` value ('' if it names none)."""
+    scopes = ast.literal_eval(name_scopes)
+    return str(scopes[-2]) if len(scopes) >= 2 else ""
+
+
+def _module_path(node: ir.Node) -> str:
+    return innermost_module(node.metadata_props.get(NAME_SCOPES, "[]"))
+
+
+def _is_weight_matmul(node: ir.Node) -> bool:
+    """A MatMul of an activation by a 2-D weight that nothing else reads."""
+    if node.op_type != "MatMul" or node.domain != "" or len(node.inputs) != 2:
+        return False
+    weight = node.inputs[1]
+    return (
+        weight is not None
+        and weight.is_initializer()
+        and weight.const_value is not None
+        and len(weight.const_value.shape) == 2
+        and len(weight.uses()) == 1
+        and not node.outputs[0].is_graph_output()
+    )
+
+
+def _bias_add(matmul: ir.Node) -> ir.Node | None:
+    """The ``Add`` of a 1-D bias that is the only reader of ``matmul``'s output."""
+    uses = matmul.outputs[0].uses()
+    if len(uses) != 1 or uses[0].node.op_type != "Add":
+        return None
+    add = uses[0].node
+    bias = add.inputs[1 - uses[0].idx]
+    width = matmul.inputs[1].const_value.shape[1]  # type: ignore[union-attr]
+    if bias is None or not bias.is_initializer() or bias.const_value is None:
+        return None
+    if tuple(bias.const_value.shape) != (width,) or len(bias.uses()) != 1:
+        return None
+    return None if add.outputs[0].is_graph_output() else add
+
+
+def _fuse(graph: ir.Graph, x: ir.Value, matmuls: list[ir.Node]) -> ir.Node:
+    """Replace ``matmuls`` (and their bias Adds, if all have one) by MatMul, Add, Split."""
+    adds = [_bias_add(node) for node in matmuls]
+    with_bias = all(add is not None for add in adds)
+    weights = [node.inputs[1] for node in matmuls]
+    arrays = [w.const_value.numpy() for w in weights]  # type: ignore[union-attr]  # [D, n_i]
+    name = f"{matmuls[0].name}.fused"
+    meta = _fused_metadata(matmuls, name)
+    module = innermost_module(meta[NAME_SCOPES])  # e.g. ...layers.0.self_attn.q_k_v_proj
+    if f"{module}.weight" in graph.initializers:  # a block applied to two inputs (DCAL MLP)
+        module = f"{module}.{name}"
+    weight = _initializer(graph, f"{module}.weight", np.concatenate(arrays, axis=1))  # [D, sum n_i]
+    new = [ir.node("MatMul", [x, weight], name=name, metadata_props=meta)]
+    biases = [_bias_of(add) for add in adds] if with_bias else []  # type: ignore[arg-type]
+    if biases:
+        bias = np.concatenate([b.const_value.numpy() for b in biases])  # type: ignore[union-attr]
+        added = [new[-1].outputs[0], _initializer(graph, f"{module}.bias", bias)]
+        new.append(ir.node("Add", added, name=f"{name}.add"))
+    widths = np.array([a.shape[1] for a in arrays], np.int64)
+    split_sizes = _initializer(graph, f"{module}.split", widths)
+    parts = [new[-1].outputs[0], split_sizes]
+    new.append(ir.node("Split", parts, {"axis": -1}, num_outputs=len(widths), name=f"{name}.split"))
+    for i, node in enumerate(new):
+        for j, value in enumerate(node.outputs):
+            value.name = f"{name}.out{i}.{j}"
+    graph.insert_before(matmuls[0], new)
+    ends = adds if with_bias else matmuls
+    for end, part in zip(ends, new[-1].outputs, strict=True):
+        part.shape, part.type = end.outputs[0].shape, end.outputs[0].type  # type: ignore[union-attr]
+        end.outputs[0].replace_all_uses_with(part)  # type: ignore[union-attr]
+    graph.remove([*matmuls, *(adds if with_bias else [])], safe=True)  # type: ignore[list-item]
+    for value in [*weights, *biases]:
+        graph.initializers.pop(value.name)  # type: ignore[union-attr,arg-type]
+    return new[0]
+
+
+def _bias_of(add: ir.Node) -> ir.Value:
+    """The initializer input of a bias ``Add``."""
+    return next(v for v in add.inputs if v is not None and v.is_initializer())
+
+
+def _fused_metadata(matmuls: list[ir.Node], name: str) -> dict[str, str]:
+    """The first MatMul's metadata, its module path naming every part (``q_k_v_proj``)."""
+    meta = dict(matmuls[0].metadata_props)
+    scopes = ast.literal_eval(meta[NAME_SCOPES])
+    parent = scopes[-2].rpartition(".")[0]
+    leaves = [_module_path(m).rpartition(".")[2].removesuffix("_proj") for m in matmuls]
+    meta[NAME_SCOPES] = repr([*scopes[:-2], f"{parent}.{'_'.join(leaves)}_proj", name])
+    return meta
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """Register ``array`` as a graph initializer named ``name``."""
+    value = ir.Value(name=name, const_value=ir.tensor(array))
+    value.shape = ir.Shape(array.shape)
+    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+    graph.register_initializer(value)
+    return value
