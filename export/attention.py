@@ -54,13 +54,19 @@ def _ungroup(out: Tensor, length: int, heads: int) -> Tensor:
 
 
 def _causal_mask(scores: Tensor, length: int) -> Tensor:
-    """-inf above the diagonal of the new-key scores (last two dims are G·L or L, L)."""
+    """-inf above the diagonal of the new-key scores (last two dims are G·L or L, L).
+
+    Added as a float [L, L] bias (built once per graph run) rather than a
+    masked_fill per layer: ONNX Runtime's broadcasting ``Where`` is slower than ``Add``.
+    """
     causal = torch.ones(length, length, dtype=torch.bool, device=scores.device).tril()
+    bias = torch.zeros(length, length, dtype=scores.dtype, device=scores.device)
+    bias = bias.masked_fill(~causal, float("-inf"))  # [L, L]
     if scores.dim() == 3:  # rows are (group, position): tile the mask over groups
         kvh, rows, _ = scores.shape
         masked = scores.reshape(kvh, rows // length, length, length)  # length ≥ 1 here
-        return masked.masked_fill(~causal, float("-inf")).reshape(kvh, rows, length)
-    return scores.masked_fill(~causal, float("-inf"))
+        return (masked + bias).reshape(kvh, rows, length)
+    return scores + bias
 
 
 def causal_attention(
