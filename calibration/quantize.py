@@ -137,6 +137,10 @@ def _quantize_static(source: Path, target: Path, nodes: list[str], reader, exter
             "ActivationSymmetric": True,
             "WeightSymmetric": True,
             "QuantizeBias": False,
+            # Q/DQ on a MatMul's inputs only (where TensorRT's guide puts them): a float
+            # output keeps q, k and v apart after the fused projection (one per-tensor
+            # scale across them cost ~1 dB) and ONNX Runtime runs MatMulIntegerToFloat.
+            "OpTypesToExcludeOutputQuantization": ["MatMul"],
             "CalibStridedMinMax": _stride(len(reader)),
         },
     )
