@@ -106,37 +106,43 @@ def _bias_add(matmul: ir.Node) -> ir.Node | None:
 def _fuse(graph: ir.Graph, x: ir.Value, matmuls: list[ir.Node]) -> ir.Node:
     """Replace ``matmuls`` (and their bias Adds, if all have one) by MatMul, Add, Split."""
     adds = [_bias_add(node) for node in matmuls]
-    with_bias = all(add is not None for add in adds)
+    adds = adds if all(add is not None for add in adds) else []
     weights = [node.inputs[1] for node in matmuls]
-    arrays = [w.const_value.numpy() for w in weights]  # type: ignore[union-attr]  # [D, n_i]
+    biases = [_bias_of(add) for add in adds]  # type: ignore[arg-type]
+    new = _fused_nodes(graph, x, matmuls, weights, biases)
+    graph.insert_before(matmuls[0], new)
+    for end, part in zip(adds or matmuls, new[-1].outputs, strict=True):
+        part.shape, part.type = end.outputs[0].shape, end.outputs[0].type  # type: ignore[union-attr]
+        end.outputs[0].replace_all_uses_with(part)  # type: ignore[union-attr]
+    graph.remove([*matmuls, *adds], safe=True)  # type: ignore[list-item]
+    for value in [*weights, *biases]:
+        graph.initializers.pop(value.name)  # type: ignore[union-attr,arg-type]
+    return new[0]
+
+
+def _fused_nodes(
+    graph: ir.Graph, x: ir.Value, matmuls: list[ir.Node], weights: list, biases: list
+) -> list[ir.Node]:
+    """MatMul over the concatenated weights, Add of the concatenated biases, Split."""
     name = f"{matmuls[0].name}.fused"
     meta = _fused_metadata(matmuls, name)
     module = innermost_module(meta[NAME_SCOPES])  # e.g. ...layers.0.self_attn.q_k_v_proj
     if f"{module}.weight" in graph.initializers:  # a block applied to two inputs (DCAL MLP)
         module = f"{module}.{name}"
+    arrays = [w.const_value.numpy() for w in weights]  # [D, n_i]
     weight = _initializer(graph, f"{module}.weight", np.concatenate(arrays, axis=1))  # [D, sum n_i]
     new = [ir.node("MatMul", [x, weight], name=name, metadata_props=meta)]
-    biases = [_bias_of(add) for add in adds] if with_bias else []  # type: ignore[arg-type]
     if biases:
-        bias = np.concatenate([b.const_value.numpy() for b in biases])  # type: ignore[union-attr]
+        bias = np.concatenate([b.const_value.numpy() for b in biases])  # [sum n_i]
         added = [new[-1].outputs[0], _initializer(graph, f"{module}.bias", bias)]
         new.append(ir.node("Add", added, name=f"{name}.add"))
     widths = np.array([a.shape[1] for a in arrays], np.int64)
-    split_sizes = _initializer(graph, f"{module}.split", widths)
-    parts = [new[-1].outputs[0], split_sizes]
-    new.append(ir.node("Split", parts, {"axis": -1}, num_outputs=len(widths), name=f"{name}.split"))
+    parts = [new[-1].outputs[0], _initializer(graph, f"{module}.split", widths)]
+    new.append(ir.node("Split", parts, {"axis": -1}, num_outputs=len(arrays), name=f"{name}.split"))
     for i, node in enumerate(new):
         for j, value in enumerate(node.outputs):
             value.name = f"{name}.out{i}.{j}"
-    graph.insert_before(matmuls[0], new)
-    ends = adds if with_bias else matmuls
-    for end, part in zip(ends, new[-1].outputs, strict=True):
-        part.shape, part.type = end.outputs[0].shape, end.outputs[0].type  # type: ignore[union-attr]
-        end.outputs[0].replace_all_uses_with(part)  # type: ignore[union-attr]
-    graph.remove([*matmuls, *(adds if with_bias else [])], safe=True)  # type: ignore[list-item]
-    for value in [*weights, *biases]:
-        graph.initializers.pop(value.name)  # type: ignore[union-attr,arg-type]
-    return new[0]
+    return new
 
 
 def _bias_of(add: ir.Node) -> ir.Value:
