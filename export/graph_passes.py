@@ -38,7 +38,7 @@ def fold_weight_transposes(graph: ir.Graph) -> int:
         weight = _initializer(graph, f"{source.name}.T", array)
         node.outputs[0].replace_all_uses_with(weight)
         graph.remove(node, safe=True)
-        graph.initializers.pop(source.name)
+        _drop_initializer(graph, source)
         folded += 1
     return folded
 
@@ -56,9 +56,9 @@ def fuse_sibling_matmuls(graph: ir.Graph) -> int:
     """
     groups: dict[tuple[ir.Value, str], list[ir.Node]] = {}
     for node in graph:
-        parent = _module_path(node).rpartition(".")[0]
-        if parent and _is_weight_matmul(node):
-            groups.setdefault((node.inputs[0], parent), []).append(node)  # type: ignore[index]
+        parent, x = _module_path(node).rpartition(".")[0], node.inputs[0]
+        if parent and x is not None and _is_weight_matmul(node):
+            groups.setdefault((x, parent), []).append(node)
     fused = [_fuse(graph, x, nodes) for (x, _), nodes in groups.items() if len(nodes) > 1]
     return len(fused)
 
@@ -90,38 +90,42 @@ def _is_weight_matmul(node: ir.Node) -> bool:
 
 def _bias_add(matmul: ir.Node) -> ir.Node | None:
     """The ``Add`` of a 1-D bias that is the only reader of ``matmul``'s output."""
-    uses = matmul.outputs[0].uses()
+    uses = list(matmul.outputs[0].uses())
     if len(uses) != 1 or uses[0].node.op_type != "Add":
         return None
     add = uses[0].node
     bias = add.inputs[1 - uses[0].idx]
-    width = matmul.inputs[1].const_value.shape[1]  # type: ignore[union-attr]
     if bias is None or not bias.is_initializer() or bias.const_value is None:
         return None
-    if tuple(bias.const_value.shape) != (width,) or len(bias.uses()) != 1:
+    if tuple(bias.const_value.shape) != (_width(matmul.inputs[1]),) or len(bias.uses()) != 1:
         return None
     return None if add.outputs[0].is_graph_output() else add
 
 
 def _fuse(graph: ir.Graph, x: ir.Value, matmuls: list[ir.Node]) -> ir.Node:
     """Replace ``matmuls`` (and their bias Adds, if all have one) by MatMul, Add, Split."""
-    adds = [_bias_add(node) for node in matmuls]
-    adds = adds if all(add is not None for add in adds) else []
-    weights = [node.inputs[1] for node in matmuls]
-    biases = [_bias_of(add) for add in adds]  # type: ignore[arg-type]
+    found = [_bias_add(node) for node in matmuls]
+    adds = [add for add in found if add is not None]
+    adds = adds if len(adds) == len(matmuls) else []  # biases merge only if all have one
+    weights = [_initializer_input(node, 1) for node in matmuls]
+    biases = [_bias_of(add) for add in adds]
     new = _fused_nodes(graph, x, matmuls, weights, biases)
     graph.insert_before(matmuls[0], new)
     for end, part in zip(adds or matmuls, new[-1].outputs, strict=True):
-        part.shape, part.type = end.outputs[0].shape, end.outputs[0].type  # type: ignore[union-attr]
-        end.outputs[0].replace_all_uses_with(part)  # type: ignore[union-attr]
-    graph.remove([*matmuls, *adds], safe=True)  # type: ignore[list-item]
+        part.shape, part.type = end.outputs[0].shape, end.outputs[0].type
+        end.outputs[0].replace_all_uses_with(part)
+    graph.remove([*matmuls, *adds], safe=True)
     for value in [*weights, *biases]:
-        graph.initializers.pop(value.name)  # type: ignore[union-attr,arg-type]
+        _drop_initializer(graph, value)
     return new[0]
 
 
 def _fused_nodes(
-    graph: ir.Graph, x: ir.Value, matmuls: list[ir.Node], weights: list, biases: list
+    graph: ir.Graph,
+    x: ir.Value,
+    matmuls: list[ir.Node],
+    weights: list[ir.Value],
+    biases: list[ir.Value],
 ) -> list[ir.Node]:
     """MatMul over the concatenated weights, Add of the concatenated biases, Split."""
     name = f"{matmuls[0].name}.fused"
@@ -129,11 +133,11 @@ def _fused_nodes(
     module = innermost_module(meta[NAME_SCOPES])  # e.g. ...layers.0.self_attn.q_k_v_proj
     if f"{module}.weight" in graph.initializers:  # a block applied to two inputs (DCAL MLP)
         module = f"{module}.{name}"
-    arrays = [w.const_value.numpy() for w in weights]  # [D, n_i]
+    arrays = [_array(w) for w in weights]  # [D, n_i]
     weight = _initializer(graph, f"{module}.weight", np.concatenate(arrays, axis=1))  # [D, sum n_i]
     new = [ir.node("MatMul", [x, weight], name=name, metadata_props=meta)]
     if biases:
-        bias = np.concatenate([b.const_value.numpy() for b in biases])  # [sum n_i]
+        bias = np.concatenate([_array(b) for b in biases])  # [sum n_i]
         added = [new[-1].outputs[0], _initializer(graph, f"{module}.bias", bias)]
         new.append(ir.node("Add", added, name=f"{name}.add"))
     widths = np.array([a.shape[1] for a in arrays], np.int64)
@@ -148,6 +152,32 @@ def _fused_nodes(
 def _bias_of(add: ir.Node) -> ir.Value:
     """The initializer input of a bias ``Add``."""
     return next(v for v in add.inputs if v is not None and v.is_initializer())
+
+
+def _initializer_input(node: ir.Node, index: int) -> ir.Value:
+    """Input ``index`` of ``node``, which the caller checked is an initializer."""
+    value = node.inputs[index]
+    assert value is not None and value.const_value is not None, node.name
+    return value
+
+
+def _array(value: ir.Value) -> np.ndarray:
+    assert value.const_value is not None, value.name
+    return value.const_value.numpy()
+
+
+def _width(value: ir.Value | None) -> int:
+    """Columns of a 2-D weight initializer (from its shape, without reading the data)."""
+    assert value is not None and value.const_value is not None
+    width = value.const_value.shape[1]
+    assert isinstance(width, int), value.name  # a stored tensor's dims are static
+    return width
+
+
+def _drop_initializer(graph: ir.Graph, value: ir.Value) -> None:
+    """Forget an initializer nothing reads any more."""
+    if value.name is not None:
+        graph.initializers.pop(value.name)
 
 
 def _fused_metadata(matmuls: list[ir.Node], name: str) -> dict[str, str]:
