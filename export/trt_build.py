@@ -22,6 +22,7 @@ from crosslmm_edge.runtime.cuda_runtime import open_cuda_runtime
 from crosslmm_edge.runtime.engine_record import environment, make_record
 from crosslmm_edge.runtime.errors import UserError
 from crosslmm_edge.runtime.files import file_sha256, write_atomic
+from crosslmm_edge.runtime.generation import largest_visual_piece
 from crosslmm_edge.runtime.manifest import Artifact, Manifest
 from crosslmm_edge.runtime.package import ModelPackage, add_artifacts, open_package
 from crosslmm_edge.runtime.trt_backend import profile_memory
@@ -116,7 +117,11 @@ def build_engine(
     dims = package.manifest.graphs[role].dims
     d = package.dims
     frame = FrameSizes(d.tokens_per_frame, d.patches_per_frame, d.v2v_scope == "frame")
-    profiles = derive_profiles(source.inputs, dims, _limits(package, settings), frame)
+    limits = _limits(package, settings)
+    piece = largest_visual_piece(
+        d.num_heads, frame.pooled, frame.memory, limits.max_frames, frame.frame_scope
+    )
+    profiles = derive_profiles(source.inputs, dims, limits, frame, piece)
     config = _config(trt, builder, settings, profiles, log, role)
     cache = _timing_cache(config, settings.timing_cache)
     log(f"{role}: building from {source.file} ({len(profiles)} profile(s)) ...")

@@ -36,6 +36,29 @@ def piece_tokens(num_heads: int, past: int, memory: int, limit: int, max_score_b
     return max(1, min(limit, max_score_bytes // per_query))
 
 
+def largest_visual_piece(
+    num_heads: int,
+    pooled: int,
+    patches: int,
+    frames: int,
+    frame_scope: bool,
+    limit: int = DEFAULT_MAX_CHUNK_TOKENS,
+    max_score_bytes: int = DEFAULT_MAX_SCORE_BYTES,
+) -> int:
+    """Most visual positions ``Pipeline.prefill`` puts in one run for a ``frames``-frame video.
+
+    Pieces are whole frames and largest on an empty cache. With ``frame_scope`` a
+    piece reads the V2V memory of its own frames (at most ``limit // pooled``
+    of them, or all when the video is shorter and prefilled in one run);
+    otherwise every piece reads all ``frames`` frames' memory. TensorRT
+    profiles built to this size reserve no activation memory for larger runs.
+    """
+    limit = max(limit, pooled)
+    memory_frames = min(frames, limit // pooled) if frame_scope else frames
+    piece = piece_tokens(num_heads, 0, memory_frames * patches, limit, max_score_bytes)
+    return min(frames, max(1, piece // pooled)) * pooled
+
+
 @dataclass(frozen=True)
 class ChunkShapes:
     """What an empty part of a chunk looks like for this LLM graph."""

@@ -12,6 +12,7 @@ from crosslmm_edge.runtime.files import read_json
 from crosslmm_edge.runtime.generation import (
     DEFAULT_MAX_CHUNK_TOKENS,
     DEFAULT_MAX_SCORE_BYTES,
+    largest_visual_piece,
     piece_tokens,
 )
 from crosslmm_edge.runtime.manifest import MANIFEST_NAME, load_manifest
@@ -131,8 +132,10 @@ def predict_gpu(
     item = 2  # activations, KV and cross K/V stay fp16 in fp16 and INT8 engines
     visual, memory = frames * s.pooled, frames * s.patches
     prefix = min(PREFIX_TEXT_MAX, context - visual)
+    frame_scope = model.config.v2v_scope == "frame"
+    piece = largest_visual_piece(s.heads, s.pooled, s.patches, frames, frame_scope)  # build's cap
     llm = max(
-        llm_activation_bytes(s, prefix, visual, context - s.pooled, memory, item),
+        llm_activation_bytes(s, prefix, piece, context - s.pooled, memory, item),
         llm_activation_bytes(s, min(TEXT_CHUNK_MAX, context), 0, context - 1, memory, item),
     )
     parts = {

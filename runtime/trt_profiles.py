@@ -12,7 +12,10 @@ The LLM gets three profiles, tried in this order for each chunk:
 - ``decode``: one text token, no visual part (tuned for decode);
 - ``text``: a text-only chunk (a question, a later turn);
 - ``visual``: a chunk with at least one frame of visual tokens (the video
-  prefix, frames appended to a live stream).
+  prefix, frames appended to a live stream). ``build`` caps it at the largest
+  piece ``Pipeline.prefill`` sends (its score budget), so an engine reserves
+  activation memory for one piece, not the whole video; ONNX Runtime's
+  TensorRT provider, which sees only the dims, keeps the whole video.
 
 The vision encoder and the pooling get one ``frames`` profile up to the
 runtime's encoding chunk; both graphs are frame-local, so the TensorRT
@@ -124,16 +127,18 @@ def derive_profiles(
     dims: Mapping[str, DimSpec],
     limits: ProfileLimits | None = None,
     frame: FrameSizes | None = None,
+    visual_piece: int | None = None,
 ) -> list[ShapeProfile]:
     """The profiles of one graph, from its inputs, the manifest's dims and the limits.
 
     ``limits`` default to the dims' maxima; asking for more than the package
-    was exported for is refused.
+    was exported for is refused. ``visual_piece`` caps the visual positions of
+    one LLM run (``generation.largest_visual_piece``); None: the whole video.
     """
     if "text_len" in dims:
         frame = frame or frame_sizes_from_dims(dims)
         limits = _check_limits(limits, dims["visual_len"].max // frame.pooled, _context(dims))
-        points = llm_points(limits, frame)
+        points = llm_points(limits, frame, visual_piece)
     else:
         context = limits.max_context if limits else 0  # no context in frame-only graphs
         limits = _check_limits(limits, dims["frames"].max, context)
@@ -166,9 +171,13 @@ def frame_points(limits: ProfileLimits) -> dict[str, dict[str, dict[str, int]]]:
     return {"frames": {p: {"frames": n} for p, n in zip(POINTS, (1, top, top), strict=True)}}
 
 
-def llm_points(limits: ProfileLimits, frame: FrameSizes) -> dict[str, dict[str, dict[str, int]]]:
+def llm_points(
+    limits: ProfileLimits, frame: FrameSizes, visual_piece: int | None = None
+) -> dict[str, dict[str, dict[str, int]]]:
     """Per LLM profile, the consistent min/opt/max points of every dim."""
     F, L, P, N = limits.max_frames, limits.max_context, frame.pooled, frame.memory
+    # Frames in one visual run: the whole video, or the runtime's largest prefill piece.
+    piece = F if visual_piece is None else max(1, min(F, visual_piece // P))
     if L <= P * F:
         raise UserError(
             f"--max-context {L} cannot hold {F} frames ({P * F} visual tokens) plus any text"
@@ -194,8 +203,9 @@ def llm_points(limits: ProfileLimits, frame: FrameSizes) -> dict[str, dict[str, 
     none = (0, 0, 0)
     text_opt = min(OPT_TEXT, L)
     # Visual chunks: V2V sees N per frame of the chunk (frame scope) or of the whole
-    # video (video scope); one frame to all F frames either way.
-    frames_tokens = (N, N * F, N * F)
+    # video (video scope); one frame to all F frames of memory either way.
+    video_memory = (N, N * F, N * F)
+    v2v = (N, N * piece, N * piece) if frame.frame_scope else video_memory
     return {
         "decode": point((1, 1, 1), none, (0, past_opt, L - 1), none, memory),
         "text": point(
@@ -203,10 +213,10 @@ def llm_points(limits: ProfileLimits, frame: FrameSizes) -> dict[str, dict[str, 
         ),
         "visual": point(
             (0, prefix_text, prefix_max),
-            (P, P * F, P * F),
+            (P, P * piece, P * piece),
             (0, 0, L - P),
-            frames_tokens,
-            frames_tokens,
+            v2v,
+            video_memory,
         ),
     }
 
@@ -224,24 +234,26 @@ def _shapes(
 def select_profile(profiles: Sequence[ShapeProfile], shapes: Mapping[str, Shape]) -> int:
     """Index of the first profile holding every input shape; ``UserError`` otherwise.
 
-    The error names the input, the axis, the value and each profile's range
-    for it, so the user knows which limit to rebuild with.
+    The error names, for each profile, the first input, axis and value outside
+    it and the profile's range there, so the user knows which limit to rebuild
+    with (a visual chunk is refused by the decode profile for other reasons
+    than by the visual one).
     """
-    first = None
+    reasons = []
     for index, profile in enumerate(profiles):
         bad = profile.violation(shapes)
         if bad is None:
             return index
-        first = first or bad
-    name, axis, value = first  # type: ignore[misc]
-    if axis < 0:
-        raise UserError(f"input {name} has {value} dimensions; the engine expects another rank")
-    ranges = ", ".join(
-        f"{p.name} {p.shapes[name][0][axis]}..{p.shapes[name][2][axis]}" for p in profiles
-    )
+        name, axis, value = bad
+        if axis < 0:
+            raise UserError(f"input {name} has {value} dimensions; the engine expects another rank")
+        low, _, high = profile.shapes[name]
+        reasons.append(
+            f"{profile.name}: {name} dimension {axis} is {value}, not in {low[axis]}..{high[axis]}"
+        )
     raise UserError(
-        f"input {name} dimension {axis} is {value}, outside every TensorRT profile of the "
-        f"engine ({ranges}); rebuild the engines with larger --max-frames/--max-context"
+        f"no TensorRT profile of the engine takes this chunk ({'; '.join(reasons)}); rebuild "
+        "the engines with larger --max-frames/--max-context"
     )
 
 

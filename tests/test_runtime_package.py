@@ -24,6 +24,7 @@ from crosslmm_edge.export.reference_assistant import ReferenceAssistant
 from crosslmm_edge.runtime.assistant import RuntimeAssistant
 from crosslmm_edge.runtime.assistant_types import GenerationOptions
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.generation import largest_visual_piece
 from crosslmm_edge.runtime.sampling import Sampler
 
 QUESTIONS = ["What colour is the small dot?", "Which way does it move?", "Say more."]
@@ -258,7 +259,11 @@ def test_prefill_in_pieces_equals_one_chunk(models, scope):
     ids = list(range(5, 16))  # 11 text tokens, then 4 frames of visual tokens
     llm, runs = pipeline.sessions["llm"], []
     run = llm.run
-    llm.run = lambda *args, **kwargs: runs.append(1) or run(*args, **kwargs)  # count pieces
+    # record each piece's visual positions
+    llm.run = lambda feeds, **kwargs: (
+        runs.append(feeds["visual_embeds"].shape[1]) or run(feeds, **kwargs)
+    )
+    d = pipeline.dims
     per_query = 4 * pipeline.dims.num_heads * embeds.shape[1] * pipeline.dims.patches_per_frame
     results, counts = [], []
     # one chunk; pieces of one frame; pieces cut by the score budget (3 text tokens each)
@@ -272,6 +277,11 @@ def test_prefill_in_pieces_equals_one_chunk(models, scope):
         logits = np.array(pipeline.prefill(cache, ids, embeds, feeds, max_chunk_tokens=limit))
         results.append((logits, cache.prefix_arrays()))
         counts.append(len(runs))
+        # what `build` sizes the TensorRT visual profile to: exactly the largest piece
+        bound = largest_visual_piece(
+            d.num_heads, d.tokens_per_frame, d.patches_per_frame, 4, scope == "frame", limit, budget
+        )
+        assert max(runs) == bound, (limit, budget, runs, bound)
     text_pieces = -(-len(ids) // pipeline.dims.tokens_per_frame)
     assert counts[0] == 1 and counts[1] == text_pieces + 4 and counts[2] > counts[1]
     (whole, (keys, values)), *split = results

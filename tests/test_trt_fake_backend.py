@@ -113,7 +113,7 @@ def test_shape_outside_the_profiles_is_refused_before_running(package, monkeypat
     cache = pipeline.new_cache(400)
     llm_inputs = pipeline.sessions["llm"].inputs
     empty = {n: pipeline.shapes.no_memory() for n in llm_inputs if n[:4] in ("t2v_", "v2v_")}
-    with pytest.raises(UserError, match=r"input_ids dimension 1 is 300.*text 1\.\.200"):
+    with pytest.raises(UserError, match=r"text: input_ids dimension 1 is 300, not in 1\.\.200"):
         pipeline.prefill(cache, [5] * 300, pipeline.shapes.no_visual(), empty)
 
 
@@ -162,3 +162,31 @@ def test_ask_on_engines_without_tensorrt_is_one_error_line(exported, monkeypatch
     assert main([*args, "--backend", "tensorrt"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'tensorrt'" in err[0]
+
+
+def test_visual_profile_is_sized_to_the_runtime_pieces(tmp_path, monkeypatch):
+    """A 100-frame export: the engine's visual profile holds the largest prefill piece (fewer
+    frames than the video), and a whole 100-frame prefill runs through it in pieces."""
+    import numpy as np
+
+    from crosslmm_edge.runtime.generation import largest_visual_piece
+
+    package = tmp_path / "pkg"
+    export = ["export", str(embedded_model_dir()), "--out", str(package), "--dtype", "fp16"]
+    assert main([*export, "--max-frames", "100", "--max-context", "512"]) == 0
+    install(monkeypatch)
+    assert main(["build", str(package)]) == 0
+    pipeline = Pipeline(package, backend="tensorrt", precision="fp16")
+    d = pipeline.dims
+    piece = largest_visual_piece(
+        d.num_heads, d.tokens_per_frame, d.patches_per_frame, 100, d.v2v_scope == "frame"
+    )
+    record = load_manifest(package).graphs["llm"].find("tensorrt", "fp16").build
+    visual = next(p for p in record["profiles"] if p["name"] == "visual")["inputs"]
+    assert visual["visual_embeds"]["max"][1] == piece < 100 * d.tokens_per_frame
+    size = d.image_size
+    pixels = np.random.default_rng(0).standard_normal((100, 3, size, size)).astype(np.float16)
+    _, embeds, cross = pipeline.encode([pixels])
+    cache = pipeline.new_cache(512)
+    logits = pipeline.prefill(cache, [1, 2, 3], embeds, cross)
+    assert cache.length == 3 + 100 * d.tokens_per_frame and np.isfinite(np.asarray(logits)).all()

@@ -38,9 +38,11 @@ def _sizes(profile, point: int) -> dict[str, int]:
     }
 
 
-def test_every_point_of_every_profile_is_consistent(llm):
+@pytest.mark.parametrize("piece_frames", [None, 1, 3])
+def test_every_point_of_every_profile_is_consistent(llm, piece_frames):
     spec, dims, frame = llm
-    profiles = derive_profiles(spec.inputs, dims, None, frame)
+    piece = piece_frames and piece_frames * frame.pooled
+    profiles = derive_profiles(spec.inputs, dims, None, frame, piece)
     assert [p.name for p in profiles] == ["decode", "text", "visual"]
     for profile in profiles:
         for point in range(3):
@@ -50,6 +52,23 @@ def test_every_point_of_every_profile_is_consistent(llm):
                 assert s["v2v"] == s["visual"] // frame.pooled * frame.memory
     decode = profiles[0].shapes["input_ids"]
     assert decode == ((1, 1), (1, 1), (1, 1))  # decode is tuned for one token
+    visual = profiles[2].shapes
+    assert visual["visual_embeds"][2][1] == (piece or 4 * frame.pooled)  # 4 frames exported
+    assert visual["t2v_key.0"][2][1] == 4 * frame.memory  # T2V still reads every frame
+
+
+def test_a_capped_visual_profile_takes_pieces_and_names_a_larger_run(llm):
+    """`build` sizes the visual profile to the runtime's largest prefill piece."""
+    spec, dims, frame = llm
+    profiles = derive_profiles(spec.inputs, dims, None, frame, frame.pooled)  # 1-frame pieces
+    p, n = frame.pooled, frame.memory
+    v2v_frames = 1 if frame.frame_scope else 4
+    sizes = {"text_len": 0, "past_len": 40, "v2v_len": v2v_frames * n, "memory_len": 4 * n}
+    piece = {**sizes, "visual_len": p, "seq_len": p}
+    assert select_profile(profiles, {t.name: t.shape(piece) for t in spec.inputs}) == 2
+    whole = {**sizes, "visual_len": 4 * p, "seq_len": 4 * p, "v2v_len": 4 * n}
+    with pytest.raises(UserError, match=rf"visual: visual_embeds dimension 1 is {4 * p}, not in"):
+        select_profile(profiles, {t.name: t.shape(whole) for t in spec.inputs})
 
 
 def test_profile_selection_per_chunk(llm):
@@ -72,7 +91,7 @@ def test_profile_selection_per_chunk(llm):
     assert select_profile(profiles, shapes(1, 0, 40, 4)) == 0  # decode
     assert select_profile(profiles, shapes(20, 0, 40, 4)) == 1  # a question
     assert select_profile(profiles, shapes(20, 4, 0, 4)) == 2  # the video prefix
-    with pytest.raises(UserError, match=r"past_key\.0 dimension 1 is 300.*decode 0\.\.255"):
+    with pytest.raises(UserError, match=r"decode: past_key\.0 dimension 1 is 300, not in 0\.\.255"):
         select_profile(profiles, shapes(1, 0, 300, 4))
 
 
