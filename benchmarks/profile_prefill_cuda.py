@@ -18,7 +18,11 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from crosslmm_edge.benchmarks.suite_prefill_cuda import PROMPT_TOKENS, vision_features
+from crosslmm_edge.benchmarks.suite_prefill_cuda import (
+    PROMPT_TOKENS,
+    crosslmm_prefill,
+    vision_features,
+)
 from crosslmm_edge.export.attention import sdpa_attention
 from crosslmm_edge.export.model import build_model
 from crosslmm_edge.export.random_model import preset_config
@@ -38,12 +42,7 @@ def main() -> int:
     with torch.no_grad():
         video = model.pool_and_project(vision_features(model, pixels))
         length = prompt.shape[1] + video.visual_embeds.shape[1]
-        positions = torch.arange(length, device="cuda")[None]  # [1, S+Nv]
-
-        def prefill():
-            past = model.empty_past()
-            return model(prompt, video.visual_embeds, positions, past, video.cross, last_only=True)
-
+        prefill = crosslmm_prefill(model, prompt, video)
         for _ in range(3):  # warm-up: kernels chosen, memory pooled
             prefill()
         torch.cuda.synchronize()

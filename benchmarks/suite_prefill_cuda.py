@@ -158,8 +158,6 @@ def _crosslmm(attend):
     """CrossLMM with ``attend`` as the DCAL attention kernel."""
 
     def run(model, peer, pixels, prompt) -> dict:
-        import torch
-
         from crosslmm_edge.export.dcal import CrossAttention
 
         for module in model.modules():
@@ -169,17 +167,25 @@ def _crosslmm(attend):
         video = _timed(
             lambda: model.pool_and_project(vision_features(model, pixels)), spans, "vision"
         )
-        length = prompt.shape[1] + video.visual_embeds.shape[1]
-        positions = torch.arange(length, device=prompt.device)[None]  # [1, S+Nv]
-
-        def llm():
-            past = model.empty_past()
-            return model(prompt, video.visual_embeds, positions, past, video.cross, last_only=True)
-
-        _timed(llm, spans, "llm")
+        _timed(crosslmm_prefill(model, prompt, video), spans, "llm")
         return spans
 
     return run
+
+
+def crosslmm_prefill(model, prompt, video):
+    """The LLM prefill of ``[prompt ; the video's visual tokens]`` into an empty cache,
+    as a callable (timed here, profiled and graph-captured by ``profile_prefill_cuda``)."""
+    import torch
+
+    length = prompt.shape[1] + video.visual_embeds.shape[1]
+    positions = torch.arange(length, device=prompt.device)[None]  # [1, S+Nv]
+
+    def llm():
+        past = model.empty_past()
+        return model(prompt, video.visual_embeds, positions, past, video.cross, last_only=True)
+
+    return llm
 
 
 def token_layout(grid: int | None):

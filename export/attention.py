@@ -59,9 +59,8 @@ def _causal_mask(scores: Tensor, length: int) -> Tensor:
     Added as a float [L, L] bias (built once per graph run) rather than a
     masked_fill per layer: ONNX Runtime's broadcasting ``Where`` is slower than ``Add``.
     """
-    causal = torch.ones(length, length, dtype=torch.bool, device=scores.device).tril()
-    bias = torch.zeros(length, length, dtype=scores.dtype, device=scores.device)
-    bias = bias.masked_fill(~causal, float("-inf"))  # [L, L]
+    full = torch.full((length, length), float("-inf"), dtype=scores.dtype, device=scores.device)
+    bias = full.triu(1)  # [L, L]: -inf above the diagonal, 0 on and below it
     if scores.dim() == 3:  # rows are (group, position): tile the mask over groups
         kvh, rows, _ = scores.shape
         masked = scores.reshape(kvh, rows // length, length, length)  # length ≥ 1 here

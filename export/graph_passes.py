@@ -59,8 +59,10 @@ def fuse_sibling_matmuls(graph: ir.Graph) -> int:
         parent, x = _module_path(node).rpartition(".")[0], node.inputs[0]
         if parent and x is not None and _is_weight_matmul(node):
             groups.setdefault((x, parent), []).append(node)
-    fused = [_fuse(graph, x, nodes) for (x, _), nodes in groups.items() if len(nodes) > 1]
-    return len(fused)
+    siblings = [(x, nodes) for (x, _), nodes in groups.items() if len(nodes) > 1]
+    for x, nodes in siblings:
+        _fuse(graph, x, nodes)
+    return len(siblings)
 
 
 def innermost_module(name_scopes: str) -> str:
@@ -102,7 +104,7 @@ def _bias_add(matmul: ir.Node) -> ir.Node | None:
     return None if add.outputs[0].is_graph_output() else add
 
 
-def _fuse(graph: ir.Graph, x: ir.Value, matmuls: list[ir.Node]) -> ir.Node:
+def _fuse(graph: ir.Graph, x: ir.Value, matmuls: list[ir.Node]) -> None:
     """Replace ``matmuls`` (and their bias Adds, if all have one) by MatMul, Add, Split."""
     found = [_bias_add(node) for node in matmuls]
     adds = [add for add in found if add is not None]
@@ -117,7 +119,6 @@ def _fuse(graph: ir.Graph, x: ir.Value, matmuls: list[ir.Node]) -> ir.Node:
     graph.remove([*matmuls, *adds], safe=True)
     for value in [*weights, *biases]:
         _drop_initializer(graph, value)
-    return new[0]
 
 
 def _fused_nodes(
