@@ -74,7 +74,7 @@ def run_bench(args: argparse.Namespace) -> int:
         report[suite] = _run_suite(suite, model, args, machine)
         print(json.dumps(report[suite], indent=1, default=str), flush=True)
     if args.json_file:
-        from crosslmm_edge.runtime.files import write_text_atomic
+        from crosslmm_edge.runtime.package.files import write_text_atomic
 
         write_text_atomic(args.json_file, json.dumps(report, indent=1, default=str) + "\n")
     return 0

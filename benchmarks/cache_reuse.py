@@ -35,9 +35,9 @@ def make_package(folder: Path, checkpoint: str | None, frames: int) -> Path:
 def measure(package: Path, video: Path, frames: int, repeats: int) -> dict[str, list[float]]:
     """TTFTs over ``repeats`` rounds: first question (from the file, and from frames
     already decoded in memory) and second question."""
-    from crosslmm_edge.runtime.assistant import RuntimeAssistant
-    from crosslmm_edge.runtime.assistant_types import GenerationOptions
-    from crosslmm_edge.runtime.video import load_video
+    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+    from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
+    from crosslmm_edge.runtime.video.decode import load_video
 
     options = GenerationOptions(max_new_tokens=4)
     assistant = RuntimeAssistant(package)

@@ -50,9 +50,9 @@ import sys, torch, onnxruntime as ort
 from crosslmm_edge.export.checkpoint import load_checkpoint
 from crosslmm_edge.export.graph_specs import random_inputs
 from crosslmm_edge.export.verify import pytorch_reference
-from crosslmm_edge.runtime.compare import compare
-from crosslmm_edge.runtime.contract import ExportLimits, graph_specs, llm_sizes
-from crosslmm_edge.runtime.manifest import load_manifest
+from crosslmm_edge.runtime.core.compare import compare
+from crosslmm_edge.runtime.core.contract import ExportLimits, graph_specs, llm_sizes
+from crosslmm_edge.runtime.package.manifest import load_manifest
 model = load_checkpoint(sys.argv[1])
 manifest = load_manifest(sys.argv[2])
 spec = graph_specs(model.config, ExportLimits(**manifest.limits))["llm"]

@@ -28,7 +28,7 @@ import numpy as np
 
 def build(layers: int, mlp: int, vocab: int):
     from crosslmm_edge.export.model import build_model
-    from crosslmm_edge.runtime.config import CrossLMMConfig, TextConfig, VisionConfig
+    from crosslmm_edge.runtime.core.config import CrossLMMConfig, TextConfig, VisionConfig
 
     vision = VisionConfig(
         hidden_size=64,
@@ -69,7 +69,7 @@ def export_both(model, folder: Path) -> dict[str, Path]:
     from crosslmm_edge.export.graph_modules import graph_module
     from crosslmm_edge.export.graph_specs import trace_sizes
     from crosslmm_edge.export.onnx_export import export_graph
-    from crosslmm_edge.runtime.contract import ExportLimits, TensorSpec, llm_spec
+    from crosslmm_edge.runtime.core.contract import ExportLimits, TensorSpec, llm_spec
 
     config = model.config
     spec = llm_spec(config, ExportLimits(8, 16384), "float32")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.manifest import load_manifest
+from crosslmm_edge.runtime.package.manifest import load_manifest
 
 
 @dataclass(frozen=True)

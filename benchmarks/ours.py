@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslmm_edge.runtime.contract import LLM
-from crosslmm_edge.runtime.pipeline import Pipeline
-from crosslmm_edge.runtime.sampling import Sampler
+from crosslmm_edge.runtime.core.contract import LLM
+from crosslmm_edge.runtime.core.pipeline import Pipeline
+from crosslmm_edge.runtime.core.sampling import Sampler
 
 
 class TimedSession:

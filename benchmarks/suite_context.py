@@ -10,7 +10,7 @@ import numpy as np
 from crosslmm_edge.benchmarks.models import BenchModel
 from crosslmm_edge.benchmarks.ours import open_pipeline, video_cache
 from crosslmm_edge.benchmarks.suite_decode import step_bytes
-from crosslmm_edge.runtime.sampling import Sampler
+from crosslmm_edge.runtime.core.sampling import Sampler
 
 PASTS = (128, 512, 1024, 2048, 4096)
 

@@ -9,8 +9,8 @@ import numpy as np
 
 from crosslmm_edge.benchmarks.models import BenchModel
 from crosslmm_edge.benchmarks.ours import open_pipeline, video_cache
-from crosslmm_edge.runtime.contract import POOLING, VISION_ENCODER
-from crosslmm_edge.runtime.manifest import load_manifest
+from crosslmm_edge.runtime.core.contract import POOLING, VISION_ENCODER
+from crosslmm_edge.runtime.package.manifest import load_manifest
 
 FRAMES = 8
 

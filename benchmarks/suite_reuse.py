@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from crosslmm_edge.benchmarks.cache_reuse import QUESTIONS, measure
-from crosslmm_edge.runtime.assistant import RuntimeAssistant
-from crosslmm_edge.runtime.assistant_types import GenerationOptions
+from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
 
 FRAMES = (8, 16, 32)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from crosslmm_edge.calibration import synthetic_world as world
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.files import file_sha256
+from crosslmm_edge.runtime.package.files import file_sha256
 
 # Synthetic calibration scenes: stream 0 trained the model, 1 is eval's held-out
 # stream, 2 validated training; calibration uses 3 so no result is measured on it.

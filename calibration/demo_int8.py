@@ -19,9 +19,9 @@ def int8_step(
     from crosslmm_edge.calibration.quantize import QuantizeOptions
     from crosslmm_edge.calibration.quantize_commands import print_summary
     from crosslmm_edge.calibration.quantize_package import quantize_package
-    from crosslmm_edge.runtime.assistant import RuntimeAssistant
-    from crosslmm_edge.runtime.assistant_types import GenerationOptions
-    from crosslmm_edge.runtime.manifest import load_manifest
+    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+    from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
+    from crosslmm_edge.runtime.package.manifest import load_manifest
 
     if "onnx/int8" not in load_manifest(package).labels():
         say(f"[INT8] quantizing with the default recipe ({CALIBRATION_VIDEOS} synthetic videos)")

@@ -37,11 +37,11 @@ from crosslmm_edge.calibration.calib_data import (
 from crosslmm_edge.calibration.progress import progress_bar
 from crosslmm_edge.calibration.recipes import WeightNode, select, weight_nodes
 from crosslmm_edge.calibration.record import CrossRange, FeedStore, record_calibration
-from crosslmm_edge.runtime.contract import LLM, POOLING, ROLES, TensorSpec
+from crosslmm_edge.runtime.core.contract import LLM, POOLING, ROLES, TensorSpec
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.files import file_sha256
-from crosslmm_edge.runtime.manifest import Artifact, FileRef, Manifest, load_manifest
-from crosslmm_edge.runtime.package import choose_artifacts
+from crosslmm_edge.runtime.package.files import file_sha256
+from crosslmm_edge.runtime.package.loader import choose_artifacts
+from crosslmm_edge.runtime.package.manifest import Artifact, FileRef, Manifest, load_manifest
 
 STRIDE = 16  # samples per calibration stride: bounds the calibrator's memory
 Log = Callable[[str], None]

@@ -146,7 +146,7 @@ def run_drift_command(args: argparse.Namespace) -> int:
 
     from crosslmm_edge.calibration.drift_run import run_drift
     from crosslmm_edge.calibration.progress import progress_bar
-    from crosslmm_edge.runtime.files import write_text_atomic
+    from crosslmm_edge.runtime.package.files import write_text_atomic
 
     if args.synthetic < 0:
         raise UserError(f"--synthetic must not be negative, got {args.synthetic}")

@@ -25,10 +25,10 @@ from crosslmm_edge.calibration.quantize import (
 )
 from crosslmm_edge.calibration.quantize_fp16 import trt_int8_artifacts
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.files import staged_folder
-from crosslmm_edge.runtime.manifest import load_manifest
-from crosslmm_edge.runtime.package import add_artifacts, choose_artifacts
-from crosslmm_edge.runtime.staging import clean_stale, temp_name
+from crosslmm_edge.runtime.package.files import staged_folder
+from crosslmm_edge.runtime.package.loader import add_artifacts, choose_artifacts
+from crosslmm_edge.runtime.package.manifest import load_manifest
+from crosslmm_edge.runtime.package.staging import clean_stale, temp_name
 
 Log = Callable[[str], None]
 
@@ -153,8 +153,8 @@ def _summary(target: Path, options: QuantizeOptions, kept: dict, calibration) ->
 def cross_kv_memory(model_config: dict) -> dict[str, dict[str, int]]:
     """Bytes of the T2V memory a video keeps, at 32 and 256 frames, per storage type."""
     from crosslmm_edge.calibration.kv_int8 import cross_kv_bytes
-    from crosslmm_edge.runtime.config import CrossLMMConfig
-    from crosslmm_edge.runtime.contract import ModelDims
+    from crosslmm_edge.runtime.core.config import CrossLMMConfig
+    from crosslmm_edge.runtime.core.contract import ModelDims
 
     d = ModelDims.from_config(CrossLMMConfig.from_dict(model_config))
     shape = (d.num_dcal, d.patches_per_frame, d.num_kv_heads, d.head_dim)

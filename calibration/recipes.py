@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import onnx
 
 from crosslmm_edge.export.graph_passes import NAME_SCOPES, innermost_module
-from crosslmm_edge.runtime.contract import LLM, POOLING, VISION_ENCODER
+from crosslmm_edge.runtime.core.contract import LLM, POOLING, VISION_ENCODER
 from crosslmm_edge.runtime.errors import UserError
 
 DECODER = r"^model\.language_model\.model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj$"

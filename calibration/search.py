@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from crosslmm_edge.calibration.quantize import Calibration, QuantizeOptions, selected_nodes
-from crosslmm_edge.runtime.manifest import load_manifest
+from crosslmm_edge.runtime.package.manifest import load_manifest
 
 SEARCH_STREAM = 2
 CROSS_KV = "cross_kv"
@@ -25,7 +25,7 @@ CROSS_KV = "cross_kv"
 
 def _accuracy(package: Path, precision: str, videos: int) -> dict[str, float]:
     from crosslmm_edge.calibration.evaluate import evaluate_assistant
-    from crosslmm_edge.runtime.assistant import RuntimeAssistant
+    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
 
     assistant = RuntimeAssistant(package, provider="cpu", precision=precision)
     return evaluate_assistant(assistant, videos, SEARCH_STREAM).per_type

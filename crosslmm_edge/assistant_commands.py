@@ -11,7 +11,7 @@ import json
 import math
 import sys
 
-from crosslmm_edge.runtime.assistant_types import Assistant, GenerationOptions
+from crosslmm_edge.runtime.chat.assistant_types import Assistant, GenerationOptions
 from crosslmm_edge.runtime.errors import UserError
 
 

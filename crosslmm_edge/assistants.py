@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from crosslmm_edge.runtime.assistant_types import Assistant
+from crosslmm_edge.runtime.chat.assistant_types import Assistant
 from crosslmm_edge.runtime.errors import UserError
 
 # Options that choose artifacts of a package; a checkpoint has none.
@@ -40,7 +40,7 @@ def open_assistant(model_path: str, **kwargs: Any) -> Assistant:
     given = {name: kwargs.pop(name, None) for name in RUNTIME_OPTIONS}
     runtime_only = {name: value for name, value in given.items() if value is not None}
     if (folder / "manifest.json").is_file():
-        from crosslmm_edge.runtime.assistant import RuntimeAssistant
+        from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
 
         return RuntimeAssistant(folder, **runtime_only, **kwargs)
     if {k: v for k, v in runtime_only.items() if (k, v) != ("backend", "onnx")}:

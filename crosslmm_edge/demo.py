@@ -60,7 +60,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def _demo(folder: Path, seed: int, provider: str | None) -> int:
     from crosslmm_edge.calibration.evaluate import write_scene_video
     from crosslmm_edge.calibration.synthetic_world import normalise_answer
-    from crosslmm_edge.runtime.assistant_types import GenerationOptions
+    from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
 
     checkpoint = model_checkpoint(lambda message: _say(f"[1/4] {message}"))
     frames = _num_frames(checkpoint)
@@ -95,7 +95,7 @@ def _demo(folder: Path, seed: int, provider: str | None) -> int:
 
 
 def _open_runtime(package: Path, provider: str | None):
-    from crosslmm_edge.runtime.assistant import RuntimeAssistant
+    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
 
     return RuntimeAssistant(package, provider=provider)
 

@@ -22,11 +22,11 @@ from torch import Tensor
 
 from crosslmm_edge.export.model import CrossLMM
 from crosslmm_edge.export.safetensors_header import check_safetensors
-from crosslmm_edge.runtime.config import CrossLMMConfig
-from crosslmm_edge.runtime.containment import inside
+from crosslmm_edge.runtime.core.config import CrossLMMConfig
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.files import hash_file_into, read_json, staged_folder
-from crosslmm_edge.runtime.limits import check_allocation
+from crosslmm_edge.runtime.package.containment import inside
+from crosslmm_edge.runtime.package.files import hash_file_into, read_json, staged_folder
+from crosslmm_edge.runtime.package.limits import check_allocation
 
 CONFIG_NAME = "config.json"
 SINGLE_WEIGHTS = "model.safetensors"

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from crosslmm_edge.export.attention import full_attention
 from crosslmm_edge.export.qwen2 import Qwen2MLP, RMSNorm
-from crosslmm_edge.runtime.config import CrossLMMConfig
+from crosslmm_edge.runtime.core.config import CrossLMMConfig
 
 Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # q [B,L,H,hd], k, v [B,M,kvh,hd] -> [B,L,H,hd]
 

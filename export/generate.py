@@ -15,7 +15,7 @@ from torch import Tensor
 from crosslmm_edge.export.dcal import CrossKV
 from crosslmm_edge.export.kv_cache import KVCache
 from crosslmm_edge.export.model import CrossLMM, VideoFeatures
-from crosslmm_edge.runtime.sampling import Sampler
+from crosslmm_edge.runtime.core.sampling import Sampler
 
 
 def text_only(cross: list[CrossKV]) -> list[CrossKV]:

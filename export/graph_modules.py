@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from crosslmm_edge.export.dcal import CrossKV
 from crosslmm_edge.export.model import CrossLMM
 from crosslmm_edge.export.projector import pooling_matrix
-from crosslmm_edge.runtime.contract import LLM, POOLING, VISION_ENCODER
+from crosslmm_edge.runtime.core.contract import LLM, POOLING, VISION_ENCODER
 
 
 class VisionEncoderGraph(nn.Module):

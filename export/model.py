@@ -23,7 +23,7 @@ from crosslmm_edge.export.dcal import DCAL, Attend, CrossKV
 from crosslmm_edge.export.projector import Projector, pool_tokens
 from crosslmm_edge.export.qwen2 import Qwen2ForCausalLM, rotary_cos_sin
 from crosslmm_edge.export.siglip import SiglipVisionTransformer
-from crosslmm_edge.runtime.config import CrossLMMConfig
+from crosslmm_edge.runtime.core.config import CrossLMMConfig
 
 KV = tuple[Tensor, Tensor]
 

@@ -27,8 +27,8 @@ from crosslmm_edge.export.checkpoint import (
 from crosslmm_edge.export.graph_modules import graph_module
 from crosslmm_edge.export.graph_specs import trace_sizes
 from crosslmm_edge.export.onnx_export import OPSET, export_graph
-from crosslmm_edge.runtime.config import CrossLMMConfig
-from crosslmm_edge.runtime.contract import (
+from crosslmm_edge.runtime.core.config import CrossLMMConfig
+from crosslmm_edge.runtime.core.contract import (
     ROLES,
     ExportLimits,
     GraphSpec,
@@ -36,8 +36,9 @@ from crosslmm_edge.runtime.contract import (
     graph_specs,
 )
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.files import file_sha256, staged_folder
-from crosslmm_edge.runtime.manifest import (
+from crosslmm_edge.runtime.package.files import file_sha256, staged_folder
+from crosslmm_edge.runtime.package.loader import add_artifacts
+from crosslmm_edge.runtime.package.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     Artifact,
@@ -46,8 +47,7 @@ from crosslmm_edge.runtime.manifest import (
     Manifest,
     load_manifest,
 )
-from crosslmm_edge.runtime.package import add_artifacts
-from crosslmm_edge.runtime.staging import temp_name
+from crosslmm_edge.runtime.package.staging import temp_name
 
 DTYPES = {"fp32": (torch.float32, "float32"), "fp16": (torch.float16, "float16")}
 

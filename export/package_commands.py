@@ -112,7 +112,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def _onnx_files(target: Path) -> list[Path]:
     from crosslmm_edge.runtime.errors import UserError
-    from crosslmm_edge.runtime.manifest import load_manifest
+    from crosslmm_edge.runtime.package.manifest import load_manifest
 
     if target.is_file() and target.suffix == ".onnx":
         return [target]

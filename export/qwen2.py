@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from crosslmm_edge.export.attention import causal_attention
-from crosslmm_edge.runtime.config import TextConfig
+from crosslmm_edge.runtime.core.config import TextConfig
 
 
 class RMSNorm(nn.Module):

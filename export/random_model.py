@@ -17,7 +17,7 @@ import torch
 from crosslmm_edge.export.checkpoint import GENERATION_CONFIG, save_checkpoint
 from crosslmm_edge.export.model import CrossLMM
 from crosslmm_edge.models import embedded_model_dir
-from crosslmm_edge.runtime.config import CrossLMMConfig, TextConfig, VisionConfig
+from crosslmm_edge.runtime.core.config import CrossLMMConfig, TextConfig, VisionConfig
 from crosslmm_edge.runtime.errors import UserError
 
 # LLM widths of the named models; the 0.5B preset keeps a small vision tower so a

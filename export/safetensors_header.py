@@ -15,8 +15,8 @@ import struct
 from pathlib import Path
 
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.files import open_regular
-from crosslmm_edge.runtime.limits import is_count
+from crosslmm_edge.runtime.package.files import open_regular
+from crosslmm_edge.runtime.package.limits import is_count
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 MAX_FILE_BYTES = 1 << 40

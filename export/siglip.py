@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from crosslmm_edge.export.attention import full_attention
-from crosslmm_edge.runtime.config import VisionConfig
+from crosslmm_edge.runtime.core.config import VisionConfig
 
 
 def activation(name: str) -> nn.Module:

@@ -23,8 +23,8 @@ from crosslmm_edge.export.graph_specs import random_inputs
 from crosslmm_edge.export.model import CrossLMM
 from crosslmm_edge.export.package import DTYPES
 from crosslmm_edge.export.verify_chain import ChainResult, verify_chain
-from crosslmm_edge.runtime.compare import compare, tolerance_for
-from crosslmm_edge.runtime.contract import (
+from crosslmm_edge.runtime.core.compare import compare, tolerance_for
+from crosslmm_edge.runtime.core.contract import (
     LLM,
     POOLING,
     VISION_ENCODER,
@@ -33,9 +33,9 @@ from crosslmm_edge.runtime.contract import (
     graph_specs,
     llm_sizes,
 )
+from crosslmm_edge.runtime.core.pipeline import Pipeline
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.manifest import Manifest, load_manifest
-from crosslmm_edge.runtime.pipeline import Pipeline
+from crosslmm_edge.runtime.package.manifest import Manifest, load_manifest
 
 
 @dataclass(frozen=True)

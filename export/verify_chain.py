@@ -15,9 +15,9 @@ import torch
 
 from crosslmm_edge.export.generate import decode_step, new_cache, prefill, prefill_video_prefix
 from crosslmm_edge.export.model import CrossLMM
-from crosslmm_edge.runtime.compare import tolerance_for
-from crosslmm_edge.runtime.contract import is_v2v
-from crosslmm_edge.runtime.pipeline import Pipeline
+from crosslmm_edge.runtime.core.compare import tolerance_for
+from crosslmm_edge.runtime.core.contract import is_v2v
+from crosslmm_edge.runtime.core.pipeline import Pipeline
 
 
 @dataclass(frozen=True)

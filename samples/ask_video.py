@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from crosslmm_edge.runtime.assistant import RuntimeAssistant
-from crosslmm_edge.runtime.assistant_types import GenerationOptions
+from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
 from crosslmm_edge.runtime.errors import UserError
 
 

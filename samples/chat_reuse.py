@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from crosslmm_edge.runtime.assistant import RuntimeAssistant
-from crosslmm_edge.runtime.assistant_types import GenerationOptions
+from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
 from crosslmm_edge.runtime.errors import UserError
 
 SCRIPT = [  # (kind, question): "ask" forks from the video prefix, "follow" continues

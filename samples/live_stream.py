@@ -20,10 +20,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from crosslmm_edge.runtime.assistant import RuntimeAssistant
-from crosslmm_edge.runtime.assistant_types import GenerationOptions
+from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.live import RollingWindow
+from crosslmm_edge.runtime.video.live import RollingWindow
 
 Frames = Iterator[np.ndarray]  # uint8 RGB [H, W, 3]
 

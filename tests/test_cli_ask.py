@@ -19,8 +19,8 @@ from tiny_models import (  # single_thread: an autouse fixture
 from crosslmm_edge.cli import main
 from crosslmm_edge.export.checkpoint import load_checkpoint
 from crosslmm_edge.export.generate import new_cache, prefill, prefill_video_prefix
-from crosslmm_edge.runtime.prompt import PromptBuilder
-from crosslmm_edge.runtime.video import load_video
+from crosslmm_edge.runtime.chat.prompt import PromptBuilder
+from crosslmm_edge.runtime.video.decode import load_video
 
 QUESTIONS = ["What colour is the square?", "Which way does it move?", "Is there a dot?"]
 ANSWER_KEYS = {
@@ -220,7 +220,7 @@ def test_a_broken_package_fails_cleanly_without_torch(tmp_path):
 @torch.no_grad()
 def test_follow_up_equals_whole_conversation(setup):
     from crosslmm_edge.export.reference_assistant import ReferenceAssistant
-    from crosslmm_edge.runtime.assistant_types import GenerationOptions
+    from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
 
     folder, video = setup
     assistant = ReferenceAssistant(folder)

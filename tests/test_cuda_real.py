@@ -1,6 +1,6 @@
 """The TensorRT backend's CUDA plumbing on a real GPU: both runtimes, device arrays, row views.
 
-``runtime/cuda_runtime.py`` and ``runtime/trt_buffers.py`` are what the native
+``runtime/backends/cuda_runtime.py`` and ``runtime/backends/trt_buffers.py`` are what the native
 TensorRT backend keeps its KV caches and cross K/V in; the rest of the suite
 runs them on a host-memory double (tests/fake_trt). These tests need a CUDA
 device and skip without one (the development machine and CI have none).
@@ -13,15 +13,20 @@ import re
 import numpy as np
 import pytest
 
-from crosslmm_edge.runtime import cuda_runtime
-from crosslmm_edge.runtime.cuda_runtime import (
+from crosslmm_edge.runtime.backends import cuda_runtime
+from crosslmm_edge.runtime.backends.cuda_runtime import (
     DEVICE_TO_DEVICE,
     BindingsRuntime,
     CtypesRuntime,
     CudaError,
     CudaRuntime,
 )
-from crosslmm_edge.runtime.trt_buffers import ALIGNMENT, ScratchPool, device_copy, device_zeros
+from crosslmm_edge.runtime.backends.trt_buffers import (
+    ALIGNMENT,
+    ScratchPool,
+    device_copy,
+    device_zeros,
+)
 
 
 def _runtimes() -> list:

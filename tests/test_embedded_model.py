@@ -13,7 +13,7 @@ from crosslmm_edge.export.checkpoint import load_checkpoint
 from crosslmm_edge.export.model import CrossLMM
 from crosslmm_edge.export.reference_assistant import ReferenceAssistant
 from crosslmm_edge.models import embedded_model_dir
-from crosslmm_edge.runtime.prompt import PromptBuilder
+from crosslmm_edge.runtime.chat.prompt import PromptBuilder
 
 FILES = (
     "config.json",

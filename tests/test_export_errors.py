@@ -175,7 +175,7 @@ def fake_package(checkpoint, tmp_path, monkeypatch) -> Path:
 )
 def test_load_manifest_names_what_is_wrong(fake_package, damage, words):
     from crosslmm_edge.runtime.errors import UserError
-    from crosslmm_edge.runtime.manifest import load_manifest
+    from crosslmm_edge.runtime.package.manifest import load_manifest
 
     load_manifest(fake_package)  # intact first
     damage(fake_package)

@@ -29,15 +29,15 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from crosslmm_edge.models import embedded_model_dir
-from crosslmm_edge.runtime.config import CrossLMMConfig
-from crosslmm_edge.runtime.contract import ExportLimits, ModelDims, graph_specs
+from crosslmm_edge.runtime.core.config import CrossLMMConfig
+from crosslmm_edge.runtime.core.contract import ExportLimits, ModelDims, graph_specs
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.hash_cache import HashCache
-from crosslmm_edge.runtime.limits import CONFIG_BOUNDS
-from crosslmm_edge.runtime.manifest import load_manifest
-from crosslmm_edge.runtime.package import ModelPackage
-from crosslmm_edge.runtime.state_file import StateSpec
-from crosslmm_edge.runtime.video_state import StateKey, VideoState, load_state, save_state
+from crosslmm_edge.runtime.package.hash_cache import HashCache
+from crosslmm_edge.runtime.package.limits import CONFIG_BOUNDS
+from crosslmm_edge.runtime.package.loader import ModelPackage
+from crosslmm_edge.runtime.package.manifest import load_manifest
+from crosslmm_edge.runtime.video.state_file import StateSpec
+from crosslmm_edge.runtime.video.video_state import StateKey, VideoState, load_state, save_state
 from tests.trust_helpers import json_paths, mutate, npz_bytes
 
 EXAMPLES = int(os.environ.get("CROSSLMM_FUZZ_EXAMPLES", "40"))
@@ -212,7 +212,7 @@ def _tiny_onnx() -> bytes:
 @FUZZ
 @given(data=st.data())
 def test_fuzz_onnx_external_data(tmp_path_factory, data):
-    from crosslmm_edge.runtime.onnx_refs import external_data_locations
+    from crosslmm_edge.runtime.package.onnx_refs import external_data_locations
 
     raw = bytearray(_tiny_onnx())
     for _ in range(data.draw(st.integers(1, 4))):

@@ -8,9 +8,9 @@ import pytest
 
 from crosslmm_edge.cli import main
 from crosslmm_edge.models import embedded_model_dir
-from crosslmm_edge.runtime.config import CrossLMMConfig
-from crosslmm_edge.runtime.memory_fit import Model, largest_frames, predict_cpu, predictor
-from crosslmm_edge.runtime.memory_plan import GIB, Shapes, parameter_counts
+from crosslmm_edge.runtime.core.config import CrossLMMConfig
+from crosslmm_edge.runtime.planner.memory_fit import Model, largest_frames, predict_cpu, predictor
+from crosslmm_edge.runtime.planner.memory_plan import GIB, Shapes, parameter_counts
 
 
 def _plan(capsys, *args: str) -> dict:

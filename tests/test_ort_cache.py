@@ -1,4 +1,4 @@
-"""The per-user cache of ONNX Runtime's optimized graphs (runtime/ort_cache.py)."""
+"""The per-user cache of ONNX Runtime's optimized graphs (runtime/backends/ort_cache.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from crosslmm_edge.runtime import ort_cache
-from crosslmm_edge.runtime.ort_backend import OrtBackend
-from crosslmm_edge.runtime.ort_cache import OptimizedGraphCache, cache_key
+from crosslmm_edge.runtime.backends import ort_cache
+from crosslmm_edge.runtime.backends.ort_backend import OrtBackend
+from crosslmm_edge.runtime.backends.ort_cache import OptimizedGraphCache, cache_key
 
 CHECKED = ["a" * 64, "b" * 64]  # stands for the manifest hashes the package checked
 

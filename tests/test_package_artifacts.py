@@ -14,7 +14,7 @@ import pytest
 from tiny_models import save_tiny_checkpoint, tiny_config, write_test_video
 
 from crosslmm_edge.cli import main
-from crosslmm_edge.runtime.manifest import load_manifest
+from crosslmm_edge.runtime.package.manifest import load_manifest
 
 QUESTION = "What colour is the small dot?"
 

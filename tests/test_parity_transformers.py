@@ -23,8 +23,8 @@ from crosslmm_edge.cli import main
 from crosslmm_edge.export.checkpoint import load_checkpoint
 from crosslmm_edge.export.generate import text_only
 from crosslmm_edge.export.projector import pool_tokens
-from crosslmm_edge.runtime.prompt import PromptBuilder
-from crosslmm_edge.runtime.video import load_video
+from crosslmm_edge.runtime.chat.prompt import PromptBuilder
+from crosslmm_edge.runtime.video.decode import load_video
 
 transformers = pytest.importorskip("transformers")
 

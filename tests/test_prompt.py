@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from crosslmm_edge.runtime.chat.prompt import CHATML_TEMPLATE, PromptBuilder
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.prompt import CHATML_TEMPLATE, PromptBuilder
 
 QUESTIONS = [
     "What colour is the small dot?",

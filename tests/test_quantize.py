@@ -14,9 +14,9 @@ from onnx import numpy_helper
 from crosslmm_edge.calibration.evaluate import write_scene_video
 from crosslmm_edge.cli import main
 from crosslmm_edge.models import embedded_model_dir
-from crosslmm_edge.runtime.files import file_sha256
-from crosslmm_edge.runtime.manifest import load_manifest
-from crosslmm_edge.runtime.package import choose_artifacts
+from crosslmm_edge.runtime.package.files import file_sha256
+from crosslmm_edge.runtime.package.loader import choose_artifacts
+from crosslmm_edge.runtime.package.manifest import load_manifest
 
 pytestmark = pytest.mark.skipif(
     not (embedded_model_dir() / "config.json").is_file(), reason="embedded model not installed"
@@ -213,8 +213,8 @@ def test_drift_refuses_another_model(capsys, tmp_path: Path, package: Path) -> N
 
 
 def test_int8_cross_kv_holds_a_quarter_of_fp32(quantized: Path, videos: list[Path]) -> None:
-    from crosslmm_edge.runtime.pipeline import Pipeline
-    from crosslmm_edge.runtime.video import load_video
+    from crosslmm_edge.runtime.core.pipeline import Pipeline
+    from crosslmm_edge.runtime.video.decode import load_video
 
     sizes = {}
     for precision in ("fp32", "int8"):
@@ -345,7 +345,7 @@ def test_trt_int8_weights_equal_the_fp32_int8_weights(quantized16: Path) -> None
 
 def _decode_logits(package: Path, backend: str, precision: str) -> np.ndarray:
     """Logits of one decode step after a video prefix (random frames, fixed seed)."""
-    from crosslmm_edge.runtime.pipeline import Pipeline
+    from crosslmm_edge.runtime.core.pipeline import Pipeline
 
     pipeline = Pipeline(package, provider="cpu", backend=backend, precision=precision)
     pixels = np.random.default_rng(0).uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32)

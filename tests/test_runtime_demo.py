@@ -9,7 +9,7 @@ import torch
 
 from crosslmm_edge.cli import main
 from crosslmm_edge.models import embedded_model_dir
-from crosslmm_edge.runtime.assistant_types import GenerationOptions
+from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
 
 EMBEDDED = (embedded_model_dir() / "config.json").is_file()
 
@@ -44,8 +44,8 @@ def test_demo_exports_then_answers_with_the_runtime(demo_run) -> None:
 def test_embedded_package_matches_reference_for_50_tokens(demo_run) -> None:
     from crosslmm_edge.export.generate import generate
     from crosslmm_edge.export.reference_assistant import ReferenceAssistant
-    from crosslmm_edge.runtime.assistant import RuntimeAssistant
-    from crosslmm_edge.runtime.sampling import Sampler
+    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+    from crosslmm_edge.runtime.core.sampling import Sampler
 
     folder, _ = demo_run
     video = str(next(folder.glob("scene-*.mp4")))

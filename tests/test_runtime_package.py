@@ -21,11 +21,11 @@ from tiny_models import save_tiny_checkpoint, tiny_config, write_test_video
 from crosslmm_edge.cli import main
 from crosslmm_edge.export.package import export_package
 from crosslmm_edge.export.reference_assistant import ReferenceAssistant
-from crosslmm_edge.runtime.assistant import RuntimeAssistant
-from crosslmm_edge.runtime.assistant_types import GenerationOptions
+from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
+from crosslmm_edge.runtime.core.generation import largest_visual_piece
+from crosslmm_edge.runtime.core.sampling import Sampler
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.generation import largest_visual_piece
-from crosslmm_edge.runtime.sampling import Sampler
 
 QUESTIONS = ["What colour is the small dot?", "Which way does it move?", "Say more."]
 GREEDY = GenerationOptions(max_new_tokens=60, logprobs=True)
@@ -125,7 +125,7 @@ def test_saved_video_state_gives_the_same_answers(models, video, tmp_path, capsy
 
 def test_frame_scope_appends_frames_like_the_reference_prefilling_chunks(models, video):
     from crosslmm_edge.export.generate import generate, new_cache, prefill, text_only
-    from crosslmm_edge.runtime.video import load_video
+    from crosslmm_edge.runtime.video.decode import load_video
 
     checkpoint, package = models["frame"]
     pixels = load_video(video, 4, 16)  # [4, 3, 16, 16]
@@ -224,8 +224,8 @@ def test_missing_video_raises_user_error_in_the_api(models):
 
 @pytest.mark.parametrize("scope", ["video", "frame"])
 def test_rolling_window_equals_a_fresh_start_on_its_last_frames(models, scope):
-    from crosslmm_edge.runtime.live import RollingWindow
-    from crosslmm_edge.runtime.video import preprocess
+    from crosslmm_edge.runtime.video.decode import preprocess
+    from crosslmm_edge.runtime.video.live import RollingWindow
 
     package = models[scope][1]
     frames = np.random.default_rng(0).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crosslmm_edge.runtime.backends import HostArray, open_backend, resolve_provider
+from crosslmm_edge.runtime.backends.base import HostArray, open_backend, resolve_provider
+from crosslmm_edge.runtime.core.kv_cache import KVCache, cache_from_prefix
+from crosslmm_edge.runtime.core.sampling import Sampler, log_softmax
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.kv_cache import KVCache, cache_from_prefix
-from crosslmm_edge.runtime.sampling import Sampler, log_softmax
-from crosslmm_edge.runtime.video_state import StateKey, VideoState, load_state, save_state
+from crosslmm_edge.runtime.video.video_state import StateKey, VideoState, load_state, save_state
 
 # -- KV cache ---------------------------------------------------------------
 
@@ -78,7 +78,7 @@ def test_sampling_is_seeded_and_respects_top_k_and_top_p() -> None:
 
 
 def test_provider_names_resolve_and_auto_prefers_cuda(monkeypatch) -> None:
-    from crosslmm_edge.runtime import backends
+    from crosslmm_edge.runtime.backends import base as backends
 
     assert resolve_provider("cpu") == "cpu"
     assert resolve_provider("CPUExecutionProvider") == "cpu"
@@ -103,7 +103,7 @@ class FakeCudaValue:
 
 
 def test_device_array_rows_address_the_right_elements() -> None:
-    from crosslmm_edge.runtime.ort_backend import OrtDeviceArray
+    from crosslmm_edge.runtime.backends.ort_backend import OrtDeviceArray
 
     cache = np.arange(1 * 6 * 2 * 3, dtype=np.float32).reshape(1, 6, 2, 3)  # [1, len, kvh, hd]
     device = OrtDeviceArray(FakeCudaValue(cache), cache.shape, cache.dtype)

@@ -5,17 +5,26 @@ from __future__ import annotations
 import pytest
 from tiny_models import tiny_config
 
-from crosslmm_edge.runtime.contract import ExportLimits, llm_spec
-from crosslmm_edge.runtime.engine_record import mismatches, require_compatible, tegra_release
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.trt_buffers import bind_sizes, eval_dim, is_aligned, rows_stay_aligned
-from crosslmm_edge.runtime.trt_profiles import (
+from crosslmm_edge.runtime.backends.engine_record import (
+    mismatches,
+    require_compatible,
+    tegra_release,
+)
+from crosslmm_edge.runtime.backends.trt_buffers import (
+    bind_sizes,
+    eval_dim,
+    is_aligned,
+    rows_stay_aligned,
+)
+from crosslmm_edge.runtime.backends.trt_profiles import (
     FrameSizes,
     ProfileLimits,
     derive_profiles,
     select_profile,
     trt_profile_options,
 )
+from crosslmm_edge.runtime.core.contract import ExportLimits, llm_spec
+from crosslmm_edge.runtime.errors import UserError
 
 
 @pytest.fixture(params=["video", "frame"])

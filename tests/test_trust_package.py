@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package import open_package
+from crosslmm_edge.runtime.package.loader import open_package
 from tests.tiny_models import write_test_video
 from tests.trust_helpers import (
     artifact,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from crosslmm_edge.runtime import files, hash_cache, staging
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.files import staged_folder, write_atomic, write_text_atomic
-from crosslmm_edge.runtime.hash_cache import HashCache
-from crosslmm_edge.runtime.staging import clean_stale
+from crosslmm_edge.runtime.package import files, hash_cache, staging
+from crosslmm_edge.runtime.package.files import staged_folder, write_atomic, write_text_atomic
+from crosslmm_edge.runtime.package.hash_cache import HashCache
+from crosslmm_edge.runtime.package.staging import clean_stale
 
 
 def _dead_pid() -> int:
@@ -96,7 +96,7 @@ SIGTERM_SCRIPT = """
 import sys, time
 from pathlib import Path
 from crosslmm_edge import cli
-from crosslmm_edge.runtime.files import staged_folder
+from crosslmm_edge.runtime.package.files import staged_folder
 previous = cli._install_signal_handlers()
 try:
     with staged_folder(Path(sys.argv[1]), "package") as temp:

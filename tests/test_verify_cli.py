@@ -14,7 +14,7 @@ from tiny_models import save_tiny_checkpoint, tiny_config
 
 from crosslmm_edge.cli import main
 from crosslmm_edge.export.package import export_package
-from crosslmm_edge.runtime.files import file_sha256
+from crosslmm_edge.runtime.package.files import file_sha256
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crosslmm_edge.runtime import video
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.video import (
+from crosslmm_edge.runtime.video import decode as video
+from crosslmm_edge.runtime.video.decode import (
     count_frames,
     iter_video_chunks,
     load_video,

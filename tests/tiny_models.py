@@ -17,7 +17,7 @@ import torch
 
 from crosslmm_edge.export.checkpoint import save_checkpoint
 from crosslmm_edge.export.model import CrossLMM, build_model
-from crosslmm_edge.runtime.config import CrossLMMConfig, TextConfig, VisionConfig
+from crosslmm_edge.runtime.core.config import CrossLMMConfig, TextConfig, VisionConfig
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|video_pad|>")
 BYTE_VOCAB = 256
@@ -156,7 +156,7 @@ def save_tiny_checkpoint(
 
 def write_test_video(path: Path, frames: int = 6, size: int = 24, seed: int = 0) -> Path:
     """A small mp4 of random blocks that move (uint8 RGB, via runtime.video)."""
-    from crosslmm_edge.runtime.video import write_video
+    from crosslmm_edge.runtime.video.decode import write_video
 
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, size=(size // 4, size // 4, 3), dtype=np.uint8)

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from crosslmm_edge.runtime.staging import TEMP_PATTERN, TOOL_STAGING
+from crosslmm_edge.runtime.package.staging import TEMP_PATTERN, TOOL_STAGING
 
 CLI = [sys.executable, "-m", "crosslmm_edge"]
 
@@ -54,7 +54,7 @@ def timed(run, argv: list) -> float:
 def _package_ok(folder: Path, labels: set[frozenset]) -> str:
     """'' when ``folder`` is a complete package holding one of ``labels``, else why not."""
     from crosslmm_edge.runtime.errors import UserError
-    from crosslmm_edge.runtime.package import open_package
+    from crosslmm_edge.runtime.package.loader import open_package
 
     try:
         package = open_package(folder)
@@ -128,7 +128,7 @@ def kill_state_saving(base: dict, args, rng, run, note) -> None:
 # Saves a large state over and over, so a kill lands inside write_atomic, not before it.
 SAVE_LOOP = """
 import sys, numpy as np
-from crosslmm_edge.runtime.video_state import StateKey, VideoState, save_state
+from crosslmm_edge.runtime.video.video_state import StateKey, VideoState, save_state
 key = StateKey("a" * 64, 1, 8, "onnx/fp32", "b" * 64)
 layers = [np.full((1, 4096, 8, 64), float(sys.argv[2]), np.float32) for _ in range(4)]
 state = VideoState(key, 1, np.zeros((1, 4, 8), np.float32), {}, [1], layers, layers)
@@ -139,7 +139,7 @@ while True:
 
 def kill_state_writer(base: dict, args, rng, run, note) -> None:
     """SIGKILL inside ``save_state`` (32 MiB states written in a loop) at random moments."""
-    from crosslmm_edge.runtime.video_state import StateKey, load_state
+    from crosslmm_edge.runtime.video.video_state import StateKey, load_state
 
     key = StateKey("a" * 64, 1, 8, "onnx/fp32", "b" * 64)
     target = base["pkg"].parent / "loop.npz"

@@ -1,0 +1,1 @@
+"""Execution backends: ONNX Runtime (CPU/CUDA/TensorRT provider) and native TensorRT."""

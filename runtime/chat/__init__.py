@@ -1,0 +1,1 @@
+"""The conversation: prompts, turns, answer streams and the assistant."""

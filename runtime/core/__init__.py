@@ -1,0 +1,1 @@
+"""The inference core: graph contract, config, pipeline, KV cache, generation and sampling."""

@@ -1,0 +1,200 @@
+"""The three graphs of a package on one backend: encode frames, prefill, decode.
+
+Read this first. ``Pipeline`` opens a package, picks one artifact per role
+for the backend and precision asked for, loads the sessions, and offers the
+three steps of CrossLMM inference; the conversation on top of it (questions,
+turns, video states) lives in ``runtime/chat/assistant.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from crosslmm_edge.runtime.backends.base import Backend, DeviceArray, GraphSession, open_backend
+from crosslmm_edge.runtime.core.contract import (
+    LLM,
+    POOLING,
+    ROLES,
+    VISION_ENCODER,
+    is_v2v,
+    past_names,
+)
+from crosslmm_edge.runtime.core.generation import (
+    DEFAULT_MAX_CHUNK_TOKENS,
+    DEFAULT_MAX_SCORE_BYTES,
+    ChunkShapes,
+    CrossFeeds,
+    piece_tokens,
+    run_chunk,
+    stream_tokens,
+)
+from crosslmm_edge.runtime.core.kv_cache import KVCache
+from crosslmm_edge.runtime.core.sampling import Sampler
+from crosslmm_edge.runtime.package.graph_contract import check_session
+from crosslmm_edge.runtime.package.loader import ArtifactSet, choose_artifacts, open_package
+from crosslmm_edge.runtime.video.video_state import encode_chunks, encode_frames
+
+
+class Pipeline:
+    """Sessions of one artifact set, and the steps that run them.
+
+    backend: artifact backend ("onnx"; "tensorrt" for engines). precision:
+    fp32/fp16/int8 (None: the best present for the device). provider: ONNX
+    Runtime execution provider (None: best available). threads: intra-op
+    threads (0: backend default). verify_hashes: check files against the
+    manifest's sha256 as they load.
+    """
+
+    def __init__(
+        self,
+        package_dir: str | Path,
+        provider: str | None = None,
+        precision: str | None = None,
+        backend: str = "onnx",
+        threads: int = 0,
+        verify_hashes: bool = True,
+        engine: Backend | None = None,
+        max_chunk_tokens: int = DEFAULT_MAX_CHUNK_TOKENS,
+        max_score_bytes: int = DEFAULT_MAX_SCORE_BYTES,
+    ) -> None:
+        self.max_chunk_tokens, self.max_score_bytes = max_chunk_tokens, max_score_bytes
+        self.package = open_package(package_dir, verify=False)
+        self.dims = self.package.dims
+        self.backend = engine or open_backend(backend, provider, threads)
+        manifest = self.package.manifest
+        self.artifacts: ArtifactSet = choose_artifacts(
+            manifest, backend, precision, self.backend.device
+        )
+        self.sessions: dict[str, GraphSession] = {}
+        for role in ROLES:
+            artifact = self.artifacts.by_role[role]
+            path = self.package.path(artifact, verify_hashes)
+            dims = manifest.graphs[role].dims
+            checked = [ref.sha256 for ref in artifact.files()] if verify_hashes else []
+            self.sessions[role] = self.backend.load(path, role, artifact.inputs, dims, checked)
+            check_session(role, artifact, self.sessions[role])  # the right graph for the role
+        past = self.sessions[LLM].inputs[past_names(0)[0]]
+        self.shapes = ChunkShapes(
+            self.dims.hidden_size, self.dims.num_kv_heads, self.dims.head_dim, np.dtype(past.dtype)
+        )
+
+    # -- vision -----------------------------------------------------------
+    def encode(self, chunks: Iterable[np.ndarray]) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
+        """Chunks of frames [f, 3, S, S] -> (frames, visual embeds, cross K/V by name)."""
+        return encode_chunks(self.sessions[VISION_ENCODER], self.sessions[POOLING], chunks)
+
+    def encode_frames(self, pixels: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Frames [f, 3, S, S] -> visual embeds [1, f·P, D] and cross K/V."""
+        return encode_frames(self.sessions[VISION_ENCODER], self.sessions[POOLING], pixels)
+
+    # -- LLM --------------------------------------------------------------
+    def new_cache(self, capacity: int) -> KVCache:
+        """An empty KV cache of ``capacity`` positions in the backend's memory."""
+        d = self.dims
+        return KVCache.empty(
+            d.num_layers,
+            capacity,
+            d.num_kv_heads,
+            d.head_dim,
+            self.shapes.dtype,
+            self.backend.zeros,
+        )
+
+    def upload(self, array: np.ndarray) -> DeviceArray:
+        return self.backend.upload(array)
+
+    def prefill(
+        self,
+        cache: KVCache,
+        input_ids: Sequence[int],
+        visual_embeds: np.ndarray,
+        cross: CrossFeeds,
+        max_chunk_tokens: int | None = None,
+    ) -> np.ndarray:
+        """``[text ; visual]`` at the cache's end, in pieces; the last logits [V].
+
+        A long chunk runs as text pieces then frame-aligned visual pieces of at
+        most ``max_chunk_tokens`` (default ``self.max_chunk_tokens``) positions,
+        fewer where one attention's scores would pass ``self.max_score_bytes``
+        (see ``piece_tokens``). Causal attention and the per-token
+        cross-attention make the pieces exact: each visual piece reads the V2V
+        memory of its own frames (``"frame"`` scope) or of all of them (``"video"``).
+        """
+        p, n = self.dims.tokens_per_frame, self.dims.patches_per_frame
+        limit = max(max_chunk_tokens or self.max_chunk_tokens, p)
+        llm = self.sessions[LLM]
+        memory = _memory_rows(cross)
+        total = len(input_ids) + visual_embeds.shape[1]
+        if total <= self.piece_tokens(cache.length, memory, limit):
+            return run_chunk(llm, cache, input_ids, visual_embeds, cross)
+        logits = None
+        no_visual = self.shapes.no_visual()
+        text_cross = self._text_only(cross)
+        ids, start = list(input_ids), 0
+        while start < len(ids):  # [V] of the last piece is what counts
+            size = self.piece_tokens(cache.length, memory, limit)
+            logits = run_chunk(llm, cache, ids[start : start + size], no_visual, text_cross)
+            start += size
+        frames, first = visual_embeds.shape[1] // p, 0
+        if self.dims.v2v_scope == "frame":
+            memory = limit // p * n  # a piece reads its own frames' memory: at most this
+        while first < frames:
+            last = min(frames, first + max(1, self.piece_tokens(cache.length, memory, limit) // p))
+            piece = visual_embeds[:, first * p : last * p]  # [1, f·P, D]
+            logits = run_chunk(llm, cache, [], piece, self._piece_cross(cross, first, last, n))
+            first = last
+        return logits
+
+    def piece_tokens(self, past: int, memory: int, limit: int) -> int:
+        """Positions of the next prefill piece (``generation.piece_tokens``)."""
+        return piece_tokens(self.dims.num_heads, past, memory, limit, self.max_score_bytes)
+
+    def _text_only(self, cross: CrossFeeds) -> dict:
+        empty = self.shapes.no_memory()
+        return {name: empty if is_v2v(name) else value for name, value in cross.items()}
+
+    def _piece_cross(self, cross: CrossFeeds, first: int, last: int, n: int) -> dict:
+        if self.dims.v2v_scope != "frame":
+            return dict(cross)
+        return {
+            name: _rows(value, first * n, last * n) if is_v2v(name) else value
+            for name, value in cross.items()
+        }
+
+    def generate(
+        self,
+        cache: KVCache,
+        text_cross: CrossFeeds,
+        prompt_ids: Sequence[int],
+        sampler: Sampler,
+        max_new_tokens: int,
+        stop_ids: Sequence[int],
+        with_logprobs: bool = True,
+    ) -> Iterator[tuple[int, float]]:
+        """Prefill a text prompt, then decode; yields (token, log-probability or NaN)."""
+        return stream_tokens(
+            self.sessions[LLM],
+            cache,
+            text_cross,
+            self.shapes,
+            prompt_ids,
+            sampler,
+            max_new_tokens,
+            stop_ids,
+            with_logprobs,
+        )
+
+
+def _memory_rows(cross: CrossFeeds) -> int:
+    """Rows of the longest cross-attention memory fed (0 for a text-only model run)."""
+    return max((value.shape[1] for value in cross.values()), default=0)
+
+
+def _rows(value: np.ndarray | DeviceArray, start: int, stop: int) -> np.ndarray | DeviceArray:
+    """Positions ``start:stop`` along axis 1 of a host or device array (no copy)."""
+    if isinstance(value, DeviceArray):
+        return value.rows(start, stop)
+    return value[:, start:stop]

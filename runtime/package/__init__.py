@@ -1,0 +1,1 @@
+"""The package on disk: manifest, hashes, size limits, staging and trust checks."""

@@ -1,0 +1,1 @@
+"""The memory planner: how many frames and tokens fit on a device."""

@@ -1,0 +1,1 @@
+"""Video in: decoding, live rolling windows, and saved video states."""
