@@ -50,12 +50,12 @@ def run_bench(args: argparse.Namespace) -> int:
     """Run the chosen suites and report."""
     import importlib.util
 
-    from crosslmm_edge.runtime.errors import UserError
+    from ..runtime.errors import UserError
 
     if importlib.util.find_spec("transformers") is None:
         raise UserError("bench compares against transformers: pip install 'crosslmm-edge[dev]'")
-    from crosslmm_edge.benchmarks.machine import describe
-    from crosslmm_edge.benchmarks.models import resolve_model
+    from .machine import describe
+    from .models import resolve_model
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def run_bench(args: argparse.Namespace) -> int:
         report[suite] = _run_suite(suite, model, args, machine)
         print(json.dumps(report[suite], indent=1, default=str), flush=True)
     if args.json_file:
-        from crosslmm_edge.runtime.package.files import write_text_atomic
+        from ..runtime.package.files import write_text_atomic
 
         write_text_atomic(args.json_file, json.dumps(report, indent=1, default=str) + "\n")
     return 0
@@ -82,8 +82,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def _embedded_package(workdir: Path) -> Path:
     """The embedded model exported for 32 frames (reuse suite, Python overhead)."""
-    from crosslmm_edge.export.package import export_package
-    from crosslmm_edge.models import embedded_model_dir
+    from ..export.package import export_package
+    from ..models import embedded_model_dir
 
     package = workdir / "embedded-32"
     if not (package / "manifest.json").is_file():
@@ -93,33 +93,33 @@ def _embedded_package(workdir: Path) -> Path:
 
 def _run_suite(suite: str, model, args, machine: dict) -> dict:
     if suite == "prefill-cuda":
-        from crosslmm_edge.benchmarks.suite_prefill_cuda import run_prefill_cuda
+        from .suite_prefill_cuda import run_prefill_cuda
 
         return run_prefill_cuda(args)
     if suite == "decode":
-        from crosslmm_edge.benchmarks.suite_decode import run_decode
+        from .suite_decode import run_decode
 
         return run_decode(model, args, machine)
     if suite == "roofline":
-        from crosslmm_edge.benchmarks.suite_decode import run_roofline
+        from .suite_decode import run_roofline
 
         return run_roofline(model, _embedded_package(Path(args.workdir)), args, machine)
     if suite == "reuse":
-        from crosslmm_edge.benchmarks.suite_reuse import run_reuse
+        from .suite_reuse import run_reuse
 
         return run_reuse(_embedded_package(Path(args.workdir)), args)
     if suite == "prefill":
-        from crosslmm_edge.benchmarks.suite_prefill import run_prefill
+        from .suite_prefill import run_prefill
 
         return run_prefill(model, args)
     if suite == "context":
-        from crosslmm_edge.benchmarks.suite_context import run_context
+        from .suite_context import run_context
 
         return run_context(model, args, machine)
     if suite == "startup":
-        from crosslmm_edge.benchmarks.suite_startup import run_startup
+        from .suite_startup import run_startup
 
         return run_startup(model.package, args)
-    from crosslmm_edge.benchmarks.suite_int8 import run_int8
+    from .suite_int8 import run_int8
 
     return run_int8(model, args)

@@ -1,6 +1,6 @@
 """Time to first token of the first vs the second question about a 32-frame video.
 
-    python benchmarks/cache_reuse.py [--checkpoint DIR | --package PKG] [--frames 32]
+    python3 -m crosslmm_edge.benchmarks.cache_reuse [--checkpoint DIR | --package PKG] [--frames 32]
 
 The first question pays for decoding the video, encoding its frames and
 prefilling the video prefix; the second forks from the cached prefix and
@@ -22,8 +22,8 @@ QUESTIONS = ("what colour is the object?", "which way does it move?")
 
 def make_package(folder: Path, checkpoint: str | None, frames: int) -> Path:
     """Export ``checkpoint`` (default: the embedded model) for ``frames`` frames."""
-    from crosslmm_edge.demo import model_checkpoint
-    from crosslmm_edge.export.package import export_package
+    from ..demo import model_checkpoint
+    from ..export.package import export_package
 
     source = Path(checkpoint) if checkpoint else model_checkpoint(print)
     package = folder / "package"
@@ -35,9 +35,9 @@ def make_package(folder: Path, checkpoint: str | None, frames: int) -> Path:
 def measure(package: Path, video: Path, frames: int, repeats: int) -> dict[str, list[float]]:
     """TTFTs over ``repeats`` rounds: first question (from the file, and from frames
     already decoded in memory) and second question."""
-    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
-    from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
-    from crosslmm_edge.runtime.video.decode import load_video
+    from ..runtime.chat.assistant import RuntimeAssistant
+    from ..runtime.chat.assistant_types import GenerationOptions
+    from ..runtime.video.decode import load_video
 
     options = GenerationOptions(max_new_tokens=4)
     assistant = RuntimeAssistant(package)
@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    from crosslmm_edge.calibration.evaluate import write_scene_video
+    from ..calibration.evaluate import write_scene_video
 
     with tempfile.TemporaryDirectory() as temp:
         folder = Path(temp)

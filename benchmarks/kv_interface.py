@@ -1,6 +1,6 @@
 """Decode-step cost of the two KV-cache interfaces an LLM graph can have.
 
-    python benchmarks/kv_interface.py [--layers 4] [--past 256 1024 4096] [--repeats 10]
+    python3 -m crosslmm_edge.benchmarks.kv_interface [--layers 4] [--past 256 1024 4096] [--repeats 10]
 
 "new": the package's interface: the graph returns only the chunk's new K/V
 entries and the runtime writes them into a preallocated cache at
@@ -27,8 +27,8 @@ import numpy as np
 
 
 def build(layers: int, mlp: int, vocab: int):
-    from crosslmm_edge.export.model import build_model
-    from crosslmm_edge.runtime.core.config import CrossLMMConfig, TextConfig, VisionConfig
+    from ..export.model import build_model
+    from ..runtime.core.config import CrossLMMConfig, TextConfig, VisionConfig
 
     vision = VisionConfig(
         hidden_size=64,
@@ -54,7 +54,7 @@ def concat_wrapper(model):
     """The LLM graph with ``present = concat(past, new)`` outputs."""
     import torch
 
-    from crosslmm_edge.export.graph_modules import LLMGraph
+    from ..export.graph_modules import LLMGraph
 
     class ConcatLLM(LLMGraph):
         def forward(self, input_ids, visual_embeds, position_ids, *caches):
@@ -66,10 +66,10 @@ def concat_wrapper(model):
 
 
 def export_both(model, folder: Path) -> dict[str, Path]:
-    from crosslmm_edge.export.graph_modules import graph_module
-    from crosslmm_edge.export.graph_specs import trace_sizes
-    from crosslmm_edge.export.onnx_export import export_graph
-    from crosslmm_edge.runtime.core.contract import ExportLimits, TensorSpec, llm_spec
+    from ..export.graph_modules import graph_module
+    from ..export.graph_specs import trace_sizes
+    from ..export.onnx_export import export_graph
+    from ..runtime.core.contract import ExportLimits, TensorSpec, llm_spec
 
     config = model.config
     spec = llm_spec(config, ExportLimits(8, 16384), "float32")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.manifest import load_manifest
+from ..runtime.errors import UserError
+from ..runtime.package.manifest import load_manifest
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ def resolve_model(spec: str, workdir: Path, frames: int = 64, context: int = 409
 
 
 def _preset(name: str, workdir: Path, frames: int, context: int) -> BenchModel:
-    from crosslmm_edge.export.package import export_package
-    from crosslmm_edge.export.random_model import random_checkpoint
+    from ..export.package import export_package
+    from ..export.random_model import random_checkpoint
 
     checkpoint, package = workdir / f"{name}-ck", workdir / f"{name}-pkg-{frames}x{context}"
     if not (checkpoint / "config.json").is_file():

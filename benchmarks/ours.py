@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslmm_edge.runtime.core.contract import LLM
-from crosslmm_edge.runtime.core.pipeline import Pipeline
-from crosslmm_edge.runtime.core.sampling import Sampler
+from ..runtime.core.contract import LLM
+from ..runtime.core.pipeline import Pipeline
+from ..runtime.core.sampling import Sampler
 
 
 class TimedSession:
@@ -82,7 +82,7 @@ def python_ms_per_step(pipeline: Pipeline, steps: int = 64, past: int = 64) -> f
 
 DECODE_CHILD = """
 import json, sys
-from crosslmm_edge.benchmarks.ours import decode_run, open_pipeline
+from .ours import decode_run, open_pipeline
 pipeline = open_pipeline(sys.argv[1], int(sys.argv[2]))
 prompt, new = json.loads(sys.argv[3]), int(sys.argv[4])
 decode_run(pipeline, prompt, 4)  # warm

@@ -36,8 +36,8 @@ def qwen2_from_checkpoint(checkpoint: Path, attention: str):
     import transformers
     from safetensors.torch import load_file
 
-    from crosslmm_edge.runtime.core.config import CrossLMMConfig
-    from crosslmm_edge.runtime.package.files import read_json
+    from ..runtime.core.config import CrossLMMConfig
+    from ..runtime.package.files import read_json
 
     text = CrossLMMConfig.from_dict(read_json(checkpoint / "config.json")).text_config
     config = qwen2_config(text, attention)

@@ -1,6 +1,6 @@
 """`plan --device cpu` against the measured peak RSS of `ask` (a child process per run).
 
-    python3 benchmarks/plan_vs_rss.py PKG VIDEO --frames 8 32 [--context L]
+    python3 -m crosslmm_edge.benchmarks.plan_vs_rss PKG VIDEO --frames 8 32 [--context L]
 
 Prints predicted and measured MiB and the error; exit 1 if any is beyond 15 %.
 """

@@ -18,14 +18,14 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from crosslmm_edge.benchmarks.suite_prefill_cuda import (
+from ..export.attention import sdpa_attention
+from ..export.model import build_model
+from ..export.random_model import preset_config
+from .suite_prefill_cuda import (
     PROMPT_TOKENS,
     crosslmm_prefill,
     vision_features,
 )
-from crosslmm_edge.export.attention import sdpa_attention
-from crosslmm_edge.export.model import build_model
-from crosslmm_edge.export.random_model import preset_config
 
 
 def main() -> int:
@@ -73,8 +73,8 @@ def _full_token_llm_ms(config, model, pixels, prompt) -> float:
     """Median ms of the full-token layout's LLM prefill (the suite's baseline), eager."""
     import transformers
 
-    from crosslmm_edge.benchmarks.peers import qwen2_config
-    from crosslmm_edge.benchmarks.suite_prefill_cuda import token_layout
+    from .peers import qwen2_config
+    from .suite_prefill_cuda import token_layout
 
     with torch.device("cuda"):
         peer = transformers.Qwen2ForCausalLM(qwen2_config(config.text_config, "sdpa"))

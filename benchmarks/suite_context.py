@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 
-from crosslmm_edge.benchmarks.models import BenchModel
-from crosslmm_edge.benchmarks.ours import open_pipeline, video_cache
-from crosslmm_edge.benchmarks.suite_decode import step_bytes
-from crosslmm_edge.runtime.core.sampling import Sampler
+from ..runtime.core.sampling import Sampler
+from .models import BenchModel
+from .ours import open_pipeline, video_cache
+from .suite_decode import step_bytes
 
 PASTS = (128, 512, 1024, 2048, 4096)
 

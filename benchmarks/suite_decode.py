@@ -9,20 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crosslmm_edge.benchmarks.models import BenchModel
-from crosslmm_edge.benchmarks.ours import (
+from .models import BenchModel
+from .ours import (
     decode_run,
     open_pipeline,
     ours_decode_child,
     python_ms_per_step,
 )
-from crosslmm_edge.benchmarks.peers import (
+from .peers import (
     optimum_decode,
     qwen2_from_checkpoint,
     random_prompt,
     transformers_decode,
 )
-from crosslmm_edge.benchmarks.timing import interleaved
+from .timing import interleaved
 
 
 def step_bytes(pipeline, past: int, frames: int = 1) -> dict[str, int]:

@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 
-from crosslmm_edge.benchmarks.models import BenchModel
-from crosslmm_edge.benchmarks.ours import open_pipeline, video_cache
-from crosslmm_edge.runtime.core.contract import POOLING, VISION_ENCODER
-from crosslmm_edge.runtime.package.manifest import load_manifest
+from ..runtime.core.contract import POOLING, VISION_ENCODER
+from ..runtime.package.manifest import load_manifest
+from .models import BenchModel
+from .ours import open_pipeline, video_cache
 
 FRAMES = 8
 

@@ -36,10 +36,10 @@ def run_prefill_cuda(args) -> dict:
     import torch
     import transformers
 
-    from crosslmm_edge.benchmarks.peers import qwen2_config
-    from crosslmm_edge.export.attention import full_attention, sdpa_attention
-    from crosslmm_edge.export.model import build_model
-    from crosslmm_edge.export.random_model import preset_config
+    from ..export.attention import full_attention, sdpa_attention
+    from ..export.model import build_model
+    from ..export.random_model import preset_config
+    from .peers import qwen2_config
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -158,7 +158,7 @@ def _crosslmm(attend):
     """CrossLMM with ``attend`` as the DCAL attention kernel."""
 
     def run(model, peer, pixels, prompt) -> dict:
-        from crosslmm_edge.export.dcal import CrossAttention
+        from ..export.dcal import CrossAttention
 
         for module in model.modules():
             if isinstance(module, CrossAttention):
@@ -194,7 +194,7 @@ def token_layout(grid: int | None):
     def run(model, peer, pixels, prompt) -> dict:
         import torch
 
-        from crosslmm_edge.export.projector import pool_tokens
+        from ..export.projector import pool_tokens
 
         def vision():
             features = vision_features(model, pixels)  # [F, 729, Dv]

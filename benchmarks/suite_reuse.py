@@ -7,16 +7,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from crosslmm_edge.benchmarks.cache_reuse import QUESTIONS, measure
-from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
-from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
+from ..runtime.chat.assistant import RuntimeAssistant
+from ..runtime.chat.assistant_types import GenerationOptions
+from .cache_reuse import QUESTIONS, measure
 
 FRAMES = (8, 16, 32)
 
 
 def run_reuse(package: Path, args) -> dict:
     """Ratios at 8/16/32 frames on ``package`` (exported for at least 32 frames)."""
-    from crosslmm_edge.calibration.evaluate import write_scene_video
+    from ..calibration.evaluate import write_scene_video
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as temp:

@@ -19,12 +19,12 @@ import tempfile
 from pathlib import Path
 from statistics import median
 
-from crosslmm_edge.runtime.backends.ort_cache import ENV_PATH
+from ..runtime.backends.ort_cache import ENV_PATH
 
 CHILD = """
 import json, sys, time
 start = time.perf_counter()
-from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+from ..runtime.chat.assistant import RuntimeAssistant
 runtime = RuntimeAssistant(sys.argv[1], provider="cpu")
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "loaded_from": runtime.pipeline.backend.loaded_from}))

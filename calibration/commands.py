@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from crosslmm_edge.runtime.errors import UserError
+from ..runtime.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_synth_video(args: argparse.Namespace) -> int:
     """Write the scene ``--seed`` to ``--out`` and print its ground truth."""
-    from crosslmm_edge.calibration.evaluate import write_scene_video
+    from .evaluate import write_scene_video
 
     out = Path(args.out)
     if args.frames <= 0:
@@ -77,9 +77,9 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--synthetic must be a positive number of videos, got {args.synthetic}")
     if args.frames <= 0:
         raise UserError(f"--frames must be positive, got {args.frames}")
-    from crosslmm_edge.assistants import open_assistant
-    from crosslmm_edge.calibration.evaluate import evaluate_assistant
-    from crosslmm_edge.models import embedded_model_dir
+    from ..assistants import open_assistant
+    from ..models import embedded_model_dir
+    from .evaluate import evaluate_assistant
 
     model = args.model if args.model is not None else str(embedded_model_dir())
     assistant = open_assistant(model, precision=args.precision)

@@ -15,13 +15,13 @@ def int8_step(
     package: Path, video: Path, qas: list, fp32_answers: list[str], say: Callable[[str], None]
 ) -> None:
     """Add INT8 graphs to ``package`` unless present, answer ``qas`` with them, show drift."""
-    from crosslmm_edge.calibration.drift_run import DriftItem, run_drift
-    from crosslmm_edge.calibration.quantize import QuantizeOptions
-    from crosslmm_edge.calibration.quantize_commands import print_summary
-    from crosslmm_edge.calibration.quantize_package import quantize_package
-    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
-    from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
-    from crosslmm_edge.runtime.package.manifest import load_manifest
+    from ..runtime.chat.assistant import RuntimeAssistant
+    from ..runtime.chat.assistant_types import GenerationOptions
+    from ..runtime.package.manifest import load_manifest
+    from .drift_run import DriftItem, run_drift
+    from .quantize import QuantizeOptions
+    from .quantize_commands import print_summary
+    from .quantize_package import quantize_package
 
     if "onnx/int8" not in load_manifest(package).labels():
         say(f"[INT8] quantizing with the default recipe ({CALIBRATION_VIDEOS} synthetic videos)")

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslmm_edge.calibration.drift import StageDrift, TokenDrift
-from crosslmm_edge.calibration.record import RecordingSession
-from crosslmm_edge.runtime.core.contract import POOLING, VISION_ENCODER
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.files import file_sha256
-from crosslmm_edge.runtime.package.manifest import PRECISIONS, load_manifest
+from ..runtime.core.contract import POOLING, VISION_ENCODER
+from ..runtime.errors import UserError
+from ..runtime.package.files import file_sha256
+from ..runtime.package.manifest import PRECISIONS, load_manifest
+from .drift import StageDrift, TokenDrift
+from .record import RecordingSession
 
 ANSWER_TOKENS = 4
 STAGES = ("vision_features", "pooled_embeddings", "cross_kv", "logits")
@@ -60,7 +60,7 @@ class Side:
     """One side of the comparison: an assistant and the stage outputs it last computed."""
 
     def __init__(self, spec: str) -> None:
-        from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+        from ..runtime.chat.assistant import RuntimeAssistant
 
         folder, precision = parse_side(spec)
         self.assistant = RuntimeAssistant(folder, provider="cpu", precision=precision)
@@ -183,8 +183,8 @@ def _compare_video(ref: Side, test: Side, result: DriftResult) -> None:
 
 
 def _compare_question(ref: Side, test: Side, item: DriftItem, index: int, result) -> None:
-    from crosslmm_edge.calibration.synthetic_world import normalise_answer
-    from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
+    from ..runtime.chat.assistant_types import GenerationOptions
+    from .synthetic_world import normalise_answer
 
     options = GenerationOptions(max_new_tokens=ANSWER_TOKENS)
     question = item.questions[index]
@@ -209,7 +209,7 @@ def run_drift(
     warn: Callable[[str], None] = print,
 ) -> DriftResult:
     """Compare ``test_spec`` with ``ref_spec`` on every item's video and questions."""
-    from crosslmm_edge.runtime.video.decode import load_video
+    from ..runtime.video.decode import load_video
 
     check_same_model(parse_side(ref_spec)[0], parse_side(test_spec)[0])
     ref, test = Side(ref_spec), Side(test_spec)

@@ -26,22 +26,22 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from crosslmm_edge.calibration import kv_int8
-from crosslmm_edge.calibration.calib_data import (
+from ..runtime.core.contract import LLM, POOLING, ROLES, TensorSpec
+from ..runtime.errors import UserError
+from ..runtime.package.files import file_sha256
+from ..runtime.package.loader import choose_artifacts
+from ..runtime.package.manifest import Artifact, FileRef, Manifest, load_manifest
+from . import kv_int8
+from .calib_data import (
     CalibVideo,
     expand_paths,
     select_videos,
     selection_hash,
     synthetic_videos,
 )
-from crosslmm_edge.calibration.progress import progress_bar
-from crosslmm_edge.calibration.recipes import WeightNode, select, weight_nodes
-from crosslmm_edge.calibration.record import CrossRange, FeedStore, record_calibration
-from crosslmm_edge.runtime.core.contract import LLM, POOLING, ROLES, TensorSpec
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.files import file_sha256
-from crosslmm_edge.runtime.package.loader import choose_artifacts
-from crosslmm_edge.runtime.package.manifest import Artifact, FileRef, Manifest, load_manifest
+from .progress import progress_bar
+from .recipes import WeightNode, select, weight_nodes
+from .record import CrossRange, FeedStore, record_calibration
 
 STRIDE = 16  # samples per calibration stride: bounds the calibrator's memory
 Log = Callable[[str], None]

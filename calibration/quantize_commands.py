@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from crosslmm_edge.runtime.errors import UserError
+from ..runtime.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,8 +77,8 @@ def _warn(message: str) -> None:
 
 def run_quantize(args: argparse.Namespace) -> int:
     """Quantize PACKAGE into ``--out`` or in place; print what was kept in float."""
-    from crosslmm_edge.calibration.quantize import QuantizeOptions
-    from crosslmm_edge.calibration.quantize_package import quantize_package
+    from .quantize import QuantizeOptions
+    from .quantize_package import quantize_package
 
     options = QuantizeOptions(args.recipe, tuple(args.exclude), not args.float_cross_kv)
     summary = quantize_package(
@@ -116,9 +116,9 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def _drift_items(args: argparse.Namespace, workdir: Path):
-    from crosslmm_edge.calibration.calib_data import expand_paths, generic_questions
-    from crosslmm_edge.calibration.drift_run import DriftItem
-    from crosslmm_edge.calibration.evaluate import write_scene_video
+    from .calib_data import expand_paths, generic_questions
+    from .drift_run import DriftItem
+    from .evaluate import write_scene_video
 
     items = []
     if args.videos:
@@ -144,9 +144,9 @@ def run_drift_command(args: argparse.Namespace) -> int:
     """Compare REF and TEST; print a summary, write ``--json`` / ``--html``."""
     import tempfile
 
-    from crosslmm_edge.calibration.drift_run import run_drift
-    from crosslmm_edge.calibration.progress import progress_bar
-    from crosslmm_edge.runtime.package.files import write_text_atomic
+    from ..runtime.package.files import write_text_atomic
+    from .drift_run import run_drift
+    from .progress import progress_bar
 
     if args.synthetic < 0:
         raise UserError(f"--synthetic must not be negative, got {args.synthetic}")
@@ -163,7 +163,7 @@ def run_drift_command(args: argparse.Namespace) -> int:
     if args.json:
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     if args.html:
-        from crosslmm_edge.calibration.drift_report import html_report
+        from .drift_report import html_report
 
         write_text_atomic(args.html, html_report(report))
     print_summary(report)

@@ -15,20 +15,20 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from crosslmm_edge.calibration.progress import progress_bar
-from crosslmm_edge.calibration.quantize import (
+from ..runtime.errors import UserError
+from ..runtime.package.files import staged_folder
+from ..runtime.package.loader import add_artifacts, choose_artifacts
+from ..runtime.package.manifest import load_manifest
+from ..runtime.package.staging import clean_stale, temp_name
+from .progress import progress_bar
+from .quantize import (
     Calibration,
     QuantizeOptions,
     calibrate,
     int8_artifacts,
     selected_nodes,
 )
-from crosslmm_edge.calibration.quantize_fp16 import trt_int8_artifacts
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.files import staged_folder
-from crosslmm_edge.runtime.package.loader import add_artifacts, choose_artifacts
-from crosslmm_edge.runtime.package.manifest import load_manifest
-from crosslmm_edge.runtime.package.staging import clean_stale, temp_name
+from .quantize_fp16 import trt_int8_artifacts
 
 Log = Callable[[str], None]
 
@@ -102,7 +102,7 @@ def quantize_package(
         calibration = calibrate(package, Path(temp), calib, count, seed, log)
         kept: dict[str, str] = {}
         if max_drift is not None:
-            from crosslmm_edge.calibration.search import search_recipe
+            from .search import search_recipe
 
             options, kept = search_recipe(package, calibration, options, max_drift, search_videos)
         if out is None:
@@ -152,9 +152,9 @@ def _summary(target: Path, options: QuantizeOptions, kept: dict, calibration) ->
 
 def cross_kv_memory(model_config: dict) -> dict[str, dict[str, int]]:
     """Bytes of the T2V memory a video keeps, at 32 and 256 frames, per storage type."""
-    from crosslmm_edge.calibration.kv_int8 import cross_kv_bytes
-    from crosslmm_edge.runtime.core.config import CrossLMMConfig
-    from crosslmm_edge.runtime.core.contract import ModelDims
+    from ..runtime.core.config import CrossLMMConfig
+    from ..runtime.core.contract import ModelDims
+    from .kv_int8 import cross_kv_bytes
 
     d = ModelDims.from_config(CrossLMMConfig.from_dict(model_config))
     shape = (d.num_dcal, d.patches_per_frame, d.num_kv_heads, d.head_dim)

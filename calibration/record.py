@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslmm_edge.calibration.calib_data import CalibVideo
-from crosslmm_edge.runtime.backends.base import DeviceArray, GraphSession
-from crosslmm_edge.runtime.core.contract import POOLING, ROLES
-from crosslmm_edge.runtime.errors import UserError
+from ..runtime.backends.base import DeviceArray, GraphSession
+from ..runtime.core.contract import POOLING, ROLES
+from ..runtime.errors import UserError
+from .calib_data import CalibVideo
 
 OutputHook = Callable[[dict[str, np.ndarray]], None]
 
@@ -118,9 +118,9 @@ def record_calibration(
     A video that cannot be decoded is skipped with a warning; the videos
     actually used are returned. Zero usable videos is a ``UserError``.
     """
-    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
-    from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
-    from crosslmm_edge.runtime.video.decode import load_video
+    from ..runtime.chat.assistant import RuntimeAssistant
+    from ..runtime.chat.assistant_types import GenerationOptions
+    from ..runtime.video.decode import load_video
 
     assistant = RuntimeAssistant(package_dir, provider="cpu", precision="fp32")
     sessions = assistant.pipeline.sessions

@@ -16,16 +16,16 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from crosslmm_edge.calibration.quantize import Calibration, QuantizeOptions, selected_nodes
-from crosslmm_edge.runtime.package.manifest import load_manifest
+from ..runtime.package.manifest import load_manifest
+from .quantize import Calibration, QuantizeOptions, selected_nodes
 
 SEARCH_STREAM = 2
 CROSS_KV = "cross_kv"
 
 
 def _accuracy(package: Path, precision: str, videos: int) -> dict[str, float]:
-    from crosslmm_edge.calibration.evaluate import evaluate_assistant
-    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+    from ..runtime.chat.assistant import RuntimeAssistant
+    from .evaluate import evaluate_assistant
 
     assistant = RuntimeAssistant(package, provider="cpu", precision=precision)
     return evaluate_assistant(assistant, videos, SEARCH_STREAM).per_type
@@ -52,7 +52,7 @@ def search_recipe(
     videos: int,
 ) -> tuple[QuantizeOptions, dict[str, str]]:
     """The options of the largest INT8 set within ``budget`` points; why each group stayed float."""
-    from crosslmm_edge.calibration.quantize_package import _copy_package, add_int8
+    from .quantize_package import _copy_package, add_int8
 
     manifest = load_manifest(package)
     chosen = selected_nodes(package, manifest, base)

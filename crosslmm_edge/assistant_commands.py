@@ -11,8 +11,8 @@ import json
 import math
 import sys
 
-from crosslmm_edge.runtime.chat.assistant_types import Assistant, GenerationOptions
-from crosslmm_edge.runtime.errors import UserError
+from .runtime.chat.assistant_types import Assistant, GenerationOptions
+from .runtime.errors import UserError
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -106,7 +106,7 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
 
 
 def _open(args: argparse.Namespace) -> Assistant:
-    from crosslmm_edge.assistants import open_assistant
+    from .assistants import open_assistant
 
     if args.max_context is not None and args.max_context < 1:
         raise UserError(f"--max-context {args.max_context}: must be at least 1")

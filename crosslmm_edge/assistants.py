@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from crosslmm_edge.runtime.chat.assistant_types import Assistant
-from crosslmm_edge.runtime.errors import UserError
+from .runtime.chat.assistant_types import Assistant
+from .runtime.errors import UserError
 
 # Options that choose artifacts of a package; a checkpoint has none.
 RUNTIME_OPTIONS = ("provider", "precision", "backend")
@@ -40,19 +40,19 @@ def open_assistant(model_path: str, **kwargs: Any) -> Assistant:
     given = {name: kwargs.pop(name, None) for name in RUNTIME_OPTIONS}
     runtime_only = {name: value for name, value in given.items() if value is not None}
     if (folder / "manifest.json").is_file():
-        from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+        from .runtime.chat.assistant import RuntimeAssistant
 
         return RuntimeAssistant(folder, **runtime_only, **kwargs)
     if {k: v for k, v in runtime_only.items() if (k, v) != ("backend", "onnx")}:
         names = ", ".join(f"--{name}" for name in runtime_only)
         raise UserError(f"{names} apply to packages only; {folder} is not one")
     if is_checkpoint(folder):
-        from crosslmm_edge.export.reference_assistant import ReferenceAssistant
+        from .export.reference_assistant import ReferenceAssistant
 
         return ReferenceAssistant(folder, **kwargs)
     if (folder / "config.json").is_file():
         # Let the checkpoint loader say precisely what is wrong (bad JSON, pickle...).
-        from crosslmm_edge.export.checkpoint import load_checkpoint
+        from .export.checkpoint import load_checkpoint
 
         load_checkpoint(folder)
     raise UserError(

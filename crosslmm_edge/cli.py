@@ -14,8 +14,8 @@ import signal
 import sys
 import threading
 
-from crosslmm_edge import __version__
-from crosslmm_edge.runtime.errors import UserError
+from . import __version__
+from .runtime.errors import UserError
 
 # Modules that add subcommands, in --help order.
 COMMAND_MODULES = (

@@ -49,7 +49,7 @@ def run_demo(args: argparse.Namespace) -> int:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            from crosslmm_edge.runtime.errors import UserError
+            from .runtime.errors import UserError
 
             raise UserError(f"cannot use --out {folder}: {exc.strerror or exc}") from None
         return _demo(folder, args.seed, args.provider)
@@ -58,9 +58,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(folder: Path, seed: int, provider: str | None) -> int:
-    from crosslmm_edge.calibration.evaluate import write_scene_video
-    from crosslmm_edge.calibration.synthetic_world import normalise_answer
-    from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
+    from .calibration.evaluate import write_scene_video
+    from .calibration.synthetic_world import normalise_answer
+    from .runtime.chat.assistant_types import GenerationOptions
 
     checkpoint = model_checkpoint(lambda message: _say(f"[1/4] {message}"))
     frames = _num_frames(checkpoint)
@@ -88,14 +88,14 @@ def _demo(folder: Path, seed: int, provider: str | None) -> int:
             f"{reuse})"
         )
     _say(f"{correct}/{len(qas)} correct")
-    from crosslmm_edge.calibration.demo_int8 import int8_step
+    from .calibration.demo_int8 import int8_step
 
     int8_step(package, video, qas, answers, _say)
     return 0
 
 
 def _open_runtime(package: Path, provider: str | None):
-    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+    from .runtime.chat.assistant import RuntimeAssistant
 
     return RuntimeAssistant(package, provider=provider)
 
@@ -108,8 +108,8 @@ def _num_frames(checkpoint: Path) -> int:
 
 def model_checkpoint(log: Log) -> Path:
     """The embedded checkpoint (it ships inside the package)."""
-    from crosslmm_edge.models import embedded_model_dir
-    from crosslmm_edge.runtime.errors import UserError
+    from .models import embedded_model_dir
+    from .runtime.errors import UserError
 
     embedded = embedded_model_dir()
     if not (embedded / "config.json").is_file():
@@ -120,7 +120,7 @@ def model_checkpoint(log: Log) -> Path:
 
 def export_checkpoint(checkpoint: Path, package: Path, log: Log) -> None:
     """Export ``checkpoint`` to ``package`` (replacing it), logging each graph."""
-    from crosslmm_edge.export.package import export_package
+    from .export.package import export_package
 
     export_package(checkpoint, package, force=True, log=lambda m: log(f"      {m}"))
 
@@ -132,7 +132,7 @@ def embedded_package(cache_dir: str | Path | None = None, log: Log = _say) -> Pa
     runtime should be given a package made elsewhere instead.
     """
     checkpoint = model_checkpoint(lambda message: None)
-    from crosslmm_edge import __version__
+    from . import __version__
 
     # Key on the exporter's version too: a newer crosslmm-edge never reuses an old package.
     digest = hashlib.sha256(__version__.encode())

@@ -20,13 +20,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from crosslmm_edge.export.model import CrossLMM
-from crosslmm_edge.export.safetensors_header import check_safetensors
-from crosslmm_edge.runtime.core.config import CrossLMMConfig
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.containment import inside
-from crosslmm_edge.runtime.package.files import hash_file_into, read_json, staged_folder
-from crosslmm_edge.runtime.package.limits import check_allocation
+from ..runtime.core.config import CrossLMMConfig
+from ..runtime.errors import UserError
+from ..runtime.package.containment import inside
+from ..runtime.package.files import hash_file_into, read_json, staged_folder
+from ..runtime.package.limits import check_allocation
+from .model import CrossLMM
+from .safetensors_header import check_safetensors
 
 CONFIG_NAME = "config.json"
 SINGLE_WEIGHTS = "model.safetensors"

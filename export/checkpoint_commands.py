@@ -48,7 +48,7 @@ def register_random(subparsers: argparse._SubParsersAction) -> None:
 
 def run_random(args: argparse.Namespace) -> int:
     """Write the random checkpoint."""
-    from crosslmm_edge.export.random_model import random_checkpoint
+    from .random_model import random_checkpoint
 
     out = random_checkpoint(args.out, args.preset, args.frames, args.seed, args.force)
     print(f"wrote {out}")
@@ -57,7 +57,7 @@ def run_random(args: argparse.Namespace) -> int:
 
 def run_compose(args: argparse.Namespace) -> int:
     """Compose and report where the checkpoint went."""
-    from crosslmm_edge.export.compose import ComposeOptions, compose
+    from .compose import ComposeOptions, compose
 
     options = ComposeOptions(
         pooled_grid=args.pooled_grid,

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from crosslmm_edge.export.checkpoint import model_from_state_dict, read_weights, save_checkpoint
-from crosslmm_edge.export.dcal import DCAL
-from crosslmm_edge.export.projector import Projector
-from crosslmm_edge.runtime.core.config import CrossLMMConfig, TextConfig, VisionConfig
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.files import read_json
+from ..runtime.core.config import CrossLMMConfig, TextConfig, VisionConfig
+from ..runtime.errors import UserError
+from ..runtime.package.files import read_json
+from .checkpoint import model_from_state_dict, read_weights, save_checkpoint
+from .dcal import DCAL
+from .projector import Projector
 
 VIDEO_TOKEN = "<|video_pad|>"
 HF_BOOKKEEPING = ("architectures", "transformers_version", "_name_or_path")

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from crosslmm_edge.export.attention import full_attention
-from crosslmm_edge.export.qwen2 import Qwen2MLP, RMSNorm
-from crosslmm_edge.runtime.core.config import CrossLMMConfig
+from ..runtime.core.config import CrossLMMConfig
+from .attention import full_attention
+from .qwen2 import Qwen2MLP, RMSNorm
 
 Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # q [B,L,H,hd], k, v [B,M,kvh,hd] -> [B,L,H,hd]
 

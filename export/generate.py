@@ -12,10 +12,10 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from crosslmm_edge.export.dcal import CrossKV
-from crosslmm_edge.export.kv_cache import KVCache
-from crosslmm_edge.export.model import CrossLMM, VideoFeatures
-from crosslmm_edge.runtime.core.sampling import Sampler
+from ..runtime.core.sampling import Sampler
+from .dcal import CrossKV
+from .kv_cache import KVCache
+from .model import CrossLMM, VideoFeatures
 
 
 def text_only(cross: list[CrossKV]) -> list[CrossKV]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from crosslmm_edge.export.dcal import CrossKV
-from crosslmm_edge.export.model import CrossLMM
-from crosslmm_edge.export.projector import pooling_matrix
-from crosslmm_edge.runtime.core.contract import LLM, POOLING, VISION_ENCODER
+from ..runtime.core.contract import LLM, POOLING, VISION_ENCODER
+from .dcal import CrossKV
+from .model import CrossLMM
+from .projector import pooling_matrix
 
 
 class VisionEncoderGraph(nn.Module):

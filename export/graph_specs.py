@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from crosslmm_edge.runtime.core.config import CrossLMMConfig
-from crosslmm_edge.runtime.core.contract import (
+from ..runtime.core.config import CrossLMMConfig
+from ..runtime.core.contract import (
     FILL_POSITIONS,
     FILL_TOKENS,
     LLM,

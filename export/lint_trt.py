@@ -15,8 +15,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
-from crosslmm_edge.export.trt_support import OPSET_RANGE, TRT_VERSION, supported_ops
-from crosslmm_edge.runtime.errors import UserError
+from ..runtime.errors import UserError
+from .trt_support import OPSET_RANGE, TRT_VERSION, supported_ops
 
 DTYPE_NAMES = {
     TensorProto.FLOAT: "f32",

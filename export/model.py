@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from crosslmm_edge.export.attention import full_attention
-from crosslmm_edge.export.dcal import DCAL, Attend, CrossKV
-from crosslmm_edge.export.projector import Projector, pool_tokens
-from crosslmm_edge.export.qwen2 import Qwen2ForCausalLM, rotary_cos_sin
-from crosslmm_edge.export.siglip import SiglipVisionTransformer
-from crosslmm_edge.runtime.core.config import CrossLMMConfig
+from ..runtime.core.config import CrossLMMConfig
+from .attention import full_attention
+from .dcal import DCAL, Attend, CrossKV
+from .projector import Projector, pool_tokens
+from .qwen2 import Qwen2ForCausalLM, rotary_cos_sin
+from .siglip import SiglipVisionTransformer
 
 KV = tuple[Tensor, Tensor]
 

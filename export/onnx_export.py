@@ -31,9 +31,9 @@ import onnx
 import torch
 from torch import nn
 
-from crosslmm_edge.export.graph_passes import fold_weight_transposes, fuse_sibling_matmuls
-from crosslmm_edge.export.graph_specs import random_inputs
-from crosslmm_edge.runtime.core.contract import GraphSpec
+from ..runtime.core.contract import GraphSpec
+from .graph_passes import fold_weight_transposes, fuse_sibling_matmuls
+from .graph_specs import random_inputs
 
 OPSET = 18  # TensorRT 10.0 parses opsets 9–20; 18 is the dynamo exporter's native one
 # Weights above this go to external data: protobuf caps a file at 2 GB, and

@@ -16,29 +16,18 @@ from pathlib import Path
 
 import torch
 
-from crosslmm_edge.export.checkpoint import (
-    CONFIG_NAME,
-    GENERATION_CONFIG,
-    TOKENIZER_FILES,
-    checkpoint_hash,
-    load_checkpoint,
-    load_config,
-)
-from crosslmm_edge.export.graph_modules import graph_module
-from crosslmm_edge.export.graph_specs import trace_sizes
-from crosslmm_edge.export.onnx_export import OPSET, export_graph
-from crosslmm_edge.runtime.core.config import CrossLMMConfig
-from crosslmm_edge.runtime.core.contract import (
+from ..runtime.core.config import CrossLMMConfig
+from ..runtime.core.contract import (
     ROLES,
     ExportLimits,
     GraphSpec,
     default_limits,
     graph_specs,
 )
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.files import file_sha256, staged_folder
-from crosslmm_edge.runtime.package.loader import add_artifacts
-from crosslmm_edge.runtime.package.manifest import (
+from ..runtime.errors import UserError
+from ..runtime.package.files import file_sha256, staged_folder
+from ..runtime.package.loader import add_artifacts
+from ..runtime.package.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     Artifact,
@@ -47,7 +36,18 @@ from crosslmm_edge.runtime.package.manifest import (
     Manifest,
     load_manifest,
 )
-from crosslmm_edge.runtime.package.staging import temp_name
+from ..runtime.package.staging import temp_name
+from .checkpoint import (
+    CONFIG_NAME,
+    GENERATION_CONFIG,
+    TOKENIZER_FILES,
+    checkpoint_hash,
+    load_checkpoint,
+    load_config,
+)
+from .graph_modules import graph_module
+from .graph_specs import trace_sizes
+from .onnx_export import OPSET, export_graph
 
 DTYPES = {"fp32": (torch.float32, "float32"), "fp16": (torch.float16, "float16")}
 
@@ -82,7 +82,7 @@ def _tool_versions() -> dict[str, object]:
     import onnxruntime
     import onnxscript
 
-    from crosslmm_edge import __version__
+    from .. import __version__
 
     return {
         "crosslmm_edge": __version__,

@@ -72,7 +72,7 @@ def _progress(message: str) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Export and print where the package went."""
-    from crosslmm_edge.export.package import export_package
+    from .package import export_package
 
     manifest = export_package(
         args.checkpoint,
@@ -95,7 +95,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     """Verify and print one line per output; exit 1 when any exceeds its tolerance."""
-    from crosslmm_edge.export.verify import verify_package
+    from .verify import verify_package
 
     report = verify_package(
         args.package, args.checkpoint, seed=args.seed, log=print, precisions=args.precision
@@ -111,8 +111,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def _onnx_files(target: Path) -> list[Path]:
-    from crosslmm_edge.runtime.errors import UserError
-    from crosslmm_edge.runtime.package.manifest import load_manifest
+    from ..runtime.errors import UserError
+    from ..runtime.package.manifest import load_manifest
 
     if target.is_file() and target.suffix == ".onnx":
         return [target]
@@ -130,8 +130,8 @@ def _onnx_files(target: Path) -> list[Path]:
 
 def run_lint(args: argparse.Namespace) -> int:
     """Lint every ONNX graph of the package; print each problem."""
-    from crosslmm_edge.export.lint_trt import lint_file
-    from crosslmm_edge.export.trt_support import TRT_VERSION
+    from .lint_trt import lint_file
+    from .trt_support import TRT_VERSION
 
     failed = False
     for path in _onnx_files(Path(args.package)):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from crosslmm_edge.export.attention import causal_attention
-from crosslmm_edge.runtime.core.config import TextConfig
+from ..runtime.core.config import TextConfig
+from .attention import causal_attention
 
 
 class RMSNorm(nn.Module):

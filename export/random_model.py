@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from crosslmm_edge.export.checkpoint import GENERATION_CONFIG, save_checkpoint
-from crosslmm_edge.export.model import CrossLMM
-from crosslmm_edge.models import embedded_model_dir
-from crosslmm_edge.runtime.core.config import CrossLMMConfig, TextConfig, VisionConfig
-from crosslmm_edge.runtime.errors import UserError
+from ..models import embedded_model_dir
+from ..runtime.core.config import CrossLMMConfig, TextConfig, VisionConfig
+from ..runtime.errors import UserError
+from .checkpoint import GENERATION_CONFIG, save_checkpoint
+from .model import CrossLMM
 
 # LLM widths of the named models; the 0.5B preset keeps a small vision tower so a
 # 2-core machine can export and run it, the 2B preset is the spec's full size.

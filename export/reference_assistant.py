@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crosslmm_edge.export.checkpoint import load_checkpoint
-from crosslmm_edge.export.generate import generate, new_cache, prefill_video_prefix
-from crosslmm_edge.export.kv_cache import KVCache
-from crosslmm_edge.export.model import VideoFeatures
-from crosslmm_edge.runtime.chat.answer_stream import build_answer, collect_tokens
-from crosslmm_edge.runtime.chat.assistant_types import Answer, GenerationOptions, TokenCallback
-from crosslmm_edge.runtime.chat.prompt import PromptBuilder
-from crosslmm_edge.runtime.chat.turns import TurnTaking
-from crosslmm_edge.runtime.core.sampling import Sampler
-from crosslmm_edge.runtime.errors import UserError
+from ..runtime.chat.answer_stream import build_answer, collect_tokens
+from ..runtime.chat.assistant_types import Answer, GenerationOptions, TokenCallback
+from ..runtime.chat.prompt import PromptBuilder
+from ..runtime.chat.turns import TurnTaking
+from ..runtime.core.sampling import Sampler
+from ..runtime.errors import UserError
+from .checkpoint import load_checkpoint
+from .generate import generate, new_cache, prefill_video_prefix
+from .kv_cache import KVCache
+from .model import VideoFeatures
 
 INITIAL_CACHE = 1024  # positions; the cache grows on demand up to the context limit
 
@@ -49,7 +49,7 @@ class ReferenceAssistant(TurnTaking):
     # -- video ------------------------------------------------------------
     def set_video(self, path: str, num_frames: int | None = None) -> None:
         """Decode, encode and prefill a video file."""
-        from crosslmm_edge.runtime.video.decode import load_video
+        from ..runtime.video.decode import load_video
 
         start = time.perf_counter()
         frames = load_video(

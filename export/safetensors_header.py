@@ -14,9 +14,9 @@ import json
 import struct
 from pathlib import Path
 
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.files import open_regular
-from crosslmm_edge.runtime.package.limits import is_count
+from ..runtime.errors import UserError
+from ..runtime.package.files import open_regular
+from ..runtime.package.limits import is_count
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 MAX_FILE_BYTES = 1 << 40

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from crosslmm_edge.export.attention import full_attention
-from crosslmm_edge.runtime.core.config import VisionConfig
+from ..runtime.core.config import VisionConfig
+from .attention import full_attention
 
 
 def activation(name: str) -> nn.Module:

@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crosslmm_edge.runtime.backends.cuda_runtime import open_cuda_runtime
-from crosslmm_edge.runtime.backends.engine_record import environment, make_record
-from crosslmm_edge.runtime.backends.trt_backend import profile_memory
-from crosslmm_edge.runtime.backends.trt_common import capturing_logger, dtype_name, import_tensorrt
-from crosslmm_edge.runtime.backends.trt_profiles import FrameSizes, ProfileLimits, derive_profiles
-from crosslmm_edge.runtime.core.contract import ROLES, TensorSpec
-from crosslmm_edge.runtime.core.generation import largest_visual_piece
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.files import file_sha256, write_atomic
-from crosslmm_edge.runtime.package.loader import ModelPackage, add_artifacts, open_package
-from crosslmm_edge.runtime.package.manifest import Artifact, Manifest
+from ..runtime.backends.cuda_runtime import open_cuda_runtime
+from ..runtime.backends.engine_record import environment, make_record
+from ..runtime.backends.trt_backend import profile_memory
+from ..runtime.backends.trt_common import capturing_logger, dtype_name, import_tensorrt
+from ..runtime.backends.trt_profiles import FrameSizes, ProfileLimits, derive_profiles
+from ..runtime.core.contract import ROLES, TensorSpec
+from ..runtime.core.generation import largest_visual_piece
+from ..runtime.errors import UserError
+from ..runtime.package.files import file_sha256, write_atomic
+from ..runtime.package.loader import ModelPackage, add_artifacts, open_package
+from ..runtime.package.manifest import Artifact, Manifest
 
 OOM_WORDS = ("out of memory", "outofmemory", "cudaerrormemoryallocation", "insufficient memory")
 Log = Callable[[str], None]

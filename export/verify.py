@@ -17,14 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crosslmm_edge.export.checkpoint import checkpoint_hash, load_checkpoint
-from crosslmm_edge.export.dcal import CrossKV
-from crosslmm_edge.export.graph_specs import random_inputs
-from crosslmm_edge.export.model import CrossLMM
-from crosslmm_edge.export.package import DTYPES
-from crosslmm_edge.export.verify_chain import ChainResult, verify_chain
-from crosslmm_edge.runtime.core.compare import compare, tolerance_for
-from crosslmm_edge.runtime.core.contract import (
+from ..runtime.core.compare import compare, tolerance_for
+from ..runtime.core.contract import (
     LLM,
     POOLING,
     VISION_ENCODER,
@@ -33,9 +27,15 @@ from crosslmm_edge.runtime.core.contract import (
     graph_specs,
     llm_sizes,
 )
-from crosslmm_edge.runtime.core.pipeline import Pipeline
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.manifest import Manifest, load_manifest
+from ..runtime.core.pipeline import Pipeline
+from ..runtime.errors import UserError
+from ..runtime.package.manifest import Manifest, load_manifest
+from .checkpoint import checkpoint_hash, load_checkpoint
+from .dcal import CrossKV
+from .graph_specs import random_inputs
+from .model import CrossLMM
+from .package import DTYPES
+from .verify_chain import ChainResult, verify_chain
 
 
 @dataclass(frozen=True)

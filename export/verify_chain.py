@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crosslmm_edge.export.generate import decode_step, new_cache, prefill, prefill_video_prefix
-from crosslmm_edge.export.model import CrossLMM
-from crosslmm_edge.runtime.core.compare import tolerance_for
-from crosslmm_edge.runtime.core.contract import is_v2v
-from crosslmm_edge.runtime.core.pipeline import Pipeline
+from ..runtime.core.compare import tolerance_for
+from ..runtime.core.contract import is_v2v
+from ..runtime.core.pipeline import Pipeline
+from .generate import decode_step, new_cache, prefill, prefill_video_prefix
+from .model import CrossLMM
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslmm_edge.runtime.core.contract import DimSpec, TensorSpec
-from crosslmm_edge.runtime.errors import UserError
+from ..core.contract import DimSpec, TensorSpec
+from ..errors import UserError
 
 # Short names accepted by --provider, best first for the automatic choice.
 # TensorRT is never chosen automatically: its first run builds engines for
@@ -158,11 +158,11 @@ BACKEND_KINDS = ("onnx", "tensorrt")
 def open_backend(kind: str = "onnx", provider: str | None = None, threads: int = 0) -> Backend:
     """The backend that runs ``kind`` artifacts; for ONNX, on ``provider`` (None: best)."""
     if kind == "onnx":
-        from crosslmm_edge.runtime.backends.ort_backend import OrtBackend
+        from .ort_backend import OrtBackend
 
         return OrtBackend(resolve_provider(provider), threads=threads)
     if kind == "tensorrt":  # native engines (`build`); --provider does not apply
-        from crosslmm_edge.runtime.backends.trt_backend import TrtBackend
+        from .trt_backend import TrtBackend
 
         return TrtBackend()
     raise UserError(f"--backend {kind!r}: expected one of {', '.join(BACKEND_KINDS)}")

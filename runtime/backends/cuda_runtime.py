@@ -15,7 +15,7 @@ import glob
 from abc import ABC, abstractmethod
 from typing import Any
 
-from crosslmm_edge.runtime.errors import UserError
+from ..errors import UserError
 
 HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE = 1, 2, 3  # cudaMemcpyKind
 ATTR_CC_MAJOR, ATTR_CC_MINOR = 75, 76  # cudaDevAttrComputeCapabilityMajor / Minor

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from crosslmm_edge.runtime.errors import UserError
+from ..errors import UserError
 
 RECORD_FORMAT = 1
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")

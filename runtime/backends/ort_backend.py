@@ -13,17 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslmm_edge.runtime.backends import ort_cache, trt_profiles
-from crosslmm_edge.runtime.backends.base import (
+from ..core.contract import DimSpec, TensorSpec
+from ..errors import UserError
+from . import ort_cache, trt_profiles
+from .base import (
     PROVIDER_NAMES,
     Backend,
     DeviceArray,
     GraphSession,
     HostArray,
 )
-from crosslmm_edge.runtime.backends.ort_cache import OptimizedGraphCache
-from crosslmm_edge.runtime.core.contract import DimSpec, TensorSpec
-from crosslmm_edge.runtime.errors import UserError
+from .ort_cache import OptimizedGraphCache
 
 ONNX_DTYPES = {
     "tensor(float)": "float32",

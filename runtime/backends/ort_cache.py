@@ -37,10 +37,10 @@ import shutil
 import stat
 from pathlib import Path
 
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.files import open_regular, user_cache_path, write_text_atomic
-from crosslmm_edge.runtime.package.hash_cache import file_stamp
-from crosslmm_edge.runtime.package.staging import clean_stale, temp_name
+from ..errors import UserError
+from ..package.files import open_regular, user_cache_path, write_text_atomic
+from ..package.hash_cache import file_stamp
+from ..package.staging import clean_stale, temp_name
 
 ENV_PATH = "CROSSLMM_EDGE_ORT_CACHE"  # a folder, or "off"
 FORMAT = 1

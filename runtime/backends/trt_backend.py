@@ -19,16 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from crosslmm_edge.runtime.backends.base import Backend, DeviceArray, GraphSession
-from crosslmm_edge.runtime.backends.cuda_runtime import (
+from ..core.contract import DimSpec, TensorSpec
+from ..errors import UserError
+from ..package.manifest import Artifact, load_manifest
+from .base import Backend, DeviceArray, GraphSession
+from .cuda_runtime import (
     DEVICE_TO_DEVICE,
     DEVICE_TO_HOST,
     HOST_TO_DEVICE,
     CudaRuntime,
     open_cuda_runtime,
 )
-from crosslmm_edge.runtime.backends.engine_record import environment, require_compatible
-from crosslmm_edge.runtime.backends.trt_buffers import (
+from .engine_record import environment, require_compatible
+from .trt_buffers import (
     DeviceBuffer,
     ScratchPool,
     TrtDeviceArray,
@@ -37,11 +40,8 @@ from crosslmm_edge.runtime.backends.trt_buffers import (
     device_zeros,
     is_aligned,
 )
-from crosslmm_edge.runtime.backends.trt_common import capturing_logger, dtype_name, import_tensorrt
-from crosslmm_edge.runtime.backends.trt_profiles import ShapeProfile, select_profile
-from crosslmm_edge.runtime.core.contract import DimSpec, TensorSpec
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.manifest import Artifact, load_manifest
+from .trt_common import capturing_logger, dtype_name, import_tensorrt
+from .trt_profiles import ShapeProfile, select_profile
 
 
 class TrtBackend(Backend):

@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from crosslmm_edge.runtime.backends.base import DeviceArray
-from crosslmm_edge.runtime.backends.cuda_runtime import DEVICE_TO_HOST, HOST_TO_DEVICE, CudaRuntime
-from crosslmm_edge.runtime.core.contract import DimSpec, TensorSpec
+from ..core.contract import DimSpec, TensorSpec
+from .base import DeviceArray
+from .cuda_runtime import DEVICE_TO_HOST, HOST_TO_DEVICE, CudaRuntime
 
 ALIGNMENT = 256
 

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from crosslmm_edge.runtime.errors import UserError
+from ..errors import UserError
 
 # trt.DataType member name -> numpy dtype name (the manifest's TensorSpec.dtype).
 DTYPE_NAMES = {

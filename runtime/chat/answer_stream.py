@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from crosslmm_edge.runtime.chat.assistant_types import Answer, TokenCallback
+from .assistant_types import Answer, TokenCallback
 
 
 @dataclass

@@ -19,18 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslmm_edge.runtime.chat.answer_stream import build_answer, collect_tokens
-from crosslmm_edge.runtime.chat.assistant_types import Answer, GenerationOptions, TokenCallback
-from crosslmm_edge.runtime.chat.prompt import PromptBuilder
-from crosslmm_edge.runtime.chat.turns import TurnTaking
-from crosslmm_edge.runtime.core.contract import LLM
-from crosslmm_edge.runtime.core.kv_cache import KVCache, cache_from_prefix
-from crosslmm_edge.runtime.core.pipeline import Pipeline
-from crosslmm_edge.runtime.core.sampling import Sampler
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.limits import check_allocation, kv_cache_bytes
-from crosslmm_edge.runtime.video.state_file import StateSpec
-from crosslmm_edge.runtime.video.video_state import (
+from ..core.contract import LLM
+from ..core.kv_cache import KVCache, cache_from_prefix
+from ..core.pipeline import Pipeline
+from ..core.sampling import Sampler
+from ..errors import UserError
+from ..package.limits import check_allocation, kv_cache_bytes
+from ..video.state_file import StateSpec
+from ..video.video_state import (
     DEFAULT_CHUNK_FRAMES,
     StateKey,
     VideoState,
@@ -38,6 +34,10 @@ from crosslmm_edge.runtime.video.video_state import (
     load_state,
     save_state,
 )
+from .answer_stream import build_answer, collect_tokens
+from .assistant_types import Answer, GenerationOptions, TokenCallback
+from .prompt import PromptBuilder
+from .turns import TurnTaking
 
 
 class RuntimeAssistant(TurnTaking):
@@ -95,7 +95,7 @@ class RuntimeAssistant(TurnTaking):
     # -- video ------------------------------------------------------------
     def state_key(self, path: str, num_frames: int | None = None) -> StateKey:
         """The key a state for ``path`` sampled at ``num_frames`` must carry."""
-        from crosslmm_edge.runtime.video.decode import video_fingerprint
+        from ..video.decode import video_fingerprint
 
         artifacts = self.pipeline.artifacts
         return StateKey(
@@ -110,7 +110,7 @@ class RuntimeAssistant(TurnTaking):
         self, path: str, num_frames: int | None = None, state_file: str | None = None
     ) -> None:
         """Prepare ``path``: from ``state_file`` when given (checked), else encode it."""
-        from crosslmm_edge.runtime.video.decode import iter_video_chunks
+        from ..video.decode import iter_video_chunks
 
         start = time.perf_counter()
         frames = num_frames or self.dims.num_frames

@@ -20,8 +20,8 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Tokenizer
 
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.files import read_json
+from ..errors import UserError
+from ..package.files import read_json
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 IM_START, IM_END, VIDEO_PAD = "<|im_start|>", "<|im_end|>", "<|video_pad|>"

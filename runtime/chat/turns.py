@@ -11,9 +11,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection
 from typing import Any, Protocol
 
-from crosslmm_edge.runtime.chat.assistant_types import Answer, GenerationOptions, TokenCallback
-from crosslmm_edge.runtime.chat.prompt import PromptBuilder
-from crosslmm_edge.runtime.errors import UserError
+from ..errors import UserError
+from .assistant_types import Answer, GenerationOptions, TokenCallback
+from .prompt import PromptBuilder
 
 
 class PrefixCache(Protocol):

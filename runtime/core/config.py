@@ -11,8 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.limits import (
+from ..errors import UserError
+from ..package.limits import (
     MAX_TOKEN_ID,
     is_count,
     positive_float_problems,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from crosslmm_edge.runtime.core.config import CrossLMMConfig
+from .config import CrossLMMConfig
 
 # Roles double as file stems: vision_encoder.onnx, pooling.onnx, llm.onnx.
 VISION_ENCODER, POOLING, LLM = "vision_encoder", "pooling", "llm"

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crosslmm_edge.runtime.backends.base import DeviceArray, GraphSession
-from crosslmm_edge.runtime.core.kv_cache import KVCache
-from crosslmm_edge.runtime.core.sampling import Sampler
+from ..backends.base import DeviceArray, GraphSession
+from .kv_cache import KVCache
+from .sampling import Sampler
 
 CrossFeeds = Mapping[str, np.ndarray | DeviceArray]
 

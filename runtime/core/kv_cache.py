@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from crosslmm_edge.runtime.backends.base import DeviceArray, HostArray
+from ..backends.base import DeviceArray, HostArray
 
 Allocate = Callable[[Sequence[int], np.dtype], DeviceArray]
 

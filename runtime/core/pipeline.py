@@ -13,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslmm_edge.runtime.backends.base import Backend, DeviceArray, GraphSession, open_backend
-from crosslmm_edge.runtime.core.contract import (
+from ..backends.base import Backend, DeviceArray, GraphSession, open_backend
+from ..package.graph_contract import check_session
+from ..package.loader import ArtifactSet, choose_artifacts, open_package
+from ..video.video_state import encode_chunks, encode_frames
+from .contract import (
     LLM,
     POOLING,
     ROLES,
@@ -22,7 +25,7 @@ from crosslmm_edge.runtime.core.contract import (
     is_v2v,
     past_names,
 )
-from crosslmm_edge.runtime.core.generation import (
+from .generation import (
     DEFAULT_MAX_CHUNK_TOKENS,
     DEFAULT_MAX_SCORE_BYTES,
     ChunkShapes,
@@ -31,11 +34,8 @@ from crosslmm_edge.runtime.core.generation import (
     run_chunk,
     stream_tokens,
 )
-from crosslmm_edge.runtime.core.kv_cache import KVCache
-from crosslmm_edge.runtime.core.sampling import Sampler
-from crosslmm_edge.runtime.package.graph_contract import check_session
-from crosslmm_edge.runtime.package.loader import ArtifactSet, choose_artifacts, open_package
-from crosslmm_edge.runtime.video.video_state import encode_chunks, encode_frames
+from .kv_cache import KVCache
+from .sampling import Sampler
 
 
 class Pipeline:

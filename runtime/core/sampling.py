@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
+from ..chat.assistant_types import GenerationOptions
 
 
 @dataclass

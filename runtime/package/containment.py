@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path, PurePosixPath
 
-from crosslmm_edge.runtime.errors import UserError
+from ..errors import UserError
 
 
 def name_problem(name: object) -> str | None:

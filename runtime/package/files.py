@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.limits import MAX_JSON_BYTES
-from crosslmm_edge.runtime.package.staging import clean_stale, replace_folder, temp_name
+from ..errors import UserError
+from .limits import MAX_JSON_BYTES
+from .staging import clean_stale, replace_folder, temp_name
 
 BLOCK = 1 << 20
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from crosslmm_edge.runtime.core.config import CrossLMMConfig
-from crosslmm_edge.runtime.core.contract import LLM, ROLES, ExportLimits, TensorSpec, graph_specs
-from crosslmm_edge.runtime.errors import UserError
+from ..core.config import CrossLMMConfig
+from ..core.contract import LLM, ROLES, ExportLimits, TensorSpec, graph_specs
+from ..errors import UserError
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8")  # int8: quantized K/V
 

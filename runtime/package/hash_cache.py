@@ -27,8 +27,8 @@ import stat
 import time
 from pathlib import Path
 
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.files import (
+from ..errors import UserError
+from .files import (
     file_sha256,
     open_regular,
     user_cache_path,

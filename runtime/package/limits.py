@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from crosslmm_edge.runtime.errors import UserError
+from ..errors import UserError
 
 # Upper bounds of config sizes, by the name messages use (config.py's _size_problems).
 CONFIG_BOUNDS = {

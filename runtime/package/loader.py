@@ -17,17 +17,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from crosslmm_edge.runtime.core.config import CrossLMMConfig
-from crosslmm_edge.runtime.core.contract import ROLES, ModelDims
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.containment import inside, name_problem, relative_to_graph
-from crosslmm_edge.runtime.package.files import share_files, write_text_atomic
-from crosslmm_edge.runtime.package.graph_contract import check_manifest_contract
-from crosslmm_edge.runtime.package.hash_cache import HashCache
-from crosslmm_edge.runtime.package.manifest import MANIFEST_NAME, Artifact, Manifest, load_manifest
-from crosslmm_edge.runtime.package.manifest_fields import side_file_names
-from crosslmm_edge.runtime.package.onnx_refs import external_data_locations
-from crosslmm_edge.runtime.package.staging import clean_stale
+from ..core.config import CrossLMMConfig
+from ..core.contract import ROLES, ModelDims
+from ..errors import UserError
+from .containment import inside, name_problem, relative_to_graph
+from .files import share_files, write_text_atomic
+from .graph_contract import check_manifest_contract
+from .hash_cache import HashCache
+from .manifest import MANIFEST_NAME, Artifact, Manifest, load_manifest
+from .manifest_fields import side_file_names
+from .onnx_refs import external_data_locations
+from .staging import clean_stale
 
 # Precision tried first when none is asked for, per device: fp32 on a CPU (fp16 is
 # emulated there), fp16 on a GPU. INT8 is always an explicit choice: it has a drift cost.

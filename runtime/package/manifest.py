@@ -29,11 +29,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from crosslmm_edge.runtime.core.contract import ROLES, DimSpec, TensorSpec
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.containment import inside
-from crosslmm_edge.runtime.package.files import read_json
-from crosslmm_edge.runtime.package.manifest_fields import (
+from ..core.contract import ROLES, DimSpec, TensorSpec
+from ..errors import UserError
+from .containment import inside
+from .files import read_json
+from .manifest_fields import (
     FileRef,
     as_dict,
     as_list,

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from crosslmm_edge.runtime.core.contract import DimSpec, TensorSpec
-from crosslmm_edge.runtime.package.containment import name_problem
-from crosslmm_edge.runtime.package.limits import MAX_CONTEXT, MAX_FRAMES, is_count
+from ..core.contract import DimSpec, TensorSpec
+from .containment import name_problem
+from .limits import MAX_CONTEXT, MAX_FRAMES, is_count
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import mmap
 from pathlib import Path
 
-from crosslmm_edge.runtime.errors import UserError
+from ..errors import UserError
 
 # Message kinds and, per kind, the field numbers that hold sub-messages (onnx.proto).
 MODEL, GRAPH, NODE, ATTRIBUTE, TENSOR, SPARSE, FUNCTION, TRAINING, ENTRY = range(9)

@@ -6,23 +6,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from crosslmm_edge.runtime.backends.trt_profiles import (
+from ..backends.trt_profiles import (
     ENCODE_CHUNK_FRAMES,
     OPT_PREFIX_TEXT,
     PREFIX_TEXT_MAX,
     TEXT_CHUNK_MAX,
 )
-from crosslmm_edge.runtime.core.config import CrossLMMConfig
-from crosslmm_edge.runtime.core.generation import (
+from ..core.config import CrossLMMConfig
+from ..core.generation import (
     DEFAULT_MAX_CHUNK_TOKENS,
     DEFAULT_MAX_SCORE_BYTES,
     largest_visual_piece,
     piece_tokens,
 )
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.files import read_json
-from crosslmm_edge.runtime.package.manifest import MANIFEST_NAME, load_manifest
-from crosslmm_edge.runtime.planner.memory_plan import (
+from ..errors import UserError
+from ..package.files import read_json
+from ..package.manifest import MANIFEST_NAME, load_manifest
+from .memory_plan import (
     DECODE_TOKENS,
     DEVICES,
     PRECISION_BYTES,

@@ -16,8 +16,8 @@ import av
 import numpy as np
 from PIL import Image
 
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.files import file_sha256, write_atomic
+from ..errors import UserError
+from ..package.files import file_sha256, write_atomic
 
 # What PyAV raises on bad input: its FFmpeg errors (many also subclass
 # OSError/ValueError) and plain OSError/ValueError from the file layer.

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.video.decode import preprocess
+from ..chat.assistant import RuntimeAssistant
+from ..errors import UserError
+from .decode import preprocess
 
 
 @dataclass

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from crosslmm_edge.runtime.core.contract import cross_names
-from crosslmm_edge.runtime.package.limits import MAX_FRAMES, MAX_TOKEN_ID, is_count
-from crosslmm_edge.runtime.video.state_file import BadStateError, StateSpec, check_finite
+from ..core.contract import cross_names
+from ..package.limits import MAX_FRAMES, MAX_TOKEN_ID, is_count
+from .state_file import BadStateError, StateSpec, check_finite
 
 
 def _meta_fields(meta: dict[str, Any], spec: StateSpec | None) -> tuple[int, list[int], list[str]]:

@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from crosslmm_edge.runtime.backends.base import GraphSession
-from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.package.files import open_regular, write_atomic
-from crosslmm_edge.runtime.package.limits import check_allocation
-from crosslmm_edge.runtime.video.state_arrays import state_parts
-from crosslmm_edge.runtime.video.state_file import (
+from ..backends.base import GraphSession
+from ..errors import UserError
+from ..package.files import open_regular, write_atomic
+from ..package.limits import check_allocation
+from .state_arrays import state_parts
+from .state_file import (
     HARD_MAX_BYTES,
     BadStateError,
     StateSpec,
