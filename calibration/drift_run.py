@@ -73,10 +73,10 @@ class Side:
         self.pooled: list[dict[str, np.ndarray]] = []
         sessions = self.assistant.pipeline.sessions
         sessions[VISION_ENCODER] = RecordingSession(
-            sessions[VISION_ENCODER], None, lambda out: self.features.append(out["patch_features"])
+            sessions[VISION_ENCODER], lambda out: self.features.append(out["patch_features"])
         )
         sessions[POOLING] = RecordingSession(
-            sessions[POOLING], None, lambda out: self.pooled.append(dict(out))
+            sessions[POOLING], lambda out: self.pooled.append(dict(out))
         )
 
     def cross(self, name: str) -> np.ndarray:

@@ -30,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--calib-count", type=int, default=16, help="videos to calibrate on (default 16)"
     )
     quantize.add_argument("--seed", type=int, default=0, help="selection seed (default 0)")
+    quantize.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="frames per calibration video (default: the most the package was exported for)",
+    )
     where = quantize.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", default=None, help="write a copy of the package with INT8 added")
     where.add_argument("--in-place", action="store_true", help="add INT8 to PACKAGE itself")
@@ -92,6 +98,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         args.search_videos,
         _warn,
         trt_int8=not args.no_trt_int8,
+        frames=args.frames,
     )
     if args.json:
         print(json.dumps(summary))

@@ -20,14 +20,9 @@ from ..runtime.package.files import staged_folder
 from ..runtime.package.loader import add_artifacts, choose_artifacts
 from ..runtime.package.manifest import load_manifest
 from ..runtime.package.staging import clean_stale, temp_name
+from .calibrate import Calibration, calibrate, calibration_frames, disk_error
 from .progress import progress_bar
-from .quantize import (
-    Calibration,
-    QuantizeOptions,
-    calibrate,
-    int8_artifacts,
-    selected_nodes,
-)
+from .quantize import QuantizeOptions, int8_artifacts, selected_nodes
 from .quantize_fp16 import trt_int8_artifacts
 
 Log = Callable[[str], None]
@@ -57,7 +52,7 @@ def add_int8(
         if extra is not None:
             extra(folder, staging)
     except OSError as exc:
-        raise UserError(f"{folder}: writing INT8 graphs failed ({exc.strerror or exc})") from None
+        raise disk_error(exc, folder, "writing the quantized graphs") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -83,15 +78,18 @@ def quantize_package(
     search_videos: int = 50,
     log: Log = print,
     trt_int8: bool = True,
+    frames: int | None = None,
 ) -> dict:
     """Add INT8 artifacts to ``package`` (or to a copy at ``out``); a summary dict.
 
     ``trt_int8``: also the ``onnx-trt/int8`` set, when the package has fp16 graphs.
+    ``frames``: per calibration video (default: the package's export limit).
     """
     manifest = load_manifest(package)
     choose_artifacts(manifest, "onnx", "fp32")  # refuses a package without FP32 graphs
     trt_int8 = trt_int8 and _has_fp16(manifest, log)
     selected_nodes(package, manifest, options)  # recipe and --exclude errors before any work
+    calibration_frames(manifest, package, frames)  # and a --frames the package cannot take
     if out is not None and out.exists():
         raise UserError(f"--out {out}: already exists")
     if max_drift is not None and max_drift < 0:
@@ -99,7 +97,7 @@ def quantize_package(
     # Named with our pid, so the next run removes one a kill -9 left behind.
     clean_stale(Path(tempfile.gettempdir()), "crosslmm-quantize")
     with tempfile.TemporaryDirectory(prefix=temp_name("crosslmm-quantize") + "-") as temp:
-        calibration = calibrate(package, Path(temp), calib, count, seed, log)
+        calibration = calibrate(package, Path(temp), (calib, count, seed), options, log, frames)
         kept: dict[str, str] = {}
         if max_drift is not None:
             from .search import search_recipe
