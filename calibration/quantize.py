@@ -165,45 +165,70 @@ def int8_artifacts(
     progress: Callable[[], None] = lambda: None,
 ) -> dict[str, Artifact]:
     """Quantize the three FP32 graphs into ``staging``; their manifest records."""
-    manifest = load_manifest(package_dir)
-    fp32 = choose_artifacts(manifest, "onnx", "fp32")
-    chosen = selected_nodes(package_dir, manifest, options)
-    scales = kv_int8.head_scales(calibration.cross_max) if options.int8_cross_kv else {}
     artifacts = {}
     for role in ROLES:
-        source = fp32.by_role[role]
-        target = staging / f"{role}.int8.onnx"
-        quantize_graph(
-            package_dir / source.file, target, [n.name for n in chosen[role]], calibration, role
-        )
-        _apply_cross_kv(role, target, scales)
-        files = [target] + [p for p in [target.with_name(target.name + ".data")] if p.exists()]
-        build = {
-            "recipe": options.recipe,
-            "exclude": list(options.exclude),
-            "kept_float_groups": list(options.skip_groups),
-            "search": options.search,
-            "quantized_modules": sorted({n.module for n in chosen[role]}),
-            "calibration_sha256": calibration.sha256,
-            "calibration_videos": len(calibration.videos),
-            "calibration_runs": calibration.stats.runs.get(role, 0),
-            "calibration_frames": calibration.frames,
-            "source_artifacts": {f.file: f.sha256 for f in source.files()},
-            "base_precision": "fp32",
-            "scheme": "QDQ int8: per-channel symmetric weights, per-tensor symmetric activations",
-            "cross_kv": "int8 per-head" if scales else "float",
-            "cross_kv_scales": {k: v.tolist() for k, v in scales.items()} if scales else {},
-        }
-        cross = set(scales)
-        artifacts[role] = Artifact(
-            backend="onnx",
-            precision="int8",
-            file=target.name,
-            sha256=file_sha256(target),
-            inputs=_int8_specs(source.inputs, cross if role == LLM else set()),
-            outputs=_int8_specs(source.outputs, cross if role == POOLING else set()),
-            external_data=tuple(FileRef(f.name, file_sha256(f)) for f in files[1:]),
-            build=build,
-        )
+        artifacts[role] = int8_artifact(package_dir, staging, calibration, options, role)
         progress()
     return artifacts
+
+
+def int8_artifact(
+    package_dir: Path,
+    staging: Path,
+    calibration: Calibration,
+    options: QuantizeOptions,
+    role: str,
+    precision: str = "int8",
+) -> Artifact:
+    """``role``'s FP32 graph with its recipe's MatMuls in INT8 Q/DQ, as a ``precision``
+    artifact in ``staging`` (``int4`` sets take the vision and pooling graphs from here)."""
+    manifest = load_manifest(package_dir)
+    source = choose_artifacts(manifest, "onnx", "fp32").by_role[role]
+    chosen = selected_nodes(package_dir, manifest, options)[role]
+    scales = kv_int8.head_scales(calibration.cross_max) if options.int8_cross_kv else {}
+    target = staging / f"{role}.{precision}.onnx"
+    quantize_graph(package_dir / source.file, target, [n.name for n in chosen], calibration, role)
+    _apply_cross_kv(role, target, scales)
+    files = [target] + [p for p in [target.with_name(target.name + ".data")] if p.exists()]
+    build = {
+        **build_record(options, calibration, role, source),
+        "quantized_modules": sorted({n.module for n in chosen}),
+        "scheme": "QDQ int8: per-channel symmetric weights, per-tensor symmetric activations",
+        **cross_kv_record(scales),
+    }
+    return Artifact(
+        backend="onnx",
+        precision=precision,
+        file=target.name,
+        sha256=file_sha256(target),
+        inputs=_int8_specs(source.inputs, set(scales) if role == LLM else set()),
+        outputs=_int8_specs(source.outputs, set(scales) if role == POOLING else set()),
+        external_data=tuple(FileRef(f.name, file_sha256(f)) for f in files[1:]),
+        build=build,
+    )
+
+
+def build_record(
+    options: QuantizeOptions, calibration: Calibration, role: str, source: Artifact
+) -> dict:
+    """The manifest's record of a quantized graph: recipe, calibration, source."""
+    return {
+        "recipe": options.recipe,
+        "exclude": list(options.exclude),
+        "kept_float_groups": list(options.skip_groups),
+        "search": options.search,
+        "calibration_sha256": calibration.sha256,
+        "calibration_videos": len(calibration.videos),
+        "calibration_runs": calibration.stats.runs.get(role, 0),
+        "calibration_frames": calibration.frames,
+        "source_artifacts": {f.file: f.sha256 for f in source.files()},
+        "base_precision": "fp32",
+    }
+
+
+def cross_kv_record(scales: dict[str, np.ndarray]) -> dict:
+    """How the cross K/V memory is stored, with its per-head scales."""
+    return {
+        "cross_kv": "int8 per-head" if scales else "float",
+        "cross_kv_scales": {k: v.tolist() for k, v in scales.items()} if scales else {},
+    }

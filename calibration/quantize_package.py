@@ -24,6 +24,7 @@ from .calibrate import Calibration, calibrate, calibration_frames, disk_error
 from .progress import progress_bar
 from .quantize import QuantizeOptions, int8_artifacts, selected_nodes
 from .quantize_fp16 import trt_int8_artifacts
+from .quantize_int4 import Int4Options, int4_artifacts
 
 Log = Callable[[str], None]
 
@@ -34,18 +35,25 @@ def add_int8(
     options: QuantizeOptions,
     extra: Callable | None = None,
     trt_int8: bool = False,
+    int4: Int4Options | None = None,
 ) -> None:
     """Quantize ``folder``'s FP32 graphs and add them to it (``extra`` adds more artifacts).
 
-    ``trt_int8`` also writes the same Q/DQ on the fp16 graphs (``onnx-trt/int8``),
+    ``int4``: write the ``onnx/int4`` set instead of ``onnx/int8``. ``trt_int8``
+    also writes the same quantization on the fp16 graphs (``onnx-trt/...``),
     before either set is added, so a failure adds neither.
     """
     staging = folder / f".quantize-{os.getpid()}"
     try:
         staging.mkdir()
         with progress_bar(3, "quantization", "graph") as bar:
-            artifacts = int8_artifacts(folder, staging, calibration, options, bar.update)
-        trt = trt_int8_artifacts(folder, staging, artifacts, staging) if trt_int8 else {}
+            if int4 is None:
+                artifacts = int8_artifacts(folder, staging, calibration, options, bar.update)
+            else:
+                artifacts = int4_artifacts(
+                    folder, staging, calibration, options, int4, bar.update
+                )
+        trt = _trt_artifacts(folder, staging, artifacts, int4) if trt_int8 else {}
         add_artifacts(folder, artifacts, staging)
         if trt:  # one artifact per role and call: the second set, each write atomic
             add_artifacts(folder, trt, staging)
@@ -55,6 +63,15 @@ def add_int8(
         raise disk_error(exc, folder, "writing the quantized graphs") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _trt_artifacts(folder: Path, staging: Path, artifacts: dict, int4: Int4Options | None):
+    """The ``onnx-trt`` set on the fp16 graphs matching ``artifacts``."""
+    if int4 is None:
+        return trt_int8_artifacts(folder, staging, artifacts, staging)
+    from .quantize_trt_int4 import trt_int4_artifacts
+
+    return trt_int4_artifacts(folder, staging, artifacts, staging, int4)
 
 
 def _copy_package(source: Path, target: Path) -> None:
@@ -79,12 +96,16 @@ def quantize_package(
     log: Log = print,
     trt_int8: bool = True,
     frames: int | None = None,
+    int4: Int4Options | None = None,
 ) -> dict:
     """Add INT8 artifacts to ``package`` (or to a copy at ``out``); a summary dict.
 
     ``trt_int8``: also the ``onnx-trt/int8`` set, when the package has fp16 graphs.
     ``frames``: per calibration video (default: the package's export limit).
+    ``int4``: add the ``onnx/int4`` set (INT4 LLM) instead of ``onnx/int8``.
     """
+    if int4 is not None:
+        int4.check()
     manifest = load_manifest(package)
     choose_artifacts(manifest, "onnx", "fp32")  # refuses a package without FP32 graphs
     trt_int8 = trt_int8 and _has_fp16(manifest, log)
@@ -104,14 +125,14 @@ def quantize_package(
 
             options, kept = search_recipe(package, calibration, options, max_drift, search_videos)
         if out is None:
-            add_int8(package, calibration, options, trt_int8=trt_int8)
+            add_int8(package, calibration, options, trt_int8=trt_int8, int4=int4)
             target = package
         else:
             with staged_folder(out, "package") as staged:
                 _copy_package(package, staged)
-                add_int8(staged, calibration, options, trt_int8=trt_int8)
+                add_int8(staged, calibration, options, trt_int8=trt_int8, int4=int4)
             target = out
-    return _summary(target, options, kept, calibration)
+    return _summary(target, options, kept, calibration, "int8" if int4 is None else "int4")
 
 
 def _has_fp16(manifest, log: Log) -> bool:
@@ -125,10 +146,12 @@ def _has_fp16(manifest, log: Log) -> bool:
     return False
 
 
-def _summary(target: Path, options: QuantizeOptions, kept: dict, calibration) -> dict:
+def _summary(
+    target: Path, options: QuantizeOptions, kept: dict, calibration, precision: str
+) -> dict:
     manifest = load_manifest(target)
-    int8 = choose_artifacts(manifest, "onnx", "int8")
-    build = {role: a.build for role, a in int8.by_role.items()}
+    chosen = choose_artifacts(manifest, "onnx", precision)
+    build = {role: a.build for role, a in chosen.by_role.items()}
     kept = dict(kept)
     kept.setdefault("attention products, norms, softmax, residuals, gates", "recipe: not weights")
     kept.setdefault("LM head", "recipe: logits feed every answer, kept float")
@@ -143,7 +166,9 @@ def _summary(target: Path, options: QuantizeOptions, kept: dict, calibration) ->
         "calibration_sha256": calibration.sha256,
         "calibration_videos": len(calibration.videos),
         "search": build["llm"].get("search"),
-        "trt_int8": "onnx-trt/int8" in manifest.labels(),
+        "precision": precision,
+        "llm_build": build["llm"],
+        "trt_int8": f"onnx-trt/{precision}" in manifest.labels(),
         "cross_kv_memory_bytes": cross_kv_memory(manifest.model_config),
     }
 

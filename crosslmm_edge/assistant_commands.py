@@ -38,7 +38,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "int8"),
+        choices=("fp32", "fp16", "int8", "int4"),
         default=None,
         help="packages: which artifacts run (default: the best the package holds for the device)",
     )

@@ -9,7 +9,7 @@ Schema (format_version 2)::
      "files": {"config": "config.json", "generation_config": ..., "tokenizer": [...]},
      "graphs": {ROLE: {"dims": {NAME: {"min": a, "max": b, "expr": null | "frames*4"}},
                        "artifacts": [ARTIFACT, ...]}}}
-    ARTIFACT = {"backend": "onnx" | "tensorrt", "precision": "fp32" | "fp16" | "int8",
+    ARTIFACT = {"backend": "onnx" | "tensorrt", "precision": "fp32" | "fp16" | "int8" | "int4",
                 "file": "llm.onnx", "sha256": HEX,
                 "external_data": [{"file": ..., "sha256": HEX}],
                 "inputs": [TENSOR], "outputs": [TENSOR],
@@ -53,7 +53,7 @@ FORMAT_VERSION = 2
 # onnx-trt: ONNX graphs meant for TensorRT's builder (fp16 with INT8 Q/DQ); ONNX Runtime
 # does not run them (``choose_artifacts`` matches the backend, never picks them for onnx).
 BACKENDS = ("onnx", "tensorrt", "onnx-trt")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 
 @dataclass(frozen=True)
