@@ -128,21 +128,21 @@ def dequantize_node(
     Returns (initializers, node, the node's output name).
     """
     stem = f"{weight_name}_q{scheme.bits}"
+    # fp16 scales stay normal numbers (a flushed scale would zero its block)
+    scales = np.maximum(block.scales, np.finfo(scale_dtype).tiny).astype(scale_dtype)
+    per_channel = len(scales) == 1  # one block spans K: the per-channel form
     tensors = [
         integer_tensor(stem, block.values, scheme),
-        numpy_helper.from_array(block.scales.astype(scale_dtype), f"{stem}_scale"),
+        numpy_helper.from_array(scales[0] if per_channel else scales, f"{stem}_scale"),
     ]
     inputs = [tensors[0].name, tensors[1].name]
     if block.zero_points is not None:
-        tensors.append(integer_tensor(f"{stem}_zero_point", block.zero_points, scheme))
+        zero_points = block.zero_points[0] if per_channel else block.zero_points
+        tensors.append(integer_tensor(f"{stem}_zero_point", zero_points, scheme))
         inputs.append(tensors[2].name)
     output = f"{stem}_dequantized"
+    layout = {"axis": 1} if per_channel else {"axis": 0, "block_size": scheme.block_size}
     node = helper.make_node(
-        "DequantizeLinear",
-        inputs,
-        [output],
-        name=f"{stem}_DequantizeLinear",
-        axis=0,
-        block_size=scheme.block_size,
+        "DequantizeLinear", inputs, [output], name=f"{stem}_DequantizeLinear", **layout
     )
     return tensors, node, output

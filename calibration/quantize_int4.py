@@ -151,27 +151,35 @@ def save_graph(model: onnx.ModelProto, target: Path, external: bool) -> list[Pat
     return [target, *([data] if external else [])]
 
 
+@dataclass
+class Int4Set:
+    """The ``onnx/int4`` artifacts and the AWQ factors per LLM MatMul (for ``onnx-trt``)."""
+
+    artifacts: dict[str, Artifact]
+    factors: dict[str, np.ndarray]
+
+
 def int4_llm(
     package_dir: Path,
     target: Path,
     calibration: Calibration,
     options: QuantizeOptions,
     int4: Int4Options,
-) -> tuple[list[Path], dict]:
-    """Write the INT4 LLM graph to ``target``; its files and what was done (build record)."""
+) -> tuple[list[Path], dict, dict[str, np.ndarray]]:
+    """Write the INT4 LLM graph to ``target``; its files, build record and AWQ factors."""
     manifest = load_manifest(package_dir)
     source = choose_artifacts(manifest, "onnx", "fp32").by_role[LLM]
     plan = llm_plan(package_dir, options, int4)
     model = onnx.load(str(package_dir / source.file))
+    schemes = {name: scheme for name, (_, scheme) in plan.items()}
+    factors: dict[str, np.ndarray] = {}
     transform, awq_record = None, {}
     if int4.algorithm == "awq":
         from .awq import awq_weights
 
-        schemes = {name: scheme for name, (_, scheme) in plan.items()}
-        transform, awq_record = awq_weights(model, schemes, calibration.stats.by_role.get(LLM, {}))
-    block_quantize_model(
-        model, {name: scheme for name, (_, scheme) in plan.items()}, np.dtype(np.float32), transform
-    )
+        stats = calibration.stats.by_role.get(LLM, {})
+        factors, transform, awq_record = awq_weights(model, schemes, stats)
+    block_quantize_model(model, schemes, np.dtype(np.float32), transform)
     scales = kv_int8.head_scales(calibration.cross_max) if options.int8_cross_kv else {}
     if scales:
         kv_int8.dequantize_inputs(model, scales, np.dtype(np.float32))
@@ -194,7 +202,7 @@ def int4_llm(
         **awq_record,
         **cross_kv_record(scales),
     }
-    return files, record
+    return files, record, factors
 
 
 def int4_artifacts(
@@ -204,7 +212,7 @@ def int4_artifacts(
     options: QuantizeOptions,
     int4: Int4Options,
     progress: Callable[[], None] = lambda: None,
-) -> dict[str, Artifact]:
+) -> Int4Set:
     """The ``onnx/int4`` set in ``staging``: INT8-recipe vision and pooling, INT4 LLM."""
     int4.check()
     artifacts = {}
@@ -216,7 +224,7 @@ def int4_artifacts(
             progress()
     source = choose_artifacts(load_manifest(package_dir), "onnx", "fp32").by_role[LLM]
     target = staging / f"{LLM}.int4.onnx"
-    files, record = int4_llm(package_dir, target, calibration, options, int4)
+    files, record, factors = int4_llm(package_dir, target, calibration, options, int4)
     cross = set(record["cross_kv_scales"])
     artifacts[LLM] = Artifact(
         backend="onnx",
@@ -229,4 +237,4 @@ def int4_artifacts(
         build=record,
     )
     progress()
-    return artifacts
+    return Int4Set(artifacts, factors)

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..runtime.errors import UserError
 from ..runtime.package.files import staged_folder
@@ -48,12 +49,12 @@ def add_int8(
         staging.mkdir()
         with progress_bar(3, "quantization", "graph") as bar:
             if int4 is None:
-                artifacts = int8_artifacts(folder, staging, calibration, options, bar.update)
+                built: Any = int8_artifacts(folder, staging, calibration, options, bar.update)
+                artifacts = built
             else:
-                artifacts = int4_artifacts(
-                    folder, staging, calibration, options, int4, bar.update
-                )
-        trt = _trt_artifacts(folder, staging, artifacts, int4) if trt_int8 else {}
+                built = int4_artifacts(folder, staging, calibration, options, int4, bar.update)
+                artifacts = built.artifacts
+        trt = _trt_artifacts(folder, staging, built, int4) if trt_int8 else {}
         add_artifacts(folder, artifacts, staging)
         if trt:  # one artifact per role and call: the second set, each write atomic
             add_artifacts(folder, trt, staging)
@@ -65,13 +66,14 @@ def add_int8(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _trt_artifacts(folder: Path, staging: Path, artifacts: dict, int4: Int4Options | None):
-    """The ``onnx-trt`` set on the fp16 graphs matching ``artifacts``."""
+def _trt_artifacts(folder: Path, staging: Path, built, int4: Int4Options | None):
+    """The ``onnx-trt`` set on the fp16 graphs matching ``built`` (INT8 artifacts or an
+    ``Int4Set``)."""
     if int4 is None:
-        return trt_int8_artifacts(folder, staging, artifacts, staging)
+        return trt_int8_artifacts(folder, staging, built, staging)
     from .quantize_trt_int4 import trt_int4_artifacts
 
-    return trt_int4_artifacts(folder, staging, artifacts, staging, int4)
+    return trt_int4_artifacts(folder, staging, built, staging, int4)
 
 
 def _copy_package(source: Path, target: Path) -> None:
