@@ -49,7 +49,10 @@ DEVICES = {
     "rtx-4090-24gb": Device("GeForce RTX 4090 24 GB", 24 * GIB, 300 * MIB, False),
     "a100-40gb": Device("A100 40 GB", 40 * GIB, 0, False),
 }
-PRECISION_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+PRECISION_BYTES = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 1}  # int4: INT8 cross K/V
+# Bytes per LLM matrix weight at int4: 4 bits plus an fp16 scale per block of 32
+# (docs/quantization.md). The LM head is INT8 there, the vision side the INT8 recipe's.
+INT4_MATRIX_BYTES = 0.5 + 2 / 32
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,11 @@ def weight_bytes(s: Shapes, precision: str, file_sizes: dict[str, int] | None = 
     sizes = {
         role: c["matrix"] * matrix_bytes + c["other"] * other_bytes for role, c in counts.items()
     }
+    if precision == "int4":  # 4-bit decoder and DCAL weights; an untied head stays INT8
+        head = 0 if s.tied else s.vocab * s.hidden
+        llm = counts["llm"]
+        body = (llm["matrix"] - head) * INT4_MATRIX_BYTES + head * matrix_bytes
+        sizes["llm"] = int(body + llm["other"] * other_bytes)
     if file_sizes:
         sizes.update(file_sizes)
     if s.tied:  # ONNX Runtime folds Transpose(embedding); TensorRT keeps a GEMM copy
