@@ -156,7 +156,8 @@ def _summary(
     build = {role: a.build for role, a in chosen.by_role.items()}
     kept = dict(kept)
     kept.setdefault("attention products, norms, softmax, residuals, gates", "recipe: not weights")
-    kept.setdefault("LM head", "recipe: logits feed every answer, kept float")
+    if build["llm"].get("lm_head", "float") == "float":
+        kept.setdefault("LM head", "recipe: logits feed every answer, kept float")
     return {
         "package": str(target),
         "recipe": options.recipe if not options.skip_groups else f"{options.recipe} (searched)",
