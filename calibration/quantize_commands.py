@@ -154,9 +154,12 @@ def run_quantize(args: argparse.Namespace) -> int:
     if precision == "int4":
         _print_int4(summary["llm_build"])
     for group, reason in summary["kept_float"].items():
-        print(f"  kept in float: {group} ({reason})")
+        wider = precision == "int4" and reason.startswith(("int8:", "float:"))
+        print(f"  kept {'wider' if wider else 'in float'}: {group} ({reason})")
     search = summary.get("search")
-    if search:
+    if precision == "int4":
+        _print_int4_search(summary["llm_build"].get("int4_search"))
+    elif search:
         print(f"  --max-drift {search['max_drift_points']:g}: worst accuracy drop per group alone")
         for group, points in search["sensitivity_points"].items():
             print(f"    {group:<50} {points:5.1f} points")
@@ -178,8 +181,18 @@ def _print_int4(build: dict) -> None:
     )
     for storage, modules in build["modules_by_storage"].items():
         print(f"    {storage}: {len(modules)} modules")
-    for group, storage in build.get("wider_groups", {}).items():
-        print(f"    kept wider: {group} ({storage})")
+
+
+def _print_int4_search(search: dict | None) -> None:
+    """Where ``--max-drift`` landed: the drop and bytes of each mix it tried."""
+    if not search:
+        return
+    print(f"  --max-drift {search['max_drift_points']:g}: mixes tried (worst drop, LLM bytes)")
+    for trial in search["trials"]:
+        mib = trial["llm_bytes"] / 2**20
+        print(f"    {trial['drop']:5.1f} points  {mib:8.1f} MiB  {trial['mix']}")
+    landed = search["landed"]
+    print(f"  landed on: {landed['drop']:.1f} points, {landed['llm_bytes'] / 2**20:.1f} MiB")
 
 
 def _drift_items(args: argparse.Namespace, workdir: Path):

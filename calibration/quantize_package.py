@@ -122,7 +122,13 @@ def quantize_package(
     with tempfile.TemporaryDirectory(prefix=temp_name("crosslmm-quantize") + "-") as temp:
         calibration = calibrate(package, Path(temp), (calib, count, seed), options, log, frames)
         kept: dict[str, str] = {}
-        if max_drift is not None:
+        if max_drift is not None and int4 is not None:
+            from .search_int4 import search_int4
+
+            int4, kept = search_int4(
+                package, calibration, options, int4, max_drift, search_videos
+            )
+        elif max_drift is not None:
             from .search import search_recipe
 
             options, kept = search_recipe(package, calibration, options, max_drift, search_videos)
