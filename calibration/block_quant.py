@@ -141,8 +141,8 @@ def dequantize_node(
         tensors.append(integer_tensor(f"{stem}_zero_point", zero_points, scheme))
         inputs.append(tensors[2].name)
     output = f"{stem}_dequantized"
-    layout = {"axis": 1} if per_channel else {"axis": 0, "block_size": scheme.block_size}
-    node = helper.make_node(
-        "DequantizeLinear", inputs, [output], name=f"{stem}_DequantizeLinear", **layout
-    )
+    node = helper.make_node("DequantizeLinear", inputs, [output], name=f"{stem}_DequantizeLinear")
+    node.attribute.append(helper.make_attribute("axis", 1 if per_channel else 0))
+    if not per_channel:
+        node.attribute.append(helper.make_attribute("block_size", scheme.block_size))
     return tensors, node, output

@@ -173,7 +173,7 @@ def int4_llm(
     model = onnx.load(str(package_dir / source.file))
     schemes = {name: scheme for name, (_, scheme) in plan.items()}
     factors: dict[str, np.ndarray] = {}
-    transform, awq_record = None, {}
+    transform, awq_record = None, dict[str, object]()
     if int4.algorithm == "awq":
         from .awq import awq_weights
 

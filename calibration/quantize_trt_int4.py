@@ -57,8 +57,8 @@ def trt_int4_llm(
     for name, (_, scheme) in llm_plan(package_dir, _base_options(int4_llm), int4).items():
         mine = pairs[name]
         plan[mine] = _trt_scheme(scheme, int(rows[weight_of[mine]]))
-    mine = {pairs[k]: v for k, v in factors.items()}
-    transform = apply_factors(model, mine, np.dtype(np.float16)) if mine else None
+    paired = {pairs[k]: v for k, v in factors.items()}
+    transform = apply_factors(model, paired, np.dtype(np.float16)) if paired else None
     block_quantize_model(model, plan, np.dtype(np.float16), transform)
     raw = int4_llm.build.get("cross_kv_scales") or {}
     scales = {name: np.maximum(np.asarray(v, np.float32), FP16_TINY) for name, v in raw.items()}

@@ -135,7 +135,7 @@ def _restriction(
     if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
         return "the Indices output is unsupported"
     if op in ("MaxPool", "AveragePool", "LpPool") and any(
-        d != 1 for d in _attribute(node, "dilations", [])
+        d != 1 for d in list(_attribute(node, "dilations", []))  # type: ignore[call-overload]
     ):
         return "dilations must be all ones"
     if op == "LayerNormalization" and any(node.output[1:]):

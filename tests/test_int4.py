@@ -114,3 +114,59 @@ def test_build_int4_takes_the_onnx_trt_graphs(int4_package, tmp_path, monkeypatc
     args = ["ask", str(package), "--video", str(video), "--question", "what colour is the dot?"]
     assert main([*args, "--backend", "tensorrt", "--precision", "int4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["answers"][0]["token_ids"]
+
+
+def _outlier_copy(package: Path, target: Path, module: str) -> Path:
+    """A copy whose ``module`` MatMul has one 50x row per block of 32 (function unchanged).
+
+    Row ``c`` of the weight is multiplied by 50 and channel ``c`` of the RMSNorm
+    weight before it divided by 50: FP32 computes the same, but each block's
+    INT4 scale is set by the big row and the other 31 rows lose their precision.
+    """
+    from onnx import numpy_helper
+
+    from crosslmm_edge.calibration.recipes import weight_nodes
+    from crosslmm_edge.runtime.package.files import file_sha256
+
+    shutil.copytree(package, target)
+    model = onnx.load(str(target / "llm.onnx"))
+    name = next(n.name for n in weight_nodes(model, "llm") if n.module == module)
+    matmul = next(n for n in model.graph.node if n.name == name)
+    norm = next(n for n in model.graph.node if matmul.input[0] in n.output)
+    inits = {t.name: t for t in model.graph.initializer}
+    gamma_name = next(i for i in norm.input if i in inits)
+    gamma = numpy_helper.to_array(inits[gamma_name]).copy()
+    weight = numpy_helper.to_array(inits[matmul.input[1]]).copy()
+    rows = list(range(0, weight.shape[0], 32))
+    gamma[rows] /= 50
+    weight[rows] *= 50
+    inits[gamma_name].CopyFrom(numpy_helper.from_array(gamma, gamma_name))
+    inits[matmul.input[1]].CopyFrom(numpy_helper.from_array(weight, matmul.input[1]))
+    onnx.save(model, str(target / "llm.onnx"))
+    manifest = json.loads((target / "manifest.json").read_text())
+    for artifact in manifest["graphs"]["llm"]["artifacts"]:
+        if artifact["file"] == "llm.onnx":
+            artifact["sha256"] = file_sha256(target / "llm.onnx")
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+@pytest.mark.slow
+def test_max_drift_widens_the_group_that_really_exceeds_the_budget(
+    int4_package: Path, tmp_path: Path, capsys
+) -> None:
+    """Round to nearest on a layer with outlier rows costs real accuracy; the search keeps
+    that layer wider and every other group in INT4, and lands within the budget."""
+    layer = "model.language_model.model.layers.0"
+    broken = _outlier_copy(int4_package, tmp_path / "outliers", f"{layer}.self_attn.q_k_v_proj")
+    out = tmp_path / "mixed"
+    args = ["quantize", str(broken), "--out", str(out), "--precision", "int4", "--no-trt-int8"]
+    args += ["--algorithm", "rtn", "--max-drift", "1", "--search-videos", "6", "--calib-count", "2"]
+    assert main(args) == 0
+    build = load_manifest(out).graphs["llm"].find("onnx", "int4").build
+    search = build["int4_search"]
+    assert search["trials"][0]["mix"] == "all INT4" and search["trials"][0]["drop"] > 1
+    assert set(build["wider_groups"]) == {f"llm:{layer}"}
+    assert search["landed"]["drop"] <= 1
+    assert search["landed"]["llm_bytes"] < max(t["llm_bytes"] for t in search["trials"])
+    assert "kept wider: llm:" + layer in capsys.readouterr().out
