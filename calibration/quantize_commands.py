@@ -110,6 +110,12 @@ def _int4_arguments(quantize: argparse.ArgumentParser) -> None:
         default=default.head,
         help=f"int4: storage of the LM head (default {default.head})",
     )
+    quantize.add_argument(
+        "--embedding",
+        choices=HEAD_CHOICES,
+        default=default.embedding,
+        help=f"int4: the token embedding (ONNX Runtime only; default {default.embedding})",
+    )
 
 
 def _int4_options(args: argparse.Namespace):
@@ -117,7 +123,9 @@ def _int4_options(args: argparse.Namespace):
 
     if args.precision != "int4":
         return None
-    return Int4Options(args.block_size, not args.asymmetric, args.algorithm, args.head)
+    return Int4Options(
+        args.block_size, not args.asymmetric, args.algorithm, args.head, args.embedding
+    )
 
 
 def _warn(message: str) -> None:
@@ -177,7 +185,7 @@ def _print_int4(build: dict) -> None:
     kind = "symmetric" if build["symmetric"] else "asymmetric"
     print(
         f"  llm: {build['algorithm'].upper()}, blocks of {build['block_size']} ({kind}), "
-        f"LM head {build['lm_head']}"
+        f"LM head {build['lm_head']}, embedding {build['embedding']}"
     )
     for storage, modules in build["modules_by_storage"].items():
         print(f"    {storage}: {len(modules)} modules")

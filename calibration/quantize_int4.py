@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .calibrate import Calibration
 
 HEAD_MODULE = "model"  # the LM head's module path (recipes: never a recipe MatMul)
+EMBEDDING_MODULE = "embed_tokens"  # the token embedding's module path ends so
 HEAD_CHOICES = ("float", "int8", "int4")
 ALGORITHMS = ("rtn", "awq")
 
@@ -56,6 +57,7 @@ class Int4Options:
     symmetric: bool = True
     algorithm: str = "rtn"
     head: str = "float"
+    embedding: str = "float"
     wider: tuple[tuple[str, str], ...] = ()  # (layer group, "int8" or "float")
     search: dict | None = field(default=None, compare=False)
 
@@ -67,6 +69,8 @@ class Int4Options:
             raise UserError(f"--algorithm {self.algorithm}: choose one of {ALGORITHMS}")
         if self.head not in HEAD_CHOICES:
             raise UserError(f"--head {self.head}: choose one of {HEAD_CHOICES}")
+        if self.embedding not in HEAD_CHOICES:
+            raise UserError(f"--embedding {self.embedding}: choose one of {HEAD_CHOICES}")
 
     def scheme(self, bits: int) -> BlockScheme:
         return BlockScheme(bits, self.block_size, self.symmetric)
@@ -180,6 +184,10 @@ def int4_llm(
         stats = calibration.stats.by_role.get(LLM, {})
         factors, transform, awq_record = awq_weights(model, schemes, stats)
     block_quantize_model(model, schemes, np.dtype(np.float32), transform)
+    if int4.embedding != "float":
+        from .embedding_quant import quantize_embedding
+
+        quantize_embedding(model, int4.scheme(8 if int4.embedding == "int8" else 4))
     scales = kv_int8.head_scales(calibration.cross_max) if options.int8_cross_kv else {}
     if scales:
         kv_int8.dequantize_inputs(model, scales, np.dtype(np.float32))
@@ -195,6 +203,7 @@ def int4_llm(
         "symmetric": int4.symmetric,
         "opset": OPSET,
         "lm_head": int4.head,
+        "embedding": int4.embedding,
         "modules_by_storage": {k: sorted(set(v)) for k, v in storage.items()},
         "quantized_modules": sorted({node.module for node, _ in plan.values()}),
         "wider_groups": dict(int4.wider),

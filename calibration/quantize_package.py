@@ -110,7 +110,7 @@ def quantize_package(
         int4.check()
     manifest = load_manifest(package)
     choose_artifacts(manifest, "onnx", "fp32")  # refuses a package without FP32 graphs
-    trt_int8 = trt_int8 and _has_fp16(manifest, log)
+    trt_int8 = trt_int8 and _has_fp16(manifest, log, "int8" if int4 is None else "int4")
     selected_nodes(package, manifest, options)  # recipe and --exclude errors before any work
     calibration_frames(manifest, package, frames)  # and a --frames the package cannot take
     if out is not None and out.exists():
@@ -143,13 +143,14 @@ def quantize_package(
     return _summary(target, options, kept, calibration, "int8" if int4 is None else "int4")
 
 
-def _has_fp16(manifest, log: Log) -> bool:
+def _has_fp16(manifest, log: Log, precision: str) -> bool:
     """Whether the package holds fp16 graphs; if not, one line on how to add them."""
     if "onnx/fp16" in manifest.labels():
         return True
     log(
-        "note: no TensorRT INT8 graphs (onnx-trt/int8): they need the fp16 graphs; "
-        "run `crosslmm-edge export CKPT --add --dtype fp16 --out PKG`, then quantize again"
+        f"note: no TensorRT {precision.upper()} graphs (onnx-trt/{precision}): they need the "
+        "fp16 graphs; run `crosslmm-edge export CKPT --add --dtype fp16 --out PKG`, "
+        "then quantize again"
     )
     return False
 
