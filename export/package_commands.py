@@ -120,7 +120,7 @@ def _onnx_files(target: Path) -> list[tuple[Path, str | None]]:
         return [(target, None)]
     manifest = load_manifest(target)
     labels = manifest.labels()
-    files = []
+    files: list[tuple[Path, str | None]] = []
     for graph in manifest.graphs.values():
         for art in graph.artifacts:
             twin = f"onnx-trt/{art.precision}"
