@@ -1,7 +1,7 @@
 """``quantize --precision int4`` on the embedded model: artifacts, fusion, lint, drift, TensorRT.
 
-One export (fp32 and fp16 graphs) and one quantization (AWQ, INT8 LM head, two
-calibration videos) serve every test.
+One export (fp32 and fp16 graphs) and one quantization (the defaults: AWQ, INT8 LM
+head, INT4 embedding; two calibration videos) serve every test.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def int4_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     videos = [folder.parent / f"v{i}.mp4" for i in range(2)]
     for i, path in enumerate(videos):
         write_scene_video(path, 5, i, 8)
-    args = ["quantize", str(folder), "--in-place", "--precision", "int4", "--algorithm", "awq"]
-    assert main([*args, "--head", "int8", "--calib", *map(str, videos)]) == 0
+    args = ["quantize", str(folder), "--in-place", "--precision", "int4"]
+    assert main([*args, "--calib", *map(str, videos)]) == 0
     return folder
 
 
@@ -55,7 +55,8 @@ def test_int4_set_records_how_it_was_made(int4_package: Path) -> None:
     llm = manifest.graphs["llm"].find("onnx", "int4")
     build = llm.build
     assert build["algorithm"] == "awq" and build["block_size"] == 32 and build["symmetric"]
-    assert build["lm_head"] == "int8" and len(build["calibration_sha256"]) == 64
+    assert build["lm_head"] == "int8" and build["embedding"] == "int4"
+    assert len(build["calibration_sha256"]) == 64
     assert build["calibration_frames"] == 8 and build["awq_activations"] > 0
     assert {t.name: t.dtype for t in llm.inputs}["t2v_key.0"] == "int8"  # INT8 memory kept
     model = onnx.load(str(int4_package / llm.file))
@@ -63,6 +64,7 @@ def test_int4_set_records_how_it_was_made(int4_package: Path) -> None:
     blocked = _blocked(model)
     assert sorted(blocked.values()).count(4) == len(build["modules_by_storage"]["int4"]) == 24
     assert list(blocked.values()).count(8) == 1  # the LM head
+    assert "GatherBlockQuantized" in [n.op_type for n in model.graph.node]  # the embedding
 
 
 def test_onnx_runtime_fuses_every_block_into_matmulnbits(int4_package: Path, tmp_path) -> None:
