@@ -154,6 +154,12 @@ def write_tracking_graph(source: Path, target: Path, tracked: list[str]) -> None
     onnx.save(model, str(target))
 
 
+def remove_tracking_graphs(folder: Path) -> None:
+    """Delete the tracking copies and their links to the package's weights (onnx refuses
+    to load external data that has several hard links)."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _link(data: Path, linked: Path) -> None:
     """``linked`` names ``data``'s bytes: a hard link, else a symlink, else a copy."""
     linked.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,12 @@ import numpy as np
 from ..runtime.backends.base import GraphSession
 from ..runtime.core.contract import POOLING, ROLES
 from ..runtime.errors import UserError
-from .activation_stats import ActivationStats, StatsSession, write_tracking_graph
+from .activation_stats import (
+    ActivationStats,
+    StatsSession,
+    remove_tracking_graphs,
+    write_tracking_graph,
+)
 from .calib_data import CalibVideo
 
 OutputHook = Callable[[dict[str, np.ndarray]], None]
@@ -83,42 +88,51 @@ def record_calibration(
     videos actually used are returned. Zero usable videos is a ``UserError``.
     """
     from ..runtime.chat.assistant import RuntimeAssistant
-    from ..runtime.chat.assistant_types import GenerationOptions
-    from ..runtime.video.decode import load_video
 
     assistant = RuntimeAssistant(package_dir, provider="cpu", precision="fp32")
-    _load_tracking_graphs(assistant.pipeline, tracked, stats, run.workdir)
-    sessions = assistant.pipeline.sessions
-    sessions[POOLING] = RecordingSession(sessions[POOLING], cross)
-    used = []
-    options = GenerationOptions(max_new_tokens=4)
-    for video in videos:
-        run.bar.set_postfix_str(f"{video.path.name}: decoding")
-        try:  # decode fully first, so a corrupt file records nothing
-            pixels = load_video(video.path, run.frames, assistant.dims.image_size)
-        except UserError as exc:
-            run.warn(f"warning: skipping calibration video {video.path}: {exc}")
-            run.bar.update()
-            continue
-        run.bar.set_postfix_str(f"{video.path.name}: encoding {run.frames} frames")
-        assistant.set_frames_from_chunks([pixels], None)
-        for number, question in enumerate(video.questions, 1):
-            run.bar.set_postfix_str(f"{video.path.name}: question {number}/{len(video.questions)}")
-            assistant.ask(question, options)
-        assistant.follow_up(video.questions[0], options)  # a later turn after an answer
-        used.append(video)
-        run.bar.update()
+    folder = run.workdir / "tracking-graphs"
+    try:
+        _load_tracking_graphs(assistant.pipeline, tracked, stats, folder)
+        sessions = assistant.pipeline.sessions
+        sessions[POOLING] = RecordingSession(sessions[POOLING], cross)
+        used = [video for video in videos if _answer(assistant, video, run)]
+    finally:
+        # The sessions hold what they loaded; the links to the package's weights must
+        # go before anything reads them with onnx (which refuses hard-linked data).
+        remove_tracking_graphs(folder)
     if not used:
         raise UserError("no usable calibration video: every file failed to decode")
     return used
 
 
+def _answer(assistant, video: CalibVideo, run: CalibrationRun) -> bool:
+    """Ask ``video``'s questions (and a follow-up); False when it cannot be decoded."""
+    from ..runtime.chat.assistant_types import GenerationOptions
+    from ..runtime.video.decode import load_video
+
+    options = GenerationOptions(max_new_tokens=4)
+    run.bar.set_postfix_str(f"{video.path.name}: decoding")
+    try:  # decode fully first, so a corrupt file records nothing
+        pixels = load_video(video.path, run.frames, assistant.dims.image_size)
+    except UserError as exc:
+        run.warn(f"warning: skipping calibration video {video.path}: {exc}")
+        run.bar.update()
+        return False
+    run.bar.set_postfix_str(f"{video.path.name}: encoding {run.frames} frames")
+    assistant.set_frames_from_chunks([pixels], None)
+    for number, question in enumerate(video.questions, 1):
+        run.bar.set_postfix_str(f"{video.path.name}: question {number}/{len(video.questions)}")
+        assistant.ask(question, options)
+    assistant.follow_up(video.questions[0], options)  # a later turn after an answer
+    run.bar.update()
+    return True
+
+
 def _load_tracking_graphs(
-    pipeline, tracked: Mapping[str, list[str]], stats: ActivationStats, workdir: Path
+    pipeline, tracked: Mapping[str, list[str]], stats: ActivationStats, folder: Path
 ) -> None:
     """Replace each graph's session by its statistics-reporting copy (one at a time,
     the old one released first, so the weights are in memory once)."""
-    folder = workdir / "tracking-graphs"
     folder.mkdir(parents=True, exist_ok=True)
     for role in ROLES:
         names = tracked.get(role, [])

@@ -189,3 +189,26 @@ def test_a_full_disk_names_the_folder() -> None:
 
     error = disk_error(OSError(errno.ENOSPC, "No space left on device"), Path("/scratch/q"), "temp")
     assert "/scratch/q" in str(error) and "no space left" in str(error)
+
+
+def test_tracking_graphs_link_the_weights_and_leave_no_link_behind(tmp_path: Path) -> None:
+    """The tracking copy shares the weights (no copy); once removed, onnx loads the source
+    again (it refuses external data with several hard links)."""
+    from crosslmm_edge.calibration.activation_stats import (
+        remove_tracking_graphs,
+        write_tracking_graph,
+    )
+
+    source = tmp_path / "pkg" / "g.onnx"
+    source.parent.mkdir()
+    onnx.save(_norm_graph(), str(source), save_as_external_data=True, size_threshold=0)
+    data = source.with_name(next(p.name for p in source.parent.iterdir() if p != source))
+    folder = tmp_path / "tracking"
+    write_tracking_graph(source, folder / "g.onnx", ["normed"])
+    assert data.stat().st_nlink == 2
+    assert "normed" in [
+        o.name for o in onnx.load(str(folder / "g.onnx"), load_external_data=False).graph.output
+    ]
+    remove_tracking_graphs(folder)
+    assert data.stat().st_nlink == 1 and not folder.exists()
+    assert len(onnx.load(str(source)).graph.initializer) == 4
