@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.backends.base import DeviceArray, GraphSession
-from ..runtime.core.contract import POOLING, ROLES
 from ..runtime.errors import UserError
+from ..runtime.model.contract import POOLING, ROLES
 from .calib_data import CalibVideo
 
 OutputHook = Callable[[dict[str, np.ndarray]], None]
