@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..runtime.core.contract import ROLES
 from ..runtime.errors import UserError
+from ..runtime.model.contract import ROLES
 from ..runtime.package.loader import choose_artifacts
 from ..runtime.package.manifest import Manifest, load_manifest
 from .activation_stats import RESERVOIR_ROWS, ActivationStats

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.core.contract import POOLING, VISION_ENCODER
 from ..runtime.errors import UserError
+from ..runtime.model.contract import POOLING, VISION_ENCODER
 from ..runtime.package.files import file_sha256
 from ..runtime.package.manifest import PRECISIONS, load_manifest
 from .drift import StageDrift, TokenDrift

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from ..runtime.core.contract import LLM, POOLING, ROLES, TensorSpec
 from ..runtime.errors import UserError
+from ..runtime.model.contract import LLM, POOLING, ROLES, TensorSpec
 from ..runtime.package.files import file_sha256
 from ..runtime.package.loader import choose_artifacts
 from ..runtime.package.manifest import Artifact, FileRef, Manifest, load_manifest

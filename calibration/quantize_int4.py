@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..runtime.core.contract import LLM, ROLES
 from ..runtime.errors import UserError
+from ..runtime.model.contract import LLM, ROLES
 from ..runtime.package.files import file_sha256
 from ..runtime.package.loader import choose_artifacts
 from ..runtime.package.manifest import Artifact, FileRef, load_manifest

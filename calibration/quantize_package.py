@@ -185,8 +185,8 @@ def _summary(
 
 def cross_kv_memory(model_config: dict) -> dict[str, dict[str, int]]:
     """Bytes of the T2V memory a video keeps, at 32 and 256 frames, per storage type."""
-    from ..runtime.core.config import CrossLMMConfig
-    from ..runtime.core.contract import ModelDims
+    from ..runtime.model.config import CrossLMMConfig
+    from ..runtime.model.contract import ModelDims
     from .kv_int8 import cross_kv_bytes
 
     d = ModelDims.from_config(CrossLMMConfig.from_dict(model_config))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..runtime.core.contract import LLM, ROLES
+from ..runtime.model.contract import LLM, ROLES
 from ..runtime.package.files import file_sha256
 from ..runtime.package.loader import choose_artifacts
 from ..runtime.package.manifest import Artifact, FileRef, load_manifest

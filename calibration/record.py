@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..runtime.backends.base import GraphSession
-from ..runtime.core.contract import POOLING, ROLES
 from ..runtime.errors import UserError
+from ..runtime.model.contract import POOLING, ROLES
 from .activation_stats import (
     ActivationStats,
     StatsSession,

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from ..runtime.core.contract import LLM
+from ..runtime.model.contract import LLM
 from ..runtime.package.loader import choose_artifacts
 from ..runtime.package.manifest import load_manifest
 from .calibrate import Calibration

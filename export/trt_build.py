@@ -22,9 +22,9 @@ from ..runtime.backends.engine_record import environment, make_record
 from ..runtime.backends.trt_backend import profile_memory
 from ..runtime.backends.trt_common import capturing_logger, dtype_name, import_tensorrt
 from ..runtime.backends.trt_profiles import FrameSizes, ProfileLimits, derive_profiles
-from ..runtime.core.contract import ROLES, TensorSpec
-from ..runtime.core.generation import largest_visual_piece
 from ..runtime.errors import UserError
+from ..runtime.inference.generation import largest_visual_piece
+from ..runtime.model.contract import ROLES, TensorSpec
 from ..runtime.package.files import file_sha256, write_atomic
 from ..runtime.package.loader import ModelPackage, add_artifacts, open_package
 from ..runtime.package.manifest import Artifact, Manifest

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.config import CrossLMMConfig
+from ..model.config import CrossLMMConfig
 
 GIB = 1 << 30
 MIB = 1 << 20
