@@ -106,7 +106,8 @@ class ForcedSampler:
     """A ``Sampler`` stand-in that returns given tokens and keeps the logits it saw."""
 
     def __init__(self, tokens: list[int]) -> None:
-        self.tokens, self.logits = list(tokens), []
+        self.tokens = list(tokens)
+        self.logits: list[np.ndarray] = []
 
     def choose(self, logits: np.ndarray, *_: object) -> tuple[int, float]:
         self.logits.append(np.array(logits, dtype=np.float32))
