@@ -6,7 +6,9 @@ loses: channels whose activations are large get finer steps. As in AWQ
 (Lin et al., 2023), ``s = mean|x| ** alpha`` (normalised), with ``alpha``
 searched on a grid to minimise ``|X W - (X / s) Q(s W)|`` over the calibration
 rows the streaming calibration kept (``activation_stats``). All MatMuls that
-read the same activation share one ``s`` (their errors are summed).
+read the same activation share one ``s`` (their errors are summed). Only
+4-bit weights are searched: 8-bit ones (an INT8 head, widened groups) round
+finely enough, and the 151 936-wide head would dominate the search time.
 
 ``1 / s`` is folded into the op that produces the activation when that op is
 a ``Mul`` by a per-channel constant only it reads (the RMSNorm weight before
@@ -80,8 +82,8 @@ def awq_weights(
     """
     inits = {t.name: t for t in model.graph.initializer}
     by_input: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        if node.name in schemes and node.op_type == "MatMul":
+    for node in model.graph.node:  # 8-bit weights (head, widened groups) lose too little
+        if node.op_type == "MatMul" and schemes.get(node.name, BlockScheme(8)).bits == 4:
             by_input.setdefault(node.input[0], []).append(node)
     factors: dict[str, np.ndarray] = {}
     record: dict[str, dict] = {}
