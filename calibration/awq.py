@@ -144,7 +144,8 @@ def apply_factors(
         only_ours = activation not in outputs and all(
             r.name in factors for r in readers.get(activation, [])
         )  # any other reader (a residual, a float MatMul) needs the unscaled value
-        if not (only_ours and _fold_into_producer(producer.get(activation), s, inits, readers)):
+        source = producer.get(activation)
+        if not (only_ours and _fold_into_producer(model, source, s, inits, readers)):
             inserted[activation] = _scale_node(model, activation, s, dtype)
     if inserted:
         _insert_scales(model, inserted, factors)
@@ -156,19 +157,28 @@ def apply_factors(
     return transform
 
 
-def _fold_into_producer(producer, s, inits, readers) -> bool:
-    """Divide the per-channel constant of a ``Mul`` producer by ``s``; False if none."""
+def _fold_into_producer(model: onnx.ModelProto, producer, s, inits, readers) -> bool:
+    """Divide the per-channel constant of a ``Mul`` producer by ``s``; False if none.
+
+    A constant other nodes also read (the exporter shares identical initializers,
+    e.g. RMSNorm weights that are all ones) gets a private scaled copy.
+    """
     if producer is None or producer.op_type != "Mul":
         return False
-    for name in producer.input:
+    for index, name in enumerate(producer.input):
         tensor = inits.get(name)
-        if tensor is None or len(readers.get(name, [])) != 1:
+        if tensor is None:
             continue
         value = numpy_helper.to_array(tensor)
         if value.shape[-1:] != s.shape or value.size != s.size:
             continue
         scaled = (value.astype(np.float32) / s.reshape(value.shape)).astype(value.dtype)
-        tensor.CopyFrom(numpy_helper.from_array(scaled, name))
+        if len(readers.get(name, [])) == 1:
+            tensor.CopyFrom(numpy_helper.from_array(scaled, name))
+        else:
+            private = f"{producer.output[0]}_awq_weight"
+            model.graph.initializer.append(numpy_helper.from_array(scaled, private))
+            producer.input[index] = private
         producer.metadata_props.add(key=FOLDED_KEY, value=producer.output[0])
         return True
     return False

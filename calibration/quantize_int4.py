@@ -38,7 +38,7 @@ from .quantize import (
     int8_artifact,
     selected_nodes,
 )
-from .recipes import WeightNode, weight_nodes
+from .recipes import WeightNode, module_path
 
 if TYPE_CHECKING:
     from .calibrate import Calibration
@@ -94,10 +94,42 @@ def llm_plan(
     if int4.head != "float":
         fp32 = choose_artifacts(manifest, "onnx", "fp32").by_role[LLM]
         model = onnx.load(str(package_dir / fp32.file), load_external_data=False)
-        for node in weight_nodes(model, LLM):
-            if node.module == HEAD_MODULE:
-                plan[node.name] = (node, int4.scheme(8 if int4.head == "int8" else 4))
+        head = head_matmul(model)
+        if head is None:
+            raise UserError(f"--head {int4.head}: the LLM graph has no LM head MatMul")
+        node = WeightNode(LLM, head.name, HEAD_MODULE)
+        plan[head.name] = (node, int4.scheme(8 if int4.head == "int8" else 4))
     return plan
+
+
+def head_matmul(model: onnx.ModelProto) -> onnx.NodeProto | None:
+    """The LM head: the last MatMul of module ``model`` reading a stored weight, or, tied
+    to the embedding, ``Transpose`` of it."""
+    inits = {t.name for t in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    for node in reversed(model.graph.node):
+        if node.op_type != "MatMul" or module_path(node) != HEAD_MODULE:
+            continue
+        source = producer.get(node.input[1])
+        tied = source is not None and source.op_type == "Transpose" and source.input[0] in inits
+        if node.input[1] in inits or tied:
+            return node
+    return None
+
+
+def untie_head(model: onnx.ModelProto, head: onnx.NodeProto) -> None:
+    """Give a tied head its own transposed weight (in place), so it can be quantized
+    apart from the embedding; the Transpose goes when nothing else reads it."""
+    inits = {t.name: t for t in model.graph.initializer}
+    if head.input[1] in inits:
+        return
+    transpose = next(n for n in model.graph.node if head.input[1] in n.output)
+    table = numpy_helper.to_array(inits[transpose.input[0]])
+    name = f"{transpose.input[0]}_lm_head"
+    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(table.T), name))
+    head.input[1] = name
+    if not any(transpose.output[0] in n.input for n in model.graph.node):
+        model.graph.node.remove(transpose)
 
 
 def block_quantize_model(
@@ -179,6 +211,9 @@ def int4_llm(
     plan = llm_plan(package_dir, options, int4)
     model = onnx.load(str(package_dir / source.file))
     schemes = {name: scheme for name, (_, scheme) in plan.items()}
+    head = head_matmul(model)
+    if head is not None and head.name in schemes:
+        untie_head(model, head)
     factors: dict[str, np.ndarray] = {}
     transform, awq_record = None, dict[str, object]()
     if int4.algorithm == "awq":

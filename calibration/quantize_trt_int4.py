@@ -26,7 +26,15 @@ from . import kv_int8
 from .block_quant import OPSET, BlockScheme
 from .quantize import _int8_specs
 from .quantize_fp16 import BACKEND, FP16_TINY, paired_names, trt_int8_graph
-from .quantize_int4 import Int4Options, Int4Set, block_quantize_model, llm_plan, save_graph
+from .quantize_int4 import (
+    Int4Options,
+    Int4Set,
+    block_quantize_model,
+    head_matmul,
+    llm_plan,
+    save_graph,
+    untie_head,
+)
 
 
 def _trt_scheme(scheme: BlockScheme, rows: int) -> BlockScheme:
@@ -51,6 +59,10 @@ def trt_int4_llm(
     fp32_model = onnx.load(str(package_dir / fp32.file), load_external_data=False)
     model = onnx.load(str(package_dir / fp16.file))
     pairs = paired_names(fp32_model, model, LLM)
+    head, head32 = head_matmul(model), head_matmul(fp32_model)
+    if head is not None and head32 is not None and int4.head != "float":
+        untie_head(model, head)  # its own transposed weight, to quantize
+        pairs[head32.name] = head.name
     rows = {t.name: t.dims[0] for t in model.graph.initializer if len(t.dims) == 2}
     weight_of = {n.name: n.input[1] for n in model.graph.node if n.op_type == "MatMul"}
     plan = {}

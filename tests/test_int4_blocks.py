@@ -72,7 +72,8 @@ def test_one_block_over_k_is_written_per_channel() -> None:
 
 
 def _norm_graph() -> onnx.ModelProto:
-    """x -> Mul(gamma) -> two MatMuls (q, k); x -> MatMul(o) and a residual Add."""
+    """x -> Mul(gamma) -> two MatMuls (q, k); x -> MatMul(o) and a residual Add; gamma is
+    also read by another Mul."""
     rng = np.random.default_rng(4)
     inits = [
         numpy_helper.from_array(rng.uniform(0.5, 2, 64).astype(np.float32), "gamma"),
@@ -87,10 +88,11 @@ def _norm_graph() -> onnx.ModelProto:
         helper.make_node("MatMul", ["normed", "k"], ["yk"], "mk"),
         helper.make_node("MatMul", ["x", "o"], ["yo"], "mo"),
         helper.make_node("Add", ["x", "x"], ["residual"], "add"),
+        helper.make_node("Mul", ["x", "gamma"], ["shared"], "shares_gamma"),  # as the export does
     ]
     outputs = [
         helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-        for n in ("yq", "yk", "yo", "residual")
+        for n in ("yq", "yk", "yo", "residual", "shared")
     ]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])], outputs, inits
@@ -121,7 +123,9 @@ def test_awq_factors_fold_without_changing_the_function() -> None:
                 numpy_helper.from_array(transform(node, weight), node.input[1])
             )
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("Mul") == 2  # the norm (folded) and one inserted for x, which Add also reads
+    # the norm (folded into a private copy of the shared gamma), the other reader of
+    # gamma, and one Mul inserted for x, which Add also reads
+    assert ops.count("Mul") == 3
     for got, want in zip(_run(model, x), before, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
@@ -212,3 +216,40 @@ def test_tracking_graphs_link_the_weights_and_leave_no_link_behind(tmp_path: Pat
     remove_tracking_graphs(folder)
     assert data.stat().st_nlink == 1 and not folder.exists()
     assert len(onnx.load(str(source)).graph.initializer) == 4
+
+
+def test_a_tied_head_gets_its_own_quantized_weight() -> None:
+    """The export reads a tied head as MatMul(x, Transpose(embedding)); --head quantizes a
+    copy and leaves the embedding's Gather on the float table."""
+    from crosslmm_edge.calibration.quantize_int4 import head_matmul, untie_head
+    from crosslmm_edge.export.graph_passes import NAME_SCOPES
+
+    table = np.random.default_rng(9).standard_normal((40, 64)).astype(np.float32)
+    head = helper.make_node("MatMul", ["x", "table_t"], ["logits"], "head")
+    head.metadata_props.add(key=NAME_SCOPES, value="['model', 'linear']")
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["embeds"], "embed"),
+        helper.make_node("Transpose", ["table"], ["table_t"], "tie", perm=[1, 0]),
+        head,
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tied",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [1]),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("embeds", "logits")],
+        [numpy_helper.from_array(table, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    x = np.random.default_rng(10).standard_normal((1, 64)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "ids": [3]})
+    found = head_matmul(model)
+    assert found is not None and found.name == "head"
+    untie_head(model, found)
+    block_quantize_model(model, {"head": BlockScheme(8, 32)}, np.dtype(np.float32))
+    assert "Transpose" not in [n.op_type for n in model.graph.node]
+    embeds, logits = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "ids": [3]})
+    np.testing.assert_array_equal(embeds, before[0])
+    assert np.linalg.norm(logits - before[1]) < 0.02 * np.linalg.norm(before[1])
