@@ -56,10 +56,11 @@ class Int4Options:
     block_size: int = 32
     symmetric: bool = True
     # Defaults chosen by measurement (docs/quantization.md): AWQ beat RTN on the logits;
-    # an INT8 head decodes as fast as an INT4 one with a 13x smaller error; the
-    # embedding costs no decode time, so INT4 there buys bytes only.
+    # an INT4 head reads half the bytes of an INT8 one, ran up to 2x faster and changed
+    # no answer of the embedded model; the embedding costs no decode time, so INT4
+    # there buys bytes only. Both take the 0.5B-shaped LLM to 0.2x of FP32.
     algorithm: str = "awq"
-    head: str = "int8"
+    head: str = "int4"
     embedding: str = "int4"
     wider: tuple[tuple[str, str], ...] = ()  # (layer group, "int8" or "float")
     search: dict | None = field(default=None, compare=False)
