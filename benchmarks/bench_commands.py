@@ -82,7 +82,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def _embedded_package(workdir: Path) -> Path:
     """The embedded model exported for 32 frames (reuse suite, Python overhead)."""
-    from ..export.package import export_package
+    from ..export.graphs.package import export_package
     from ..models import embedded_model_dir
 
     package = workdir / "embedded-32"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 MAKE_CHECKPOINT = """
 import sys
-from ..export.random_model import random_checkpoint
+from ..export.checkpoints.random_model import random_checkpoint
 random_checkpoint(sys.argv[1], "crosslmm-2b", num_frames=int(sys.argv[2]))
 """
 
@@ -47,9 +47,9 @@ sys.exit(code)
 # One LLM chunk of each kind through ONNX Runtime and PyTorch (needs ~13 GB of RAM).
 CHECK_LLM = """
 import sys, torch, onnxruntime as ort
-from ..export.checkpoint import load_checkpoint
-from ..export.graph_specs import random_inputs
-from ..export.verify import pytorch_reference
+from ..export.checkpoints.checkpoint import load_checkpoint
+from ..export.graphs.graph_specs import random_inputs
+from ..export.graphs.verify import pytorch_reference
 from ..runtime.inference.compare import compare
 from ..runtime.model.contract import ExportLimits, graph_specs, llm_sizes
 from ..runtime.package.manifest import load_manifest

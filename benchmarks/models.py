@@ -1,7 +1,7 @@
 """The models a benchmark runs: a package (and its checkpoint) from a path or a preset.
 
 ``--model`` is a package folder whose manifest names its source checkpoint,
-or ``preset:NAME`` (``export/random_model.py``), written and exported once
+or ``preset:NAME`` (``export/checkpoints/random_model.py``), written and exported once
 into the work folder and reused by later runs.
 """
 
@@ -32,8 +32,8 @@ def resolve_model(spec: str, workdir: Path, frames: int = 64, context: int = 409
 
 
 def _preset(name: str, workdir: Path, frames: int, context: int) -> BenchModel:
-    from ..export.package import export_package
-    from ..export.random_model import random_checkpoint
+    from ..export.checkpoints.random_model import random_checkpoint
+    from ..export.graphs.package import export_package
 
     checkpoint, package = workdir / f"{name}-ck", workdir / f"{name}-pkg-{frames}x{context}"
     if not (checkpoint / "config.json").is_file():

@@ -18,9 +18,9 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ..export.attention import sdpa_attention
-from ..export.model import build_model
-from ..export.random_model import preset_config
+from ..export.checkpoints.random_model import preset_config
+from ..export.reference.attention import sdpa_attention
+from ..export.reference.model import build_model
 from .suite_prefill_cuda import (
     PROMPT_TOKENS,
     crosslmm_prefill,

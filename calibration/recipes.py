@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from ..export.graph_passes import NAME_SCOPES, innermost_module
+from ..export.graphs.graph_passes import NAME_SCOPES, innermost_module
 from ..runtime.errors import UserError
 from ..runtime.model.contract import LLM, POOLING, VISION_ENCODER
 

@@ -20,9 +20,9 @@ from .runtime.errors import UserError
 # Modules that add subcommands, in --help order.
 COMMAND_MODULES = (
     "crosslmm_edge.assistant_commands",  # ask, chat: checkpoint or package
-    "crosslmm_edge.export.checkpoint_commands",  # compose
-    "crosslmm_edge.export.package_commands",  # export, verify, lint-trt
-    "crosslmm_edge.export.engine_commands",  # build, plan (TensorRT engines, memory)
+    "crosslmm_edge.export.checkpoints.checkpoint_commands",  # compose
+    "crosslmm_edge.export.graphs.package_commands",  # export, verify, lint-trt
+    "crosslmm_edge.export.tensorrt.engine_commands",  # build, plan (TensorRT engines, memory)
     "crosslmm_edge.calibration.commands",  # synth-video, eval
     "crosslmm_edge.calibration.quantize_commands",  # quantize, drift
     "crosslmm_edge.demo",  # demo

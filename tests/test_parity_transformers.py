@@ -20,9 +20,9 @@ from tiny_models import (  # single_thread: an autouse fixture
 )
 
 from crosslmm_edge.cli import main
-from crosslmm_edge.export.checkpoint import load_checkpoint
-from crosslmm_edge.export.generate import text_only
-from crosslmm_edge.export.projector import pool_tokens
+from crosslmm_edge.export.checkpoints.checkpoint import load_checkpoint
+from crosslmm_edge.export.reference.generate import text_only
+from crosslmm_edge.export.reference.projector import pool_tokens
 from crosslmm_edge.runtime.chat.prompt import PromptBuilder
 from crosslmm_edge.runtime.video.decode import load_video
 

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded model exported in FP32."""
-    from crosslmm_edge.export.package import export_package
+    from crosslmm_edge.export.graphs.package import export_package
 
     folder = tmp_path_factory.mktemp("int8") / "pkg"
     export_package(embedded_model_dir(), folder)
@@ -95,7 +95,7 @@ def test_onnx_runtime_runs_every_quantized_llm_matmul_as_an_integer_kernel(
 
 
 def test_int8_passes_lint_trt(quantized: Path) -> None:
-    from crosslmm_edge.export.lint_trt import lint_file
+    from crosslmm_edge.export.tensorrt.lint_trt import lint_file
 
     for name in _int8_files(quantized):
         assert lint_file(quantized / name) == [], name
@@ -254,7 +254,7 @@ def test_max_drift_search_keeps_the_costly_group_in_float(monkeypatch, package: 
 @pytest.fixture(scope="module")
 def quantized16(tmp_path_factory, package: Path, videos: list[Path]) -> Path:
     """The FP32 export plus its fp16 graphs, quantized in place (onnx/int8 and onnx-trt/int8)."""
-    from crosslmm_edge.export.package import export_package
+    from crosslmm_edge.export.graphs.package import export_package
 
     folder = tmp_path_factory.mktemp("q16") / "pkg"
     shutil.copytree(package, folder)
@@ -277,7 +277,7 @@ def _qdq_counts(model: onnx.ModelProto) -> tuple[int, int]:
 
 
 def test_trt_int8_has_the_fp32_qdq_on_the_fp16_graphs(quantized16: Path) -> None:
-    from crosslmm_edge.export.lint_trt import lint_file
+    from crosslmm_edge.export.tensorrt.lint_trt import lint_file
 
     manifest = load_manifest(quantized16)
     assert "onnx-trt/int8" in manifest.labels() and "onnx/int8" in manifest.labels()

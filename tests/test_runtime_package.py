@@ -19,8 +19,8 @@ import torch
 from tiny_models import save_tiny_checkpoint, tiny_config, write_test_video
 
 from crosslmm_edge.cli import main
-from crosslmm_edge.export.package import export_package
-from crosslmm_edge.export.reference_assistant import ReferenceAssistant
+from crosslmm_edge.export.graphs.package import export_package
+from crosslmm_edge.export.reference.reference_assistant import ReferenceAssistant
 from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
 from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
 from crosslmm_edge.runtime.errors import UserError
@@ -124,7 +124,7 @@ def test_saved_video_state_gives_the_same_answers(models, video, tmp_path, capsy
 
 
 def test_frame_scope_appends_frames_like_the_reference_prefilling_chunks(models, video):
-    from crosslmm_edge.export.generate import generate, new_cache, prefill, text_only
+    from crosslmm_edge.export.reference.generate import generate, new_cache, prefill, text_only
     from crosslmm_edge.runtime.video.decode import load_video
 
     checkpoint, package = models["frame"]

@@ -16,18 +16,18 @@ from pathlib import Path
 
 import torch
 
-from ..runtime.errors import UserError
-from ..runtime.model.config import CrossLMMConfig
-from ..runtime.model.contract import (
+from ...runtime.errors import UserError
+from ...runtime.model.config import CrossLMMConfig
+from ...runtime.model.contract import (
     ROLES,
     ExportLimits,
     GraphSpec,
     default_limits,
     graph_specs,
 )
-from ..runtime.package.files import file_sha256, staged_folder
-from ..runtime.package.loader import add_artifacts
-from ..runtime.package.manifest import (
+from ...runtime.package.files import file_sha256, staged_folder
+from ...runtime.package.loader import add_artifacts
+from ...runtime.package.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     Artifact,
@@ -36,8 +36,8 @@ from ..runtime.package.manifest import (
     Manifest,
     load_manifest,
 )
-from ..runtime.package.staging import temp_name
-from .checkpoint import (
+from ...runtime.package.staging import temp_name
+from ..checkpoints.checkpoint import (
     CONFIG_NAME,
     GENERATION_CONFIG,
     TOKENIZER_FILES,
@@ -82,7 +82,7 @@ def _tool_versions() -> dict[str, object]:
     import onnxruntime
     import onnxscript
 
-    from .. import __version__
+    from ... import __version__
 
     return {
         "crosslmm_edge": __version__,

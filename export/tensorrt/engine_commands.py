@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..runtime.planner.memory_plan import DEVICES
+from ...runtime.planner.memory_plan import DEVICES
 
 MIB = 1 << 20
 
@@ -51,7 +51,7 @@ def _progress(message: str) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     """Build the engines and say what was added."""
-    from ..runtime.errors import UserError
+    from ...runtime.errors import UserError
     from .trt_build import BuildSettings, build_package
 
     for flag, value in (("--max-frames", args.max_frames), ("--max-context", args.max_context)):
@@ -74,8 +74,8 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_plan(args: argparse.Namespace) -> int:
     """Print the breakdown (or JSON) and the largest frames that fit."""
-    from ..runtime.errors import UserError
-    from ..runtime.planner.memory_fit import largest_frames, load_model, predictor
+    from ...runtime.errors import UserError
+    from ...runtime.planner.memory_fit import largest_frames, load_model, predictor
 
     model = load_model(args.model)
     precision = args.precision or ("fp32" if args.device == "cpu" else "fp16")

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..runtime.inference.compare import tolerance_for
-from ..runtime.inference.pipeline import Pipeline
-from ..runtime.model.contract import is_v2v
-from .generate import decode_step, new_cache, prefill, prefill_video_prefix
-from .model import CrossLMM
+from ...runtime.inference.compare import tolerance_for
+from ...runtime.inference.pipeline import Pipeline
+from ...runtime.model.contract import is_v2v
+from ..reference.generate import decode_step, new_cache, prefill, prefill_video_prefix
+from ..reference.model import CrossLMM
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runtime.chat.answer_stream import build_answer, collect_tokens
-from ..runtime.chat.assistant_types import Answer, GenerationOptions, TokenCallback
-from ..runtime.chat.prompt import PromptBuilder
-from ..runtime.chat.turns import TurnTaking
-from ..runtime.errors import UserError
-from ..runtime.inference.sampling import Sampler
-from .checkpoint import load_checkpoint
+from ...runtime.chat.answer_stream import build_answer, collect_tokens
+from ...runtime.chat.assistant_types import Answer, GenerationOptions, TokenCallback
+from ...runtime.chat.prompt import PromptBuilder
+from ...runtime.chat.turns import TurnTaking
+from ...runtime.errors import UserError
+from ...runtime.inference.sampling import Sampler
+from ..checkpoints.checkpoint import load_checkpoint
 from .generate import generate, new_cache, prefill_video_prefix
 from .kv_cache import KVCache
 from .model import VideoFeatures
@@ -49,7 +49,7 @@ class ReferenceAssistant(TurnTaking):
     # -- video ------------------------------------------------------------
     def set_video(self, path: str, num_frames: int | None = None) -> None:
         """Decode, encode and prefill a video file."""
-        from ..runtime.video.decode import load_video
+        from ...runtime.video.decode import load_video
 
         start = time.perf_counter()
         frames = load_video(

@@ -15,7 +15,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
-from ..runtime.errors import UserError
+from ...runtime.errors import UserError
 from .trt_support import OPSET_RANGE, TRT_VERSION, supported_ops
 
 DTYPE_NAMES = {

@@ -14,9 +14,9 @@ import json
 import struct
 from pathlib import Path
 
-from ..runtime.errors import UserError
-from ..runtime.model.limits import is_count
-from ..runtime.package.files import open_regular
+from ...runtime.errors import UserError
+from ...runtime.model.limits import is_count
+from ...runtime.package.files import open_regular
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 MAX_FILE_BYTES = 1 << 40

@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..runtime.backends.cuda_runtime import open_cuda_runtime
-from ..runtime.backends.engine_record import environment, make_record
-from ..runtime.backends.trt_backend import profile_memory
-from ..runtime.backends.trt_common import capturing_logger, dtype_name, import_tensorrt
-from ..runtime.backends.trt_profiles import FrameSizes, ProfileLimits, derive_profiles
-from ..runtime.errors import UserError
-from ..runtime.inference.generation import largest_visual_piece
-from ..runtime.model.contract import ROLES, TensorSpec
-from ..runtime.package.files import file_sha256, write_atomic
-from ..runtime.package.loader import ModelPackage, add_artifacts, open_package
-from ..runtime.package.manifest import Artifact, Manifest
+from ...runtime.backends.cuda_runtime import open_cuda_runtime
+from ...runtime.backends.engine_record import environment, make_record
+from ...runtime.backends.trt_backend import profile_memory
+from ...runtime.backends.trt_common import capturing_logger, dtype_name, import_tensorrt
+from ...runtime.backends.trt_profiles import FrameSizes, ProfileLimits, derive_profiles
+from ...runtime.errors import UserError
+from ...runtime.inference.generation import largest_visual_piece
+from ...runtime.model.contract import ROLES, TensorSpec
+from ...runtime.package.files import file_sha256, write_atomic
+from ...runtime.package.loader import ModelPackage, add_artifacts, open_package
+from ...runtime.package.manifest import Artifact, Manifest
 
 OOM_WORDS = ("out of memory", "outofmemory", "cudaerrormemoryallocation", "insufficient memory")
 Log = Callable[[str], None]

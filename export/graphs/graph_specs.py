@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..runtime.model.config import CrossLMMConfig
-from ..runtime.model.contract import (
+from ...runtime.model.config import CrossLMMConfig
+from ...runtime.model.contract import (
     FILL_POSITIONS,
     FILL_TOKENS,
     LLM,

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ..models import embedded_model_dir
-from ..runtime.errors import UserError
-from ..runtime.model.config import CrossLMMConfig, TextConfig, VisionConfig
+from ...models import embedded_model_dir
+from ...runtime.errors import UserError
+from ...runtime.model.config import CrossLMMConfig, TextConfig, VisionConfig
+from ..reference.model import CrossLMM
 from .checkpoint import GENERATION_CONFIG, save_checkpoint
-from .model import CrossLMM
 
 # LLM widths of the named models; the 0.5B preset keeps a small vision tower so a
 # 2-core machine can export and run it, the 2B preset is the spec's full size.

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runtime.errors import UserError
-from ..runtime.inference.compare import compare, tolerance_for
-from ..runtime.inference.pipeline import Pipeline
-from ..runtime.model.contract import (
+from ...runtime.errors import UserError
+from ...runtime.inference.compare import compare, tolerance_for
+from ...runtime.inference.pipeline import Pipeline
+from ...runtime.model.contract import (
     LLM,
     POOLING,
     VISION_ENCODER,
@@ -29,11 +29,11 @@ from ..runtime.model.contract import (
     graph_specs,
     llm_sizes,
 )
-from ..runtime.package.manifest import Manifest, load_manifest
-from .checkpoint import checkpoint_hash, load_checkpoint
-from .dcal import CrossKV
+from ...runtime.package.manifest import Manifest, load_manifest
+from ..checkpoints.checkpoint import checkpoint_hash, load_checkpoint
+from ..reference.dcal import CrossKV
+from ..reference.model import CrossLMM
 from .graph_specs import random_inputs
-from .model import CrossLMM
 from .package import DTYPES
 from .verify_chain import ChainResult, verify_chain
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..runtime.model.contract import LLM, POOLING, VISION_ENCODER
-from .dcal import CrossKV
-from .model import CrossLMM
-from .projector import pooling_matrix
+from ...runtime.model.contract import LLM, POOLING, VISION_ENCODER
+from ..reference.dcal import CrossKV
+from ..reference.model import CrossLMM
+from ..reference.projector import pooling_matrix
 
 
 class VisionEncoderGraph(nn.Module):

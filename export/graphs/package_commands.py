@@ -111,8 +111,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def _onnx_files(target: Path) -> list[Path]:
-    from ..runtime.errors import UserError
-    from ..runtime.package.manifest import load_manifest
+    from ...runtime.errors import UserError
+    from ...runtime.package.manifest import load_manifest
 
     if target.is_file() and target.suffix == ".onnx":
         return [target]
@@ -130,8 +130,8 @@ def _onnx_files(target: Path) -> list[Path]:
 
 def run_lint(args: argparse.Namespace) -> int:
     """Lint every ONNX graph of the package; print each problem."""
-    from .lint_trt import lint_file
-    from .trt_support import TRT_VERSION
+    from ..tensorrt.lint_trt import lint_file
+    from ..tensorrt.trt_support import TRT_VERSION
 
     failed = False
     for path in _onnx_files(Path(args.package)):

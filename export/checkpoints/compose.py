@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..runtime.errors import UserError
-from ..runtime.model.config import CrossLMMConfig, TextConfig, VisionConfig
-from ..runtime.package.files import read_json
+from ...runtime.errors import UserError
+from ...runtime.model.config import CrossLMMConfig, TextConfig, VisionConfig
+from ...runtime.package.files import read_json
+from ..reference.dcal import DCAL
+from ..reference.projector import Projector
 from .checkpoint import model_from_state_dict, read_weights, save_checkpoint
-from .dcal import DCAL
-from .projector import Projector
 
 VIDEO_TOKEN = "<|video_pad|>"
 HF_BOOKKEEPING = ("architectures", "transformers_version", "_name_or_path")
