@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ...runtime.planner.memory_plan import DEVICES
+from ...runtime.planner import DEVICES
 
 MIB = 1 << 20
 
@@ -75,7 +75,7 @@ def run_build(args: argparse.Namespace) -> int:
 def run_plan(args: argparse.Namespace) -> int:
     """Print the breakdown (or JSON) and the largest frames that fit."""
     from ...runtime.errors import UserError
-    from ...runtime.planner.memory_fit import largest_frames, load_model, predictor
+    from ...runtime.planner import largest_frames, load_model, predictor
 
     model = load_model(args.model)
     precision = args.precision or ("fp32" if args.device == "cpu" else "fp16")
