@@ -1,0 +1,96 @@
+"""The plots of the drift page: error per layer, error per frame of each video, accuracy.
+
+Each function takes the report dict (``drift --json``) and returns a plotly
+figure; ``drift_report`` places them. Frames are numbered within their own
+video, so every stage of every video runs over the same x axis.
+"""
+
+from __future__ import annotations
+
+from .drift_result import FRAME_STAGES
+
+# Enough lines to tell videos apart; the mean line always covers every video.
+MAX_VIDEO_LINES = 12
+STAGE_TITLES = {
+    "vision_features": "vision features",
+    "pooled_embeddings": "pooled embeddings",
+    "cross_kv": "cross K/V",
+    "logits": "logits",
+}
+
+
+def layer_figure(report: dict):
+    """Relative L2 error of the prefix KV cache per decoder layer and of each cross K/V tensor."""
+    import plotly.graph_objects as go
+
+    layers = report["per_layer"]
+    fig = go.Figure()
+    prefix = layers["prefix_kv_rel_l2"]
+    fig.add_trace(
+        go.Bar(x=[f"layer {i}" for i in prefix], y=list(prefix.values()), name="prefix KV cache")
+    )
+    cross = layers["cross_kv_rel_l2"]
+    fig.add_trace(go.Bar(x=list(cross), y=list(cross.values()), name="cross K/V (per DCAL)"))
+    fig.update_layout(title="Relative L2 error per layer", yaxis_title="relative L2", height=380)
+    return fig
+
+
+def frame_figure(report: dict):
+    """One panel per stage: relative L2 per frame index, a line per video and the mean."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    titles = [STAGE_TITLES[s] for s in FRAME_STAGES]
+    fig = make_subplots(rows=1, cols=len(FRAME_STAGES), subplot_titles=titles)
+    videos = report["per_video"][:MAX_VIDEO_LINES]
+    palette = qualitative.Plotly
+    for col, stage in enumerate(FRAME_STAGES, start=1):
+        for rank, video in enumerate(videos):
+            errors = video["rel_l2_per_frame"][stage]
+            line = go.Scatter(
+                x=list(range(len(errors))),
+                y=errors,
+                mode="lines+markers",
+                name=video["video"],
+                legendgroup=video["video"],
+                showlegend=col == 1,
+                line={"color": palette[rank % len(palette)], "width": 1},
+            )
+            fig.add_trace(line, row=1, col=col)
+        mean = report["stages"][stage]["rel_l2_per_frame"]
+        fig.add_trace(
+            go.Scatter(
+                x=list(range(len(mean))),
+                y=mean,
+                mode="lines",
+                name=f"all {report['videos']} videos",
+                legendgroup="all",
+                showlegend=col == 1,
+                line={"color": "black", "width": 3, "dash": "dash"},
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text="frame index within its video", dtick=1, row=1, col=col)
+    fig.update_yaxes(title_text="relative L2", row=1, col=1)
+    fig.update_layout(title="Error per frame, per video", height=420)
+    return fig
+
+
+def accuracy_figure(report: dict):
+    """Accuracy per question type of both sides (only for reports with ground truth)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for side, per_type in report["end_to_end"]["accuracy"].items():
+        values = [100.0 * a for a in per_type.values()]
+        fig.add_trace(go.Bar(x=list(per_type), y=values, name=report[side]))
+    fig.update_layout(
+        title="Accuracy per question type",
+        yaxis_title="% right",
+        yaxis_range=[0, 105],
+        barmode="group",
+        height=380,
+    )
+    return fig
