@@ -186,8 +186,7 @@ def html_report(report: dict, thumbnails: dict[int, bytes] | None = None) -> str
     title = f"Drift of {report['test']} against {report['ref']}"
     truth = report["ground_truth_questions"]
     sample = (
-        f"{report['videos']} videos, {report['questions']} questions "
-        f"({truth} with ground truth)."
+        f"{report['videos']} videos, {report['questions']} questions ({truth} with ground truth)."
     )
     body = [
         f"<h1>{html.escape(title)}</h1><p>{sample}</p>",
