@@ -31,7 +31,7 @@ def layer_figure(report: dict):
     )
     cross = layers["cross_kv_rel_l2"]
     fig.add_trace(go.Bar(x=list(cross), y=list(cross.values()), name="cross K/V (per DCAL)"))
-    fig.update_layout(title="Relative L2 error per layer", yaxis_title="relative L2", height=380)
+    fig.update_layout(yaxis_title="relative L2", height=360, margin={"t": 30})
     return fig
 
 
@@ -73,8 +73,9 @@ def frame_figure(report: dict):
             col=col,
         )
         fig.update_xaxes(title_text="frame index within its video", dtick=1, row=1, col=col)
+    fig.update_yaxes(rangemode="tozero")  # an error is never negative
     fig.update_yaxes(title_text="relative L2", row=1, col=1)
-    fig.update_layout(title="Error per frame, per video", height=420)
+    fig.update_layout(height=400, margin={"t": 40})
     return fig
 
 
@@ -87,10 +88,6 @@ def accuracy_figure(report: dict):
         values = [100.0 * a for a in per_type.values()]
         fig.add_trace(go.Bar(x=list(per_type), y=values, name=report[side]))
     fig.update_layout(
-        title="Accuracy per question type",
-        yaxis_title="% right",
-        yaxis_range=[0, 105],
-        barmode="group",
-        height=380,
+        yaxis_title="% right", yaxis_range=[0, 105], barmode="group", height=360, margin={"t": 30}
     )
     return fig

@@ -70,7 +70,7 @@ def _verdict(report: dict) -> str:
     word, css = ("Within budget", "within") if verdict["within"] else ("Over budget", "over")
     return (
         f"<div class='verdict {css}' id='verdict'><strong>{word}</strong>"
-        f"Budget: {_points(budget)} of answers ({source}). Judged on:<ul>{checks}</ul></div>"
+        f"Budget: {_points(budget)} ({source}). Judged on:<ul>{checks}</ul></div>"
     )
 
 
@@ -89,7 +89,10 @@ def _stage_table(report: dict) -> str:
     return (
         "<h2>Error per stage</h2><table id='stages'><thead><tr><th>stage</th>"
         "<th>cosine min</th><th>SQNR</th><th>relative L2</th><th>max abs</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
+        f"<tbody>{''.join(rows)}</tbody></table><p class='note'>cosine min: the lowest cosine "
+        "similarity of any token's features; SQNR: 10·log10(signal / noise) over all values "
+        "(identical: bit-equal); relative L2: ‖ref − test‖ / ‖ref‖; max abs: the largest "
+        "absolute difference. Logits are teacher-forced on the reference's answers.</p>"
     )
 
 

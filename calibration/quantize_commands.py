@@ -207,4 +207,5 @@ def print_summary(report: dict) -> None:
     source = "--max-drift" if verdict["budget_source"] == "--max-drift" else "default budget"
     checks = "; ".join(f"{c['measure']} {c['points']:.1f}" for c in verdict["checks"])
     budget = verdict["budget_points"]
-    print(f"  verdict: {word} the budget of {budget:g} points ({source}): {checks} points")
+    unit = "point" if budget == 1 else "points"
+    print(f"  verdict: {word} the budget of {budget:g} {unit} ({source}): {checks} points")
