@@ -35,43 +35,38 @@ def layer_figure(report: dict):
     return fig
 
 
+def _frame_line(errors: list[float], name: str, first_panel: bool, line: dict):
+    import plotly.graph_objects as go
+
+    return go.Scatter(
+        x=list(range(len(errors))),
+        y=errors,
+        mode="lines" if line.get("dash") else "lines+markers",
+        name=name,
+        legendgroup=name,
+        showlegend=first_panel,  # one legend entry per video, not per panel
+        line=line,
+    )
+
+
 def frame_figure(report: dict):
     """One panel per stage: relative L2 per frame index, a line per video and the mean."""
-    import plotly.graph_objects as go
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
     titles = [STAGE_TITLES[s] for s in FRAME_STAGES]
     fig = make_subplots(rows=1, cols=len(FRAME_STAGES), subplot_titles=titles)
-    videos = report["per_video"][:MAX_VIDEO_LINES]
     palette = qualitative.Plotly
+    everything = f"all {report['videos']} videos"
     for col, stage in enumerate(FRAME_STAGES, start=1):
-        for rank, video in enumerate(videos):
-            errors = video["rel_l2_per_frame"][stage]
-            line = go.Scatter(
-                x=list(range(len(errors))),
-                y=errors,
-                mode="lines+markers",
-                name=video["video"],
-                legendgroup=video["video"],
-                showlegend=col == 1,
-                line={"color": palette[rank % len(palette)], "width": 1},
-            )
-            fig.add_trace(line, row=1, col=col)
+        # The line over all videos first: it heads the legend, above any scrolling.
         mean = report["stages"][stage]["rel_l2_per_frame"]
-        fig.add_trace(
-            go.Scatter(
-                x=list(range(len(mean))),
-                y=mean,
-                mode="lines",
-                name=f"all {report['videos']} videos",
-                legendgroup="all",
-                showlegend=col == 1,
-                line={"color": "black", "width": 3, "dash": "dash"},
-            ),
-            row=1,
-            col=col,
-        )
+        bold = {"color": "black", "width": 3, "dash": "dash"}
+        fig.add_trace(_frame_line(mean, everything, col == 1, bold), row=1, col=col)
+        for rank, video in enumerate(report["per_video"][:MAX_VIDEO_LINES]):
+            errors = video["rel_l2_per_frame"][stage]
+            thin = {"color": palette[rank % len(palette)], "width": 1}
+            fig.add_trace(_frame_line(errors, video["video"], col == 1, thin), row=1, col=col)
         fig.update_xaxes(title_text="frame index within its video", dtick=1, row=1, col=col)
     fig.update_yaxes(rangemode="tozero")  # an error is never negative
     fig.update_yaxes(title_text="relative L2", row=1, col=1)

@@ -17,7 +17,13 @@ import json
 
 import numpy as np
 
-from .drift_figures import STAGE_TITLES, accuracy_figure, frame_figure, layer_figure
+from .drift_figures import (
+    MAX_VIDEO_LINES,
+    STAGE_TITLES,
+    accuracy_figure,
+    frame_figure,
+    layer_figure,
+)
 
 MAX_CHANGED_ROWS = 200
 THUMBNAIL_PIXELS = 128
@@ -120,6 +126,18 @@ def _plot(fig, div_id: str, with_plotly_js: bool) -> str:
     )
 
 
+def _frames_section(report: dict) -> str:
+    drawn = min(report["videos"], MAX_VIDEO_LINES)
+    lines = (
+        f"a line per video (the first {drawn})" if drawn < report["videos"] else "a line per video"
+    )
+    return (
+        "<h2>Error per frame</h2><p class='note'>Frame 0 is the first frame of each video; "
+        f"{lines}; the dashed line is the error over all videos at that frame index.</p>"
+        + _plot(frame_figure(report), "frames", False)
+    )
+
+
 def _accuracy(report: dict) -> str:
     truth = report["ground_truth_questions"]
     if not report["end_to_end"]["accuracy"]:
@@ -197,9 +215,7 @@ def html_report(report: dict, thumbnails: dict[int, bytes] | None = None) -> str
         _stage_table(report),
         _end_to_end(report),
         "<h2>Error per layer</h2>" + _plot(layer_figure(report), "layers", True),
-        "<h2>Error per frame</h2><p class='note'>Frame 0 is the first frame of each video; "
-        "the dashed line is the error over all videos at that frame index.</p>"
-        + _plot(frame_figure(report), "frames", False),
+        _frames_section(report),
         _accuracy(report),
         _changed_answers(report, thumbnails or {}),
         "<details><summary>Full report (JSON, as <code>--json</code> writes it)</summary>"

@@ -51,13 +51,9 @@ def drift_verdict(
     checks = []
     if accuracy.get("ref"):
         points, qtype = worst_accuracy_drop(accuracy["ref"], accuracy["test"])
+        detail = f"worst type: {qtype}" if points > 0 else "no question type lost accuracy"
         checks.append(
-            Check(
-                "worst accuracy drop over question types",
-                points,
-                truth_questions,
-                f"worst type: {qtype}",
-            )
+            Check("worst accuracy drop over question types", points, truth_questions, detail)
         )
     if no_truth_questions:
         checks.append(
