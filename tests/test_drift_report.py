@@ -225,3 +225,10 @@ def test_report_without_ground_truth_has_no_accuracy_chart(reports, browser) -> 
     assert "ground truth" in page.inner_text("#no-accuracy")
     assert all(url.startswith(("file:", "data:")) for url in requested), requested
     page.close()
+
+
+@pytest.mark.parametrize("budget", ["-1", "nan"])
+def test_a_budget_below_zero_is_one_error_line(capsys, budget: str) -> None:
+    assert main(["drift", "a", "b", "--synthetic", "1", "--max-drift", budget]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --max-drift") and budget in err[0]
