@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from package_damage import scaled_weight_copy
 
 from crosslmm_edge.calibration.evaluate import write_scene_video
 from crosslmm_edge.cli import main
@@ -141,28 +142,9 @@ def test_drift_of_a_package_against_itself_is_zero(package: Path, tmp_path: Path
     assert e2e["greedy_exact_match"] == 1.0
 
 
-def _scaled_copy(package: Path, target: Path, module: str, factor: float) -> Path:
-    """A copy of ``package`` with the weight of ``module``'s MatMul in llm.onnx scaled."""
-    from crosslmm_edge.calibration.recipes import weight_nodes
-
-    shutil.copytree(package, target)
-    model = onnx.load(str(target / "llm.onnx"))
-    node = next(n for n in weight_nodes(model, "llm") if n.module == module)
-    weight = next(n for n in model.graph.node if n.name == node.name).input[1]
-    init = next(i for i in model.graph.initializer if i.name == weight)
-    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * factor, weight))
-    onnx.save(model, str(target / "llm.onnx"))
-    manifest = json.loads((target / "manifest.json").read_text())
-    for artifact in manifest["graphs"]["llm"]["artifacts"]:
-        if artifact["file"] == "llm.onnx":
-            artifact["sha256"] = file_sha256(target / "llm.onnx")
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    return target
-
-
 def test_drift_flags_a_weight_scaled_tenfold(package: Path, tmp_path: Path) -> None:
     module = "model.language_model.model.layers.1.mlp.down_proj"
-    broken = _scaled_copy(package, tmp_path / "x10", module, 10.0)
+    broken = scaled_weight_copy(package, tmp_path / "x10", module, 10.0)
     report = tmp_path / "x10.json"
     args = [str(package), str(broken), "--synthetic", "1", "--json", str(report)]
     assert main(["drift", *args]) == 0
