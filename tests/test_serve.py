@@ -115,29 +115,41 @@ def test_second_request_reuses_the_video_from_any_client(server, media) -> None:
     assert second.json()["choices"][0]["message"] == first.json()["choices"][0]["message"]
 
 
-def test_multi_turn_matches_the_runtime_conversation(client, package, media) -> None:
+@pytest.fixture(scope="module")
+def forgetful_server(package: Path, media) -> str:
+    """A server whose conversation cache holds none: earlier turns are replayed as text."""
+    settings = ServeSettings(model_name=MODEL, media_dir=media[0], state_cache_bytes=1 << 20)
+    with running_server(package, settings) as url:
+        yield url
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kv-kept", "replayed"])
+def test_multi_turn_matches_the_runtime_conversation(
+    kept, server, forgetful_server, package, media
+) -> None:
     folder, _ = media
+    url = server if kept else forgetful_server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     questions = ["what kind of shape is it?", "what colour is the small dot?", "which way?"]
     runtime = RuntimeAssistant(package)
     runtime.set_video(str(folder / "scene-1.mp4"))
     options = GenerationOptions(max_new_tokens=6)
     expected = [runtime.ask(questions[0], options).token_ids]
     expected += [runtime.follow_up(q, options).token_ids for q in questions[1:]]
-    for replay in (False, True):
-        messages: list[dict] = []
-        for number, question in enumerate(questions):
-            if replay:  # another video in between: the history is replayed, not reused
-                client.chat.completions.create(
-                    model=MODEL, messages=[video_message("scene-2.mp4", "hi")], max_tokens=1
-                )
-            turn = video_message("scene-1.mp4", question) if number == 0 else question
-            messages.append(turn if number == 0 else {"role": "user", "content": turn})
-            reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6)
-            assert reply.model_extra["x_crosslmm"]["token_ids"] == expected[number], (
-                replay,
-                number,
-            )
-            messages.append({"role": "assistant", "content": reply.choices[0].message.content})
+    messages: list[dict] = []
+    for number, question in enumerate(questions):
+        # Another client's video in between: the conversation leaves the KV cache.
+        client.chat.completions.create(
+            model=MODEL, messages=[video_message("scene-2.mp4", "hi")], max_tokens=1
+        )
+        turn = video_message("scene-1.mp4", question) if number == 0 else question
+        messages.append(turn if number == 0 else {"role": "user", "content": turn})
+        reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6)
+        assert reply.model_extra["x_crosslmm"]["token_ids"] == expected[number], number
+        cached = reply.usage.prompt_tokens_details.cached_tokens
+        if number:  # earlier turns come from a kept KV cache, or are prefilled again
+            assert (cached > runtime.prefix_length) == kept
+        messages.append({"role": "assistant", "content": reply.choices[0].message.content})
 
 
 def test_upload_and_inline_data_share_the_content_id(server, media) -> None:
@@ -197,7 +209,7 @@ def test_live_source_answers_about_its_window(client, server, media) -> None:
 def test_models_and_health(client, server) -> None:
     assert [model.id for model in client.models.list()] == [MODEL]
     health = httpx.get(f"{server}/health").json()
-    assert health["status"] == "ok" and health["state_cache"]["states"] >= 1
+    assert health["status"] == "ok" and health["state_cache"]["entries"] >= 1
 
 
 # -- units ----------------------------------------------------------------
@@ -214,12 +226,12 @@ def _key(name: str) -> CacheKey:
 def test_state_cache_evicts_least_recently_used_within_its_bytes() -> None:
     cache = StateCache(max_bytes=250)
     for name in "abc":
-        cache.put(_key(name), _state(100))
+        cache.put(_key(name), _state(100), 100)
     assert cache.get(_key("a")) is None and cache.bytes == 200  # a went first
     assert cache.get(_key("b")) is not None  # b is now the most recent
-    cache.put(_key("d"), _state(100))
+    cache.put(_key("d"), _state(100), 100)
     assert cache.get(_key("c")) is None and cache.get(_key("b")) is not None
-    cache.put(_key("huge"), _state(1000))  # larger than the bound: not kept
+    cache.put(_key("huge"), _state(1000), 1000)  # larger than the bound: not kept
     assert cache.get(_key("huge")) is None and cache.bytes <= 250
 
 
@@ -230,6 +242,17 @@ def test_turn_watch_never_shows_part_of_a_stop_string() -> None:
         watch.on_text(delta)
     watch.finish()
     assert "".join(shown) == "abcENxy" == watch.answer and watch.cut is not None
+
+
+def test_turn_watch_stops_generation_once_cancelled() -> None:
+    watch = TurnWatch(lambda text: None)
+    steps = ((token, 0.0) for token in range(100))
+    taken = []
+    for token, _ in watch.watched(steps):
+        taken.append(token)
+        if token == 2:
+            watch.cancelled.set()  # what the app does when the client goes away
+    assert taken == [0, 1, 2] and watch.stopped_early
 
 
 def test_full_queue_is_a_503_with_retry_after() -> None:

@@ -26,7 +26,7 @@ from .media import VideoRef
 from .schemas import ChatRequest
 from .served_assistant import LIVE_SHA, ServedAssistant
 from .settings import ServeSettings
-from .state_cache import CacheKey, StateCache
+from .state_cache import CacheKey, Conversation, StateCache, state_bytes
 from .turn_watch import TurnWatch
 
 LOG = logging.getLogger("crosslmm_edge.serve")
@@ -67,7 +67,11 @@ class Engine:
         self, assistant: ServedAssistant, settings: ServeSettings, live: LiveFeed | None = None
     ) -> None:
         self.assistant, self.settings, self.live = assistant, settings, live
-        self.states = StateCache(settings.state_cache_bytes)
+        self.states: StateCache[CacheKey, VideoState] = StateCache(settings.state_cache_bytes)
+        # Conversations whose client may come back with another turn: a quarter of the bytes.
+        self.conversations: StateCache[tuple, Conversation] = StateCache(
+            max(1, settings.state_cache_bytes // 4)
+        )
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=settings.queue_size)
         self.window: RollingWindow | None = None
         if live is not None:
@@ -114,6 +118,7 @@ class Engine:
             "served": self.served,
             "failed": self.failed,
             "state_cache": self.states.stats(),
+            "conversation_cache": self.conversations.stats(),
             "live": None
             if self.live is None or window is None
             else {**self.live.status(), "window_frames": window.window_frames},
@@ -180,21 +185,42 @@ class Engine:
 
     # -- videos -----------------------------------------------------------
     def _use_video(self, job: Job) -> bool:
-        """Install the job's video; whether its encoded state was reused."""
+        """Install the job's video (and kept conversation); whether anything was reused."""
         request, assistant = job.request, self.assistant
         if job.video.is_live:
             return self._use_live(request.system)
         key = assistant.cache_key(job.video.sha256, request.frames, request.system)
-        if assistant.current == key:
+        history = request.history
+        if assistant.current == key and (not history or assistant.turns == history):
             return True
+        self._keep_conversation()
+        if history:
+            conversation = self.conversations.pop((key, tuple(history)))
+            if conversation is not None:
+                self._leave_live()
+                assistant.resume(key, conversation)
+                return True
+        if assistant.current == key:
+            return True  # the history is replayed after the installed prefix
         self._leave_live()
         state = self.states.get(key)
         if state is not None:
             assistant.install(key, state)
             return True
         assert job.video.path is not None
-        self.states.put(key, assistant.encode_video(key, job.video.path, request.frames))
+        state = assistant.encode_video(key, job.video.path, request.frames)
+        self.states.put(key, state, state_bytes(state))
         return False
+
+    def _keep_conversation(self) -> None:
+        """Keep the current conversation's KV cache before another one replaces it."""
+        current = self.assistant.current
+        if current is None or current == self._live_key():
+            return
+        conversation = self.assistant.conversation()
+        if conversation is not None:
+            size = state_bytes(conversation.state)
+            self.conversations.put((current, tuple(conversation.turns)), conversation, size)
 
     # -- live -------------------------------------------------------------
     def _live_key(self) -> CacheKey:
@@ -204,7 +230,7 @@ class Engine:
         if system != self.settings.system:
             raise UserError("questions about the live source use the server's system prompt")
         changed = self._take_live_frames(flush=True)
-        if self.assistant.current != self._live_key():
+        if not self._enter_live():
             raise ApiError(503, "the live source has no frames yet", headers={"Retry-After": "1"})
         return not changed
 
@@ -220,6 +246,7 @@ class Engine:
             return True
         if self.live_state is None:
             return False
+        self._keep_conversation()
         self.assistant.install(key, self.live_state, live=True)
         self.live_state = None
         return True
@@ -233,6 +260,8 @@ class Engine:
             return False
         if self.window.started and not self._enter_live():
             self.window.started = False  # its state was lost to a failed turn: start afresh
+        if not self.window.started:
+            self._keep_conversation()  # the window's first frames replace the current video
         self.assistant.system = self.settings.system
         for rgb in frames:
             self.window.push(rgb)

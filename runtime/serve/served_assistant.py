@@ -19,7 +19,7 @@ from ..chat.assistant_types import Answer, GenerationOptions, TokenCallback
 from ..core.sampling import Sampler
 from ..video.video_state import StateKey, VideoState
 from .schemas import ChatRequest
-from .state_cache import CacheKey
+from .state_cache import CacheKey, Conversation
 from .turn_watch import TurnWatch
 
 LIVE_SHA = "live"
@@ -61,20 +61,31 @@ class ServedAssistant(RuntimeAssistant):
 
     def snapshot(self) -> VideoState:
         """The current state with a host copy of its prefix cache (the conversation ends)."""
-        state = self._require_video()
         self.reset()
         self.turns = []
+        return self._copy_state()
+
+    def conversation(self) -> Conversation | None:
+        """The current conversation with a host copy of its whole KV cache (None: no turn)."""
+        if not self.turns:
+            return None
+        return Conversation(list(self.turns), list(self.pending_ids), self._copy_state())
+
+    def _copy_state(self) -> VideoState:
+        """The current state with host copies of the KV cache's valid entries."""
+        state = self._require_video()
         assert self.cache is not None  # set with the video
         keys, values = self.cache.prefix_arrays()
+        prefix_ids = self.prompt.video_prefix_ids(self.system)
+        cross = dict(state.cross)
         return VideoState(
-            state.key,
-            state.num_frames,
-            state.visual_embeds,
-            dict(state.cross),
-            self.prompt.video_prefix_ids(self.system),
-            keys,
-            values,
+            state.key, state.num_frames, state.visual_embeds, cross, prefix_ids, keys, values
         )
+
+    def resume(self, key: CacheKey, conversation: Conversation) -> None:
+        """Install a kept conversation: its turns continue without being prefilled again."""
+        self.install(key, conversation.state)
+        self.pending_ids, self.turns = list(conversation.pending_ids), list(conversation.turns)
 
     def _now_current(self, key: CacheKey) -> None:
         self.current, self.turns = key, []
