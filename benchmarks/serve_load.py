@@ -1,7 +1,7 @@
 """``crosslmm-edge serve`` over loopback HTTP: video reuse and a bounded load test.
 
     python3 -m crosslmm_edge.benchmarks.serve_load [--package PKG] [--frames 32]
-        [--clients 32] [--videos 4] [--questions 200] [--rounds 2]
+        [--clients 32] [--videos 4] [--questions 200] [--rounds 2] [--threads N]
 
 Starts the server as a child process (127.0.0.1, a free port, a looping live
 file as its live source) and measures, all through HTTP with streamed answers:
@@ -87,7 +87,7 @@ def start_server(
         sys.executable, "-m", "crosslmm_edge", "serve", str(package), "--port", str(port),
         "--media-dir", str(media), "--frames", str(frames), "--live", str(live), "--live-loop",
         "--window", "4", "--live-fps", "2", "--queue-size", "16", "--log-level", "warning",
-        "--max-new-tokens", "8",
+        "--max-new-tokens", "8", "--threads", str(threads),
     ]  # fmt: skip
     process = subprocess.Popen(command)
     deadline = time.monotonic() + 120
@@ -220,6 +220,7 @@ def main() -> int:
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2, help="the run is this many x questions")
     parser.add_argument("--reuse-videos", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="the server's intra-op threads")
     parser.add_argument("--json", help="write the report here too")
     args = parser.parse_args()
     import httpx
@@ -239,9 +240,9 @@ def main() -> int:
         write_scene_video(folder / "live.mp4", 99, 0, args.frames)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = start_server(package, media, folder / "live.mp4", args.frames, port)
+        server = start_server(package, media, folder / "live.mp4", args.frames, port, args.threads)
         try:
-            report = {"frames": args.frames, "cpu_count": os.cpu_count()}
+            report = {"frames": args.frames, "threads": args.threads, "cpu_count": os.cpu_count()}
             report["reuse"] = asyncio.run(measure_reuse(url, names[args.videos :]))
             print(json.dumps(report["reuse"], indent=1), flush=True)
             work = workload(names[: args.videos], args.questions, args.rounds)

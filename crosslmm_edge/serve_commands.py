@@ -46,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--window", type=float, default=4.0, help="live window in seconds")
     serve.add_argument("--live-fps", type=float, default=2.0, help="live frames kept per second")
     serve.add_argument("--live-loop", action="store_true", help="replay a live file (simulated)")
+    serve.add_argument("--threads", type=int, default=0, help="intra-op threads (0: default)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_package_options(serve)
     serve.set_defaults(func=run_serve)
@@ -94,7 +95,13 @@ def run_serve(args: argparse.Namespace) -> int:
         ) from None
     settings = settings_from(args)
     app = create_app(
-        args.package, settings, args.provider, args.precision, args.backend, args.max_context
+        args.package,
+        settings,
+        args.provider,
+        args.precision,
+        args.backend,
+        args.max_context,
+        args.threads,
     )
     run_server(app, settings, args.log_level)
     return 0

@@ -109,7 +109,11 @@ class ServeApp:
         self.authorize(request)
         body = parse_json(await read_body(request, self.settings.max_body_bytes))
         chat = parse_chat_request(body, self.settings)
-        video = await run_in_threadpool(self.media.resolve, chat.video_url)
+        # Naming a known video is a lookup; reading one (hash, probe, store) leaves the loop.
+        video = self.media.resolve(chat.video_url, read=False)
+        if video is None:
+            video = await run_in_threadpool(self.media.resolve, chat.video_url)
+        assert video is not None
         loop, events = asyncio.get_running_loop(), asyncio.Queue[Event]()
 
         def send(event: Event) -> None:

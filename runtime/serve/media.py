@@ -117,13 +117,19 @@ class MediaStore:
             return [(f"video-{sha}", size) for sha, size in self._uploads.items()]
 
     # -- references -------------------------------------------------------
-    def resolve(self, url: str) -> VideoRef:
-        """The video a request's ``video_url`` names (may store inline data)."""
+    def resolve(self, url: str, read: bool = True) -> VideoRef | None:
+        """The video a request's ``video_url`` names (may store inline data).
+
+        ``read=False`` returns None instead of reading a file's content (inline
+        data, a media file not hashed yet): the caller does that off its loop.
+        """
         if url == LIVE:
             if not self.has_live:
                 raise bad_request("no live source: start the server with --live", "video_url")
             return VideoRef(LIVE)
         if url.startswith("data:"):
+            if not read:
+                return None
             return self.store_chunks([_data_url_bytes(url, self.settings.max_video_bytes)])
         match = VIDEO_ID.fullmatch(url)
         if match:
@@ -135,7 +141,7 @@ class MediaStore:
                 "under --media-dir",
                 "video_url",
             )
-        return self._media_file(url.removeprefix("file://"))
+        return self._media_file(url.removeprefix("file://"), read)
 
     def _uploaded(self, sha256: str) -> VideoRef:
         with self._lock:
@@ -146,7 +152,7 @@ class MediaStore:
             self._uploads.move_to_end(sha256)
         return VideoRef(sha256, self.folder / f"{sha256}.video")
 
-    def _media_file(self, name: str) -> VideoRef:
+    def _media_file(self, name: str, read: bool) -> VideoRef | None:
         folder = self.settings.media_dir
         if folder is None:
             raise bad_request("file videos need the server's --media-dir", "video_url")
@@ -167,6 +173,8 @@ class MediaStore:
         stamp = (str(path), info.st_size, info.st_mtime_ns, info.st_ino)
         sha256 = self._hashes.get(stamp)
         if sha256 is None:
+            if not read:
+                return None
             probe_video(path, self.settings)
             sha256 = self._hashes[stamp] = file_sha256(path)
         return VideoRef(sha256, path)

@@ -20,6 +20,7 @@ def create_app(
     precision: str | None = None,
     backend: str = "onnx",
     max_context: int | None = None,
+    threads: int = 0,
 ) -> ServeApp:
     """Open ``package`` once and wire the worker, the media store and the routes."""
     settings.check()
@@ -38,6 +39,7 @@ def create_app(
         backend=backend,
         max_context=max_context,
         system=settings.system,
+        threads=threads,
     )
     package_frames = assistant.pipeline.package.max_frames
     settings.max_frames = min(settings.max_frames or package_frames, package_frames)
