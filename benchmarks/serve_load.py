@@ -78,7 +78,7 @@ class RssSampler:
 
 
 def start_server(
-    package: Path, media: Path, live: Path, frames: int, port: int
+    package: Path, media: Path, live: Path, frames: int, port: int, threads: int
 ) -> subprocess.Popen:
     """``crosslmm-edge serve`` as a child process; returns once /health answers."""
     import httpx
