@@ -114,9 +114,9 @@ def body(video: str, question: str) -> dict:
 
 
 async def ask(client, video: str, question: str) -> dict:
-    """One streamed question: status, time to first content, whether the video was reused."""
+    """One streamed question: status, time to first content (client and server side), reuse."""
     started = time.perf_counter()
-    first = None
+    first, server_ttft = None, None
     async with client.stream("POST", "/v1/chat/completions", json=body(video, question)) as reply:
         if reply.status_code != 200:
             await reply.aread()
@@ -125,9 +125,12 @@ async def ask(client, video: str, question: str) -> dict:
             wanted = first is None and line.startswith("data: {") and '"content":"' in line
             if wanted and json.loads(line[6:])["choices"][0]["delta"].get("content"):
                 first = time.perf_counter() - started
+            if '"x_crosslmm"' in line:
+                server_ttft = json.loads(line[6:])["x_crosslmm"]["ttft_s"]
         return {
             "status": 200,
             "ttft_s": first if first is not None else time.perf_counter() - started,
+            "server_ttft_s": server_ttft,
             "reused": reply.headers.get("X-Video-Reused") == "true",
         }
 
@@ -136,7 +139,7 @@ async def measure_reuse(url: str, videos: list[str]) -> dict:
     """First vs second question TTFT per fresh video; the second from a new connection."""
     import httpx
 
-    firsts, seconds = [], []
+    firsts, seconds, server_firsts, server_seconds = [], [], [], []
     for video in videos:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
             first = await ask(client, video, "what kind of shape is it?")
@@ -146,13 +149,22 @@ async def measure_reuse(url: str, videos: list[str]) -> dict:
         assert not first["reused"] and second["reused"], (first, second)
         firsts.append(first["ttft_s"])
         seconds.append(second["ttft_s"])
+        server_firsts.append(first["server_ttft_s"])
+        server_seconds.append(second["server_ttft_s"])
     first_s, second_s = statistics.median(firsts), statistics.median(seconds)
+    server_first, server_second = (
+        statistics.median(server_firsts),
+        statistics.median(server_seconds),
+    )
     return {
         "videos": len(videos),
         "first_ttft_ms_median": first_s * 1000,
         "second_ttft_ms_median": second_s * 1000,
         "ratio_second_over_first": second_s / first_s,
         "ratios_per_video": [s / f for f, s in zip(firsts, seconds, strict=True)],
+        "server_side_first_ms_median": server_first * 1000,
+        "server_side_second_ms_median": server_second * 1000,
+        "server_side_ratio": server_second / server_first,
     }
 
 
