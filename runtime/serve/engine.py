@@ -145,8 +145,9 @@ class Engine:
         try:
             reused = self._use_video(job)
             job.send(("start", {"video_reused": reused, "video_id": job.video.video_id}))
-            watch = TurnWatch(lambda text: job.send(("delta", text)), job.cancelled)
-            watch.stop = job.request.stop
+            watch = TurnWatch(
+                lambda text: job.send(("delta", text)), job.cancelled, job.request.stop
+            )
             answer = self.assistant.respond(job.request, watch)
         except UserError as exc:
             self.failed += 1

@@ -33,6 +33,7 @@ from .api_error import ApiError, bad_request
 from .settings import ServeSettings
 
 LIVE = "live"
+MAX_REMEMBERED_HASHES = 10_000  # media-file hashes kept by (path, size, mtime, inode)
 VIDEO_ID = re.compile(r"video-([0-9a-f]{64})")
 DATA_URL = re.compile(r"data:(video/[\w.+-]+|application/octet-stream);base64,", re.ASCII)
 REMOTE_SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -176,6 +177,8 @@ class MediaStore:
             if not read:
                 return None
             probe_video(path, self.settings)
+            if len(self._hashes) >= MAX_REMEMBERED_HASHES:
+                self._hashes.clear()  # files rewritten many times: start over
             sha256 = self._hashes[stamp] = file_sha256(path)
         return VideoRef(sha256, path)
 

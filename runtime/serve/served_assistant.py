@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from ..chat.answer_stream import build_answer, collect_tokens
 from ..chat.assistant import RuntimeAssistant
 from ..chat.assistant_types import Answer, GenerationOptions, TokenCallback
-from ..core.sampling import Sampler
 from ..video.video_state import StateKey, VideoState
 from .schemas import ChatRequest
 from .state_cache import CacheKey, Conversation
@@ -97,18 +96,23 @@ class ServedAssistant(RuntimeAssistant):
         history, question, options = request.history, request.question, request.options
         try:
             if not history:
-                answer = self.ask(question, options)
+                answer = self.ask(question, options, watch.on_text)
             elif self.turns == history:
-                answer = self.follow_up(question, options)
+                answer = self.follow_up(question, options, watch.on_text)
             else:
-                answer = self._replay(history, question, options)
+                answer = self._replay(history, question, options, watch.on_text)
+            watch.finish()
         finally:
             self.watch = None
         self.turns = None if watch.stopped_early else [*history, (question, watch.answer)]
         return answer
 
     def _replay(
-        self, history: list[tuple[str, str]], question: str, options: GenerationOptions
+        self,
+        history: list[tuple[str, str]],
+        question: str,
+        options: GenerationOptions,
+        on_text: TokenCallback,
     ) -> Answer:
         """Prefill the earlier turns as text after the video prefix, then answer."""
         self.reset()
@@ -117,42 +121,14 @@ class ServedAssistant(RuntimeAssistant):
         for (_, answer), next_question in zip(history, later, strict=True):
             ids += self.prompt._encode([(answer, True)])
             ids += self.prompt.next_turn_ids(next_question, self.system)
-        return self._answer(question, ids, options, None)
+        return self._answer(question, ids, options, on_text)
 
-    def _answer(
-        self,
-        question: str,
-        prompt_ids: list[int],
-        options: GenerationOptions,
-        on_text: TokenCallback | None,
-    ) -> Answer:
-        """The base turn, with its tokens passed through the request's ``TurnWatch``.
-
-        The watch streams the text, ends the turn at a stop string or when the
-        client has gone; without one this is ``RuntimeAssistant``'s turn.
-        """
+    def _watched(self, steps: Iterator[tuple[int, float]]) -> Iterator[tuple[int, float]]:
+        """Pass the turn's tokens through the request's ``TurnWatch`` (stop strings, cancel)."""
         watch = self.watch
         if watch is None:
-            return super()._answer(question, prompt_ids, options, on_text)
+            return steps
         assert self.cache is not None  # set with the video
-        self.check_fits(len(prompt_ids), options.max_new_tokens)
-        watch.context_before, watch.prompt_tokens = self.cache.length, len(prompt_ids)
-        reused = self.prefix_reused
-        sampler = Sampler.for_options(options, [self.dims.video_token_id])
-        stops = sorted(self.prompt.stop_token_ids)
-        steps = self.pipeline.generate(
-            self.cache,
-            self.text_cross,
-            prompt_ids,
-            sampler,
-            options.max_new_tokens,
-            stops,
-            options.logprobs,
-        )
-        stream = collect_tokens(watch.watched(steps), self.prompt.decode, stops, watch.on_text)
-        watch.finish()
-        setup_s, self.setup_s, self.prefix_reused = self.setup_s, 0.0, True
-        self._remember_end(stream.tokens, stops)
-        return build_answer(
-            question, stream, self.prompt.decode, stops, reused, options.logprobs, setup_s
-        )
+        # Generation is lazy: the cache does not hold the prompt yet.
+        watch.context_before, watch.prompt_tokens = self.cache.length, self.last_prompt_tokens
+        return watch.watched(steps)
