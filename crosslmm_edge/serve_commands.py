@@ -87,10 +87,11 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         from .runtime.serve.server import create_app, run_server
     except ModuleNotFoundError as exc:
-        if exc.name not in ("starlette", "uvicorn"):
+        missing = (exc.name or "").split(".")[0]
+        if missing not in ("starlette", "uvicorn"):
             raise
         raise UserError(
-            f"`serve` needs the HTTP stack (module {exc.name!r} is missing): "
+            f"`serve` needs the HTTP stack (module {missing!r} is missing): "
             "pip install 'crosslmm-edge[serve]'"
         ) from None
     settings = settings_from(args)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -269,3 +271,26 @@ def test_public_bind_needs_an_api_key(tmp_path: Path) -> None:
         ServeSettings(host="0.0.0.0").check()
     ServeSettings(host="0.0.0.0", api_key="k").check()
     ServeSettings(host="::1").check()
+
+
+def _cli_in_subprocess(prelude: str, argv: list[str]) -> subprocess.CompletedProcess:
+    script = (
+        f"import sys\n{prelude}\nfrom crosslmm_edge.cli import main\nsys.exit(main({argv!r}))\n"
+    )
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+
+
+def test_serve_without_the_extra_names_it(tmp_path: Path) -> None:
+    done = _cli_in_subprocess("sys.modules['starlette'] = None", ["serve", str(tmp_path)])
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: `serve` needs the HTTP stack (module 'starlette' is missing): "
+        "pip install 'crosslmm-edge[serve]'"
+    ]
+
+
+def test_serve_needs_a_package_and_no_torch(tmp_path: Path) -> None:
+    done = _cli_in_subprocess("sys.modules['torch'] = None", ["serve", str(tmp_path)])
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a model package" in lines[0], done.stderr

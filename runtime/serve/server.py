@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import uvicorn
+
 from ..errors import UserError
 from .app import ServeApp
 from .engine import Engine
@@ -59,8 +61,6 @@ def create_app(
 
 def run_server(app: ServeApp, settings: ServeSettings, log_level: str = "info") -> None:
     """Serve until interrupted (uvicorn handles SIGINT/SIGTERM and drains connections)."""
-    import uvicorn
-
     uvicorn.run(
         app.starlette(),
         host=settings.host,
