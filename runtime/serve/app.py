@@ -70,7 +70,9 @@ class ServeApp:
         return HTMLResponse(self.page)
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", **self.engine.status()})
+        ok = self.engine.alive
+        body = {"status": "ok" if ok else "worker stopped", **self.engine.status()}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def models(self, request: Request) -> Response:
         self.authorize(request)
@@ -139,6 +141,8 @@ class ServeApp:
             try:
                 kind, value = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
             except TimeoutError:
+                if not self.engine.alive:
+                    raise ApiError(500, "the worker has stopped; restart the server") from None
                 if await request.is_disconnected():
                     job.cancelled.set()
                     raise ApiError(499, "the client closed the connection") from None

@@ -113,6 +113,7 @@ class Engine:
         """Queue, cache and live-source counters for ``/health``."""
         window = self.window
         return {
+            "worker_alive": self.alive,
             "queued": self.jobs.qsize(),
             "queue_size": self.settings.queue_size,
             "served": self.served,
@@ -130,13 +131,28 @@ class Engine:
             try:
                 job = self.jobs.get(timeout=IDLE_POLL_S if self.live else None)
             except queue.Empty:
-                self._take_live_frames()
+                self._feed_live()
                 continue
             if job is None:
                 return
             if self.jobs.empty():
-                self._take_live_frames()
+                self._feed_live()
             self._serve(job)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs."""
+        return self._thread.is_alive()
+
+    def _feed_live(self) -> None:
+        """Take the live frames; a failure restarts the window instead of ending the worker."""
+        try:
+            self._take_live_frames()
+        except Exception:  # e.g. frames of a new resolution in one batch
+            LOG.exception("live frames dropped")
+            if self.window is not None:
+                self.window.started, self.window.pending = False, []
+            self.live_state, self.assistant.current = None, None
 
     def _serve(self, job: Job) -> None:
         if job.cancelled.is_set():
