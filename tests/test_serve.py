@@ -173,6 +173,10 @@ def test_upload_and_inline_data_share_the_content_id(server, media) -> None:
     listed = httpx.get(f"{server}/v1/videos").json()
     assert video_id in [entry["id"] for entry in listed["data"]]
     assert listed["live"] is True and "scene-1.mp4" in listed["media"]
+    assert httpx.delete(f"{server}/v1/videos/{video_id}").json()["deleted"] is True
+    assert httpx.delete(f"{server}/v1/videos/{video_id}").status_code == 404
+    body = {"messages": [video_message(video_id, question)], "max_tokens": 4}
+    assert httpx.post(f"{server}/v1/chat/completions", json=body).status_code == 404
 
 
 def test_stop_strings_seed_and_usage(client) -> None:

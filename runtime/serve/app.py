@@ -51,6 +51,7 @@ class ServeApp:
             Route("/v1/models", self.models),
             Route("/v1/videos", self.upload, methods=["POST"]),
             Route("/v1/videos", self.videos, methods=["GET"]),
+            Route("/v1/videos/{video_id}", self.delete_video, methods=["DELETE"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
         ]
         handlers = {ApiError: api_error, HTTPException: http_error, Exception: server_error}
@@ -105,6 +106,12 @@ class ServeApp:
         ref = await run_in_threadpool(self.media.store_chunks, [data])
         body = {"id": ref.video_id, "object": "video", "bytes": len(data), "sha256": ref.sha256}
         return JSONResponse(body, status_code=201)
+
+    async def delete_video(self, request: Request) -> Response:
+        self.authorize(request)
+        video_id = request.path_params["video_id"]
+        self.media.delete(video_id)
+        return JSONResponse({"id": video_id, "object": "video", "deleted": True})
 
     # -- chat -------------------------------------------------------------
     async def chat(self, request: Request) -> Response:

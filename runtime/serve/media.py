@@ -112,6 +112,15 @@ class MediaStore:
             del self._uploads[oldest]
             (self.folder / f"{oldest}.video").unlink(missing_ok=True)
 
+    def delete(self, video_id: str) -> None:
+        """Remove an upload (its encoded state may stay cached until evicted)."""
+        match = VIDEO_ID.fullmatch(video_id)
+        with self._lock:
+            if match is None or match.group(1) not in self._uploads:
+                raise ApiError(404, f"no uploaded video {video_id[:80]!r}")
+            del self._uploads[match.group(1)]
+            (self.folder / f"{match.group(1)}.video").unlink(missing_ok=True)
+
     def uploads(self) -> list[tuple[str, int]]:
         """(video id, bytes) of the stored uploads, most recently used last."""
         with self._lock:
