@@ -298,3 +298,28 @@ def test_serve_needs_a_package_and_no_torch(tmp_path: Path) -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a model package" in lines[0], done.stderr
+
+
+def test_a_failed_turn_does_not_corrupt_the_kept_conversation(
+    forgetful_server, package, media
+) -> None:
+    """A refused replay truncates the KV cache: the next turn must not trust it."""
+    folder, _ = media
+    first, second = "what kind of shape is it?", "what colour is the small dot?"
+    runtime = RuntimeAssistant(package)
+    runtime.set_video(str(folder / "scene-1.mp4"))
+    options = GenerationOptions(max_new_tokens=6)
+    answer = runtime.ask(first, options).answer
+    context = runtime.cache.length
+    expected = runtime.follow_up(second, options).token_ids
+    expected_prompt = context + runtime.last_prompt_tokens  # the whole conversation
+    opening = video_message("scene-1.mp4", first)
+    url = f"{forgetful_server}/v1/chat/completions"  # no live source switching videos
+    assert httpx.post(url, json={"messages": [opening], "max_tokens": 6}, timeout=30).is_success
+    wrong = [opening, {"role": "assistant", "content": "red"}, {"role": "user", "content": second}]
+    refused = httpx.post(url, json={"messages": wrong, "max_tokens": 4000}, timeout=30)
+    assert refused.status_code == 400 and "context" in refused.json()["error"]["message"]
+    right = [opening, {"role": "assistant", "content": answer}, {"role": "user", "content": second}]
+    reply = httpx.post(url, json={"messages": right, "max_tokens": 6}, timeout=30).json()
+    assert reply["x_crosslmm"]["token_ids"] == expected
+    assert reply["usage"]["prompt_tokens"] == expected_prompt

@@ -94,10 +94,11 @@ class ServedAssistant(RuntimeAssistant):
         """Answer the request's question after its history, reusing cached turns."""
         self.watch = watch
         history, question, options = request.history, request.question, request.options
+        kept, self.turns = self.turns, None  # unknown until the turn ends (it may fail)
         try:
             if not history:
                 answer = self.ask(question, options, watch.on_text)
-            elif self.turns == history:
+            elif kept == history:
                 answer = self.follow_up(question, options, watch.on_text)
             else:
                 answer = self._replay(history, question, options, watch.on_text)
