@@ -23,8 +23,8 @@ from crosslmm_edge.calibration.synthetic_world import normalise_answer
 from crosslmm_edge.cli import main
 from crosslmm_edge.demo import embedded_package
 from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
-from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.inference.sampling import GenerationOptions
 from crosslmm_edge.runtime.serve.api_error import ApiError
 from crosslmm_edge.runtime.serve.engine import Engine, Job
 from crosslmm_edge.runtime.serve.settings import ServeSettings

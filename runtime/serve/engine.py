@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..chat.assistant_types import Answer
+from ..chat.live import RollingWindow
 from ..errors import UserError
-from ..video.live import RollingWindow
 from ..video.video_state import VideoState
 from .api_error import ApiError
 from .live_source import LiveFeed

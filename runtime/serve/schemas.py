@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..chat.assistant_types import GenerationOptions
-from ..package.limits import is_count
+from ..inference.sampling import GenerationOptions
+from ..model.limits import is_count
 from .api_error import ApiError, bad_request
 from .settings import ServeSettings
 

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..chat.assistant import RuntimeAssistant
-from ..chat.assistant_types import Answer, GenerationOptions, TokenCallback
+from ..chat.assistant_types import Answer, TokenCallback
+from ..inference.sampling import GenerationOptions
 from ..video.video_state import StateKey, VideoState
 from .schemas import ChatRequest
 from .state_cache import CacheKey, Conversation
