@@ -25,6 +25,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--system", default=None, help="system prompt")
+    add_package_options(parser)
+
+
+def add_package_options(parser: argparse.ArgumentParser) -> None:
+    """--max-context, --provider, --precision and --backend (``ask``, ``chat``, ``serve``)."""
     parser.add_argument(
         "--max-context",
         type=int,
@@ -120,12 +125,14 @@ def _open(args: argparse.Namespace) -> Assistant:
     )
     state_in = getattr(args, "video_state", None)
     state_out = getattr(args, "save_video_state", None)
-    if (state_in or state_out) and not hasattr(assistant, "save_video_state"):
-        raise UserError("--video-state/--save-video-state need a model package")
-    if state_in:
-        assistant.set_video(args.video, args.frames, state_file=state_in)
-    else:
+    if not (state_in or state_out):
         assistant.set_video(args.video, args.frames)
+        return assistant
+    from .runtime.chat.assistant import RuntimeAssistant
+
+    if not isinstance(assistant, RuntimeAssistant):
+        raise UserError("--video-state/--save-video-state need a model package")
+    assistant.set_video(args.video, args.frames, state_file=state_in)
     if state_out:
         assistant.save_video_state(state_out)
     return assistant

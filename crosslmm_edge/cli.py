@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "crosslmm_edge.calibration.quantize_commands",  # quantize, drift
     "crosslmm_edge.demo",  # demo
     "crosslmm_edge.benchmarks.bench_commands",  # bench
+    "crosslmm_edge.serve_commands",  # serve
 )
 
 # Top-level modules that only the export extra installs.
