@@ -151,6 +151,9 @@ def run_ask(args: argparse.Namespace) -> int:
         out: dict = {"answers": [a.to_json() for a in answers]}
         artifacts = getattr(assistant, "artifacts", None)
         out["artifacts"] = artifacts if artifacts is not None else "pytorch reference"
+        execution = getattr(assistant, "execution", None)
+        if execution is not None:  # which provider ran them (cpu, cuda, tensorrt)
+            out["execution"] = execution
         print(json.dumps(out))
     return 0
 

@@ -7,7 +7,9 @@ and a graph writes its new cache rows straight into them.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -157,10 +159,14 @@ class OrtBackend(Backend):
         self.threads = threads
         self.cache = cache if cache is not None else OptimizedGraphCache.default()
         self.loaded_from: dict[str, str] = {}  # graph name -> "cache", "optimized" or "plain"
+        self._cuda_libraries_loaded = False
 
     def load(self, path, name, inputs=(), dims=None, sha256=()) -> OrtSession:
         import onnxruntime as ort
 
+        if self.device == "cuda" and not self._cuda_libraries_loaded:
+            load_cuda_libraries(ort)
+            self._cuda_libraries_loaded = True
         disabled = _unsafe_fusions(ort)
         providers = self._providers(path, inputs, dims)
         key = None
@@ -256,6 +262,20 @@ class OrtBackend(Backend):
         if inputs and dims:
             trt.update(trt_profiles.trt_profile_options(inputs, dims))
         return [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def load_cuda_libraries(ort) -> None:
+    """Load CUDA and cuDNN from the nvidia pip packages (``onnxruntime.preload_dlls``,
+    ONNX Runtime >= 1.21) before a CUDA session starts.
+
+    ``import torch`` would load them, but the runtime never imports torch. What
+    ``preload_dlls`` prints goes to stderr: stdout may be ``ask --json``'s object.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        preload()
 
 
 # The first ONNX Runtime release seen to run FusedMatMul(transBatchB) on an empty cache:
