@@ -114,7 +114,7 @@ def join_parts(manifest: dict, folders: Sequence[Path], target: Path) -> None:
             assert path is not None  # checked above
             digest = hashlib.sha256()
             with open(path, "rb") as handle:
-                for block in iter(lambda h=handle: h.read(BLOCK), b""):
+                while block := handle.read(BLOCK):
                     digest.update(block)
                     whole.update(block)
                     out.write(block)
