@@ -65,7 +65,7 @@ def install(check: Check) -> dict:
     extras: list[str] = []
     if installed != version:
         extras = _install_wheels(check, manifest, venv, python)
-    pip = [python, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet"]
+    pip = [*pip_of(python), "install", "--no-index", "--no-deps", "--quiet"]
     check.run("pip-project", [*pip, "--no-build-isolation", str(REPO)])
     libs = json.loads(check.run("nvidia-libs", [python, "-c", NVIDIA_LIBS]))
     old = check.env.get("LD_LIBRARY_PATH", "")
@@ -87,13 +87,30 @@ def _install_wheels(check: Check, manifest: dict, venv: Path, python: str) -> li
     wheelhouse = check.work / "wheelhouse"
     gpu_bundle.unpack(check.bundles, wheelhouse)
     if not Path(python).exists():
-        check.run("venv", [sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+        make_venv(check, venv)
     wheels = {_project(w["file"]): wheelhouse / w["file"] for w in manifest["wheels"]}
     missing = json.loads(check.run("missing", [python, "-c", MISSING_IMPORTS, *manifest["extras"]]))
     wanted = ["onnxruntime-gpu", *(manifest["extras"][name] for name in missing)]
-    pip = [python, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet"]
+    pip = [*pip_of(python), "install", "--no-index", "--no-deps", "--quiet"]
     check.run("pip-wheels", [*pip, *(str(wheels[_project(name)]) for name in wanted)])
     return wanted[1:]
+
+
+def make_venv(check: Check, venv: Path) -> None:
+    """A venv that sees the system's packages; without pip if ensurepip is missing
+    (Debian's python3 without python3-venv): then the system's pip installs into it."""
+    argv = [sys.executable, "-m", "venv", "--system-site-packages", str(venv)]
+    try:
+        check.run("venv", argv)
+    except RuntimeError:
+        check.run("venv-without-pip", [*argv, "--without-pip", "--clear"])
+
+
+def pip_of(python: str) -> list[str]:
+    """The pip command that installs into ``python``'s environment."""
+    if (Path(python).parent / "pip").exists():
+        return [python, "-m", "pip"]
+    return [sys.executable, "-m", "pip", "--python", python]  # pip >= 22.3
 
 
 def _project(name: str) -> str:
