@@ -34,15 +34,20 @@ from ..runtime.package.files import BLOCK, file_sha256, read_json, write_text_at
 MANIFEST = "bundle.json"
 TAR = "bundle.tar"
 PART_LIMIT = 60 << 20  # bytes; one device run carries 64 MiB in all
-DEFAULT_PART_MIB = 59.9  # 295.6 MiB (the 3.12 bundle): 5 parts, not 6
+DEFAULT_PART_MIB = 59.9  # the 3.12 bundle (299 MiB) fits 5 parts, not 6
 ORT_GPU = "onnxruntime-gpu==1.31.1"  # a CUDA 13 build (libcublas.so.13, libcudart.so.13)
-PLATFORM = "manylinux_2_28_x86_64"
-# What the check needs beyond PyTorch and transformers (which bring numpy, sympy,
-# packaging, typing_extensions and setuptools), by import name: downloaded without
-# their dependencies, installed on the GPU machine only where the import is missing.
+# The wheel tags a glibc >= 2.28 x86-64 machine accepts (pip takes them literally).
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+# What the check needs beyond numpy (the runtime's other dependencies, the export's and
+# the tests'; PyTorch and transformers bring numpy, sympy, packaging, typing_extensions,
+# setuptools and huggingface_hub), by import name: downloaded without their
+# dependencies, installed on the GPU machine only where the import is missing.
 EXTRAS = {
     "av": "av",  # the runtime's video decoder
     "PIL": "pillow",
+    "tokenizers": "tokenizers",  # the runtime's (transformers brings them)
+    "jinja2": "jinja2",
+    "markupsafe": "markupsafe",
     "onnx": "onnx",  # export there: torch.onnx.export(dynamo=True)
     "onnxscript": "onnxscript",
     "onnx_ir": "onnx-ir",
@@ -187,7 +192,9 @@ def download(version: str, dest: Path) -> list[Path]:
     """pip download onnxruntime-gpu and the extras (no dependencies) for ``version``."""
     tag = python_tag(version)
     target = ["--python-version", version, "--implementation", "cp", "--abi", tag]
-    target += ["--platform", PLATFORM, "--only-binary=:all:", "-d", str(dest)]
+    for platform in PLATFORMS:
+        target += ["--platform", platform]
+    target += ["--only-binary=:all:", "-d", str(dest)]
     pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *target]
     for extra in ([ORT_GPU], sorted(EXTRAS.values())):
         done = subprocess.run([*pip, *extra], capture_output=True, text=True)
