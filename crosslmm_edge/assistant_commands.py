@@ -10,9 +10,13 @@ import argparse
 import json
 import math
 import sys
+from typing import TYPE_CHECKING, cast
 
 from .runtime.chat.assistant_types import Assistant, GenerationOptions
 from .runtime.errors import UserError
+
+if TYPE_CHECKING:  # numpy, tokenizers: not at import time
+    from .runtime.chat.assistant import RuntimeAssistant
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -120,14 +124,18 @@ def _open(args: argparse.Namespace) -> Assistant:
     )
     state_in = getattr(args, "video_state", None)
     state_out = getattr(args, "save_video_state", None)
-    if (state_in or state_out) and not hasattr(assistant, "save_video_state"):
-        raise UserError("--video-state/--save-video-state need a model package")
-    if state_in:
-        assistant.set_video(args.video, args.frames, state_file=state_in)
-    else:
+    if not (state_in or state_out):
         assistant.set_video(args.video, args.frames)
+        return assistant
+    if not hasattr(assistant, "save_video_state"):
+        raise UserError("--video-state/--save-video-state need a model package")
+    package = cast("RuntimeAssistant", assistant)  # the only kind that keeps video states
+    if state_in:
+        package.set_video(args.video, args.frames, state_file=state_in)
+    else:
+        package.set_video(args.video, args.frames)
     if state_out:
-        assistant.save_video_state(state_out)
+        package.save_video_state(state_out)
     return assistant
 
 
@@ -151,9 +159,14 @@ def run_ask(args: argparse.Namespace) -> int:
         out: dict = {"answers": [a.to_json() for a in answers]}
         artifacts = getattr(assistant, "artifacts", None)
         out["artifacts"] = artifacts if artifacts is not None else "pytorch reference"
-        execution = getattr(assistant, "execution", None)
-        if execution is not None:  # which provider ran them (cpu, cuda, tensorrt)
-            out["execution"] = execution
+        pipeline = getattr(assistant, "pipeline", None)
+        if pipeline is not None:  # a package: which backend and provider ran the artifacts
+            backend = pipeline.backend
+            out["execution"] = {
+                "backend": backend.name,
+                "provider": backend.provider,
+                "device": backend.device,
+            }
         print(json.dumps(out))
     return 0
 

@@ -12,6 +12,7 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class OrtSession(GraphSession):
         self.session, self.name, self.device = session, name, device
         self.inputs = {a.name: _spec(a) for a in session.get_inputs()}
         self.outputs = {a.name: _spec(a) for a in session.get_outputs()}
-        self._binding = None  # reused across steps (see _run_reusing)
+        self._binding: Any = None  # an IOBinding reused across steps (see _run_reusing)
         self._bound: dict[str, tuple[int, tuple[int, ...]]] = {}  # name -> (pointer, shape)
         self._out: dict[str, np.ndarray] = {}  # preallocated static-shape outputs
         self._static_outputs = {n for n, spec in self.outputs.items() if _static(spec.dims)}
@@ -102,7 +103,8 @@ class OrtSession(GraphSession):
         for name in fetch:
             if name not in self._out:
                 spec = self.outputs[name]
-                self._out[name] = np.empty(spec.dims, dtype=np.dtype(spec.dtype))
+                shape = tuple(int(d) for d in spec.dims)  # static (checked in run)
+                self._out[name] = np.empty(shape, dtype=np.dtype(spec.dtype))
             self._bind_once(binding.bind_output, name, HostArray(self._out[name]))
         self.session.run_with_iobinding(binding)
         del keep_alive  # the run is over: the host feeds may go
@@ -123,7 +125,7 @@ class OrtSession(GraphSession):
         return keep_alive
 
     def _bind_once(self, bind, name: str, array: DeviceArray) -> None:
-        key = (array.pointer, tuple(array.shape))
+        key = (_address(array), tuple(array.shape))
         if self._bound.get(name) != key:
             self._bind_array(bind, name, array)
             self._bound[name] = key
@@ -143,7 +145,7 @@ class OrtSession(GraphSession):
 
     def _bind_array(self, bind, name: str, array: DeviceArray) -> None:
         device = "cpu" if isinstance(array, HostArray) else self.device
-        bind(name, device, 0, array.dtype.type, list(array.shape), array.pointer)
+        bind(name, device, 0, array.dtype.type, list(array.shape), _address(array))
 
 
 class OrtBackend(Backend):
@@ -290,6 +292,13 @@ def _unsafe_fusions(ort) -> list[str]:
     except ValueError:
         version = (0, 0)
     return [] if version >= FUSED_TRANSPOSE_SAFE_FROM else ["MatmulTransposeFusion"]
+
+
+def _address(array: DeviceArray) -> int:
+    """Where ``array`` starts: host memory or this backend's CUDA memory, nothing else."""
+    if not isinstance(array, HostArray | OrtDeviceArray):
+        raise TypeError(f"ONNX Runtime cannot bind a {type(array).__name__}")
+    return array.pointer
 
 
 def _static(dims: tuple) -> bool:

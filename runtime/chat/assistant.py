@@ -92,12 +92,6 @@ class RuntimeAssistant(TurnTaking):
         """Which artifacts run (role, backend, precision, file), for ``--json``."""
         return self.pipeline.artifacts.describe()
 
-    @property
-    def execution(self) -> dict[str, str]:
-        """What runs them (backend, provider, device), for ``--json``."""
-        backend = self.pipeline.backend
-        return {"backend": backend.name, "provider": backend.provider, "device": backend.device}
-
     # -- video ------------------------------------------------------------
     def state_key(self, path: str, num_frames: int | None = None) -> StateKey:
         """The key a state for ``path`` sampled at ``num_frames`` must carry."""
