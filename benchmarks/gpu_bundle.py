@@ -235,6 +235,23 @@ def pack(wheels: Sequence[Path], version: str, out: Path, part_bytes: int) -> di
     return manifest
 
 
+STASH_DIR = "/tmp/crosslmm-gpu-bundle"  # on the GPU machine, outside the work tree
+CHECK = "python3 -m crosslmm_edge.benchmarks.gpu_check --out $OUT/gpu-check --time-limit 500"
+
+
+def device_plan(manifest: dict, out: str) -> list[str]:
+    """One line per device run: what it carries and the command it runs; the last one
+    also runs the check."""
+    stash = f"python3 -m crosslmm_edge.benchmarks.gpu_bundle stash --from {out} --to {STASH_DIR}"
+    lines = []
+    for index, part in enumerate(manifest["parts"], 1):
+        command = f"{stash} && nvidia-smi -L" if index == 1 else stash
+        if index == len(manifest["parts"]):
+            command = f"{stash} && {CHECK}"
+        lines.append(f"  {index}. carry {out}/{MANIFEST} {out}/{part['file']}; run: {command}")
+    return lines
+
+
 def _json(value: dict) -> str:
     import json
 
@@ -274,8 +291,8 @@ def _run(args: argparse.Namespace) -> int:
             f"{len(manifest['wheels'])} wheels, {manifest['size'] / 2**20:.1f} MiB in "
             f"{len(manifest['parts'])} parts under {args.out}/ (sha256 {manifest['sha256']})"
         )
-        for part in manifest["parts"]:
-            print(f"  carry {args.out}/{MANIFEST} {args.out}/{part['file']}")
+        print("device runs, one right after another (docs/gpu-check.md):")
+        print("\n".join(device_plan(manifest, args.out)))
         return 0
     if args.command == "stash":
         missing = stash(Path(args.source), Path(args.dest))

@@ -79,6 +79,9 @@ def test_a_damaged_part_is_named_and_nothing_is_joined(tmp_path: Path, wheels: l
 
 def test_python_tag_and_cli_errors(tmp_path: Path, capsys) -> None:
     assert gpu_bundle.python_tag("3.12") == "cp312"
+    plan = gpu_bundle.device_plan({"parts": [{"file": "bundle.tar.001"}, {"file": "b.002"}]}, "c")
+    assert "c/bundle.tar.001" in plan[0] and "gpu_check" not in plan[0]
+    assert "c/b.002" in plan[1] and plan[1].endswith(gpu_bundle.CHECK)
     with pytest.raises(UserError, match=r"MAJOR\.MINOR"):
         gpu_bundle.python_tag("312")
     assert gpu_bundle.main(["unpack", "--from", str(tmp_path), "--to", str(tmp_path / "w")]) == 2
