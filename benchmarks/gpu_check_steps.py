@@ -30,6 +30,30 @@ EMBEDDED_FP32 = """
 from crosslmm_edge.demo import embedded_package
 print(embedded_package(log=lambda message: None))
 """
+# ONNX Runtime logs where each node runs (verbose level) while a session starts.
+PLACEMENT = """
+import os, sys, tempfile
+import onnxruntime as ort
+from crosslmm_edge.runtime.backends.ort_backend import load_cuda_libraries
+path, provider = sys.argv[1], sys.argv[2]
+providers = ["CPUExecutionProvider"]
+if provider == "cuda":
+    load_cuda_libraries(ort)
+    providers.insert(0, "CUDAExecutionProvider")
+options = ort.SessionOptions()
+options.log_severity_level, options.log_verbosity_level = 0, 0
+with tempfile.TemporaryFile("w+") as log:  # the C++ logger writes to fd 2
+    saved = os.dup(2)
+    os.dup2(log.fileno(), 2)
+    try:
+        ort.InferenceSession(path, options, providers=providers)
+    finally:
+        os.dup2(saved, 2)
+    log.seek(0)
+    print("".join(line for line in log if "VerifyEachNodeIsAssignedToAnEp" in line))
+"""
+PLACED = re.compile(r"placed on \[(\w+)\]\. Number of nodes: (\d+)")
+NODE = re.compile(r"\]\s{2,}(\S+) \(")  # "  OpType (node name)" under a "placed on" line
 TESTS = ("tests/test_cuda_real.py", "tests/test_ort_cuda_real.py")
 CUDA_GRAPHS = (
     "not tried: ORT's CUDA graphs need fixed input shapes and every input on the device; "
@@ -159,6 +183,47 @@ def compare_answers(cpu: dict, other: dict, qa: list[dict], provider: str) -> di
     }
 
 
+def placement(check: Check) -> dict:
+    """Which provider runs each node of the embedded model's fp32 and fp16 graphs: nodes
+    that fall back to the CPU cost host copies on every step."""
+    from ..runtime.package.manifest import load_manifest
+
+    package = check.work / "embedded"
+    if not (package / "manifest.json").is_file():
+        raise CannotRunHereError("needs the embedded step's package")
+    manifest = load_manifest(package)
+    figures, headline = {}, {}
+    for precision in ("fp32", "fp16"):
+        for role, graph in manifest.graphs.items():
+            artifact = graph.find("onnx", precision)
+            if artifact is None:
+                continue
+            argv = ["python", "-c", PLACEMENT, str(package / artifact.file), check.provider]
+            placed = parse_placements(check.run(f"placement-{role}-{precision}", argv))
+            figures[f"{role} {precision}"] = placed
+            headline[f"{role} {precision}"] = "; ".join(
+                f"{ep.removesuffix('ExecutionProvider')} {p['nodes']}"
+                + (f" ({', '.join(sorted(p['ops']))})" if p["ops"] else "")
+                for ep, p in placed.items()
+            )
+    return {"figures": figures, "headline": headline}
+
+
+def parse_placements(log: str) -> dict[str, dict]:
+    """``{provider: {"nodes": count, "ops": {op type: count}}}`` from ONNX Runtime's
+    verbose "Node placements" lines (ops are listed only when providers share a graph)."""
+    placements: dict[str, dict] = {}
+    current: dict | None = None
+    for line in log.splitlines():
+        placed = PLACED.search(line)
+        node = NODE.search(line)
+        if placed:
+            current = placements.setdefault(placed[1], {"nodes": int(placed[2]), "ops": {}})
+        elif current is not None and node:
+            current["ops"][node[1]] = current["ops"].get(node[1], 0) + 1
+    return placements
+
+
 def _bench(check: Check, suite: str, extra: list[str]) -> dict:
     """``crosslmm-edge bench --suite SUITE`` on the check's model; its JSON report."""
     if check.provider == "cuda":
@@ -213,6 +278,7 @@ STEPS: dict[str, Step] = {
     "install": install,
     "tests": tests,
     "embedded": embedded,
+    "placement": placement,
     "decode": decode,
     "prefill": prefill,
 }

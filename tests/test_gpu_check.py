@@ -15,7 +15,11 @@ import pytest
 
 from crosslmm_edge.benchmarks import gpu_check, gpu_install
 from crosslmm_edge.benchmarks.gpu_check_run import CannotRunHereError, Check, run_steps
-from crosslmm_edge.benchmarks.gpu_check_steps import compare_answers, pytest_counts
+from crosslmm_edge.benchmarks.gpu_check_steps import (
+    compare_answers,
+    parse_placements,
+    pytest_counts,
+)
 
 QA = [{"question": "what color?", "answer": "red"}, {"question": "which shape?", "answer": "disc"}]
 
@@ -102,3 +106,24 @@ def test_cli_writes_the_report_of_the_chosen_steps(tmp_path: Path, capsys) -> No
     report = json.loads((out / "report.json").read_text())
     assert list(report["steps"]) == ["install"] and report["provider"] == "cpu"
     assert "skipped  install" in capsys.readouterr().out
+
+
+def test_node_placements_from_the_verbose_log() -> None:
+    prefix = "2026-12-05 [V:onnxruntime:, session_state.cc:1601 VerifyEachNodeIsAssignedToAnEp]"
+    log = "\n".join(
+        [
+            f"{prefix} Node placements",
+            f"{prefix}  Node(s) placed on [CUDAExecutionProvider]. Number of nodes: 3",
+            f"{prefix}   MatMul (/layers.0/MatMul)",
+            f"{prefix}   MatMul (/layers.1/MatMul)",
+            f"{prefix}   Softmax (/attn/Softmax)",
+            f"{prefix}  Node(s) placed on [CPUExecutionProvider]. Number of nodes: 1",
+            f"{prefix}   Shape (/Shape)",
+        ]
+    )
+    assert parse_placements(log) == {
+        "CUDAExecutionProvider": {"nodes": 3, "ops": {"MatMul": 2, "Softmax": 1}},
+        "CPUExecutionProvider": {"nodes": 1, "ops": {"Shape": 1}},
+    }
+    one = f"{prefix}  All nodes placed on [CPUExecutionProvider]. Number of nodes: 524"
+    assert parse_placements(one) == {"CPUExecutionProvider": {"nodes": 524, "ops": {}}}
