@@ -10,13 +10,13 @@ Python, torch), ``install`` (onnxruntime-gpu from the carried bundle into a
 venv that sees the machine's torch, then this project), ``tests`` (the
 real-CUDA tests), ``embedded`` (``ask --provider cuda --json`` per precision
 of the embedded model against the CPU's tokens and the true answers),
-``placement`` (which provider runs each node), ``decode`` (0.5B shape, fp16: ours against transformers SDPA and the
-bandwidth limit) and ``prefill`` (32 and 64 frames, CrossLMM against the
-full-token layout). The report is rewritten after every step, so a run cut
-short keeps what it measured. ``--provider cpu`` runs the same flow on the
-CPU with the embedded model (no install: this interpreter's packages), only
-to exercise the code. Standard library only at import: it starts before
-anything is installed.
+``placement`` (which provider runs each node), ``decode`` (0.5B shape, fp16:
+ours against transformers SDPA and the bandwidth limit) and ``prefill`` (32
+and 64 frames, CrossLMM against the full-token layout). The report is
+rewritten after every step, so a run cut short keeps what it measured.
+``--provider cpu`` runs the same flow on the CPU with the embedded model (no
+install: this interpreter's packages), only to exercise the code. Standard
+library only at import: it starts before anything is installed.
 """
 
 from __future__ import annotations
