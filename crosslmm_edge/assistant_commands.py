@@ -158,6 +158,14 @@ def run_ask(args: argparse.Namespace) -> int:
         out: dict = {"answers": [a.to_json() for a in answers]}
         artifacts = getattr(assistant, "artifacts", None)
         out["artifacts"] = artifacts if artifacts is not None else "pytorch reference"
+        pipeline = getattr(assistant, "pipeline", None)
+        if pipeline is not None:  # a package: which backend and provider ran the artifacts
+            backend = pipeline.backend
+            out["execution"] = {
+                "backend": backend.name,
+                "provider": backend.provider,
+                "device": backend.device,
+            }
         print(json.dumps(out))
     return 0
 

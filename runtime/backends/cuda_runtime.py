@@ -203,7 +203,8 @@ def _bindings_module() -> Any | None:
 
 
 def _libcudart() -> Any | None:
-    candidates = [ctypes.util.find_library("cudart"), "libcudart.so", "libcudart.so.12"]
+    candidates = [ctypes.util.find_library("cudart"), "libcudart.so"]
+    candidates += ["libcudart.so.13", "libcudart.so.12"]  # pip CUDA packages (no dev symlink)
     candidates += sorted(glob.glob("/usr/local/cuda*/lib64/libcudart.so*"), reverse=True)
     for name in filter(None, candidates):
         try:

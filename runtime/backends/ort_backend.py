@@ -7,9 +7,12 @@ and a graph writes its new cache rows straight into them.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +70,7 @@ class OrtSession(GraphSession):
         self.session, self.name, self.device = session, name, device
         self.inputs = {a.name: _spec(a) for a in session.get_inputs()}
         self.outputs = {a.name: _spec(a) for a in session.get_outputs()}
-        self._binding = None  # reused across steps (see _run_reusing)
+        self._binding: Any = None  # an IOBinding reused across steps (see _run_reusing)
         self._bound: dict[str, tuple[int, tuple[int, ...]]] = {}  # name -> (pointer, shape)
         self._out: dict[str, np.ndarray] = {}  # preallocated static-shape outputs
         self._static_outputs = {n for n, spec in self.outputs.items() if _static(spec.dims)}
@@ -100,7 +103,8 @@ class OrtSession(GraphSession):
         for name in fetch:
             if name not in self._out:
                 spec = self.outputs[name]
-                self._out[name] = np.empty(spec.dims, dtype=np.dtype(spec.dtype))
+                shape = tuple(int(d) for d in spec.dims)  # static (checked in run)
+                self._out[name] = np.empty(shape, dtype=np.dtype(spec.dtype))
             self._bind_once(binding.bind_output, name, HostArray(self._out[name]))
         self.session.run_with_iobinding(binding)
         del keep_alive  # the run is over: the host feeds may go
@@ -121,7 +125,7 @@ class OrtSession(GraphSession):
         return keep_alive
 
     def _bind_once(self, bind, name: str, array: DeviceArray) -> None:
-        key = (array.pointer, tuple(array.shape))
+        key = (_address(array), tuple(array.shape))
         if self._bound.get(name) != key:
             self._bind_array(bind, name, array)
             self._bound[name] = key
@@ -141,7 +145,7 @@ class OrtSession(GraphSession):
 
     def _bind_array(self, bind, name: str, array: DeviceArray) -> None:
         device = "cpu" if isinstance(array, HostArray) else self.device
-        bind(name, device, 0, array.dtype.type, list(array.shape), array.pointer)
+        bind(name, device, 0, array.dtype.type, list(array.shape), _address(array))
 
 
 class OrtBackend(Backend):
@@ -157,10 +161,14 @@ class OrtBackend(Backend):
         self.threads = threads
         self.cache = cache if cache is not None else OptimizedGraphCache.default()
         self.loaded_from: dict[str, str] = {}  # graph name -> "cache", "optimized" or "plain"
+        self._cuda_libraries_loaded = False
 
     def load(self, path, name, inputs=(), dims=None, sha256=()) -> OrtSession:
         import onnxruntime as ort
 
+        if self.device == "cuda" and not self._cuda_libraries_loaded:
+            load_cuda_libraries(ort)
+            self._cuda_libraries_loaded = True
         disabled = _unsafe_fusions(ort)
         providers = self._providers(path, inputs, dims)
         key = None
@@ -258,6 +266,20 @@ class OrtBackend(Backend):
         return [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def load_cuda_libraries(ort) -> None:
+    """Load CUDA and cuDNN from the nvidia pip packages (``onnxruntime.preload_dlls``,
+    ONNX Runtime >= 1.21) before a CUDA session starts.
+
+    ``import torch`` would load them, but the runtime never imports torch. What
+    ``preload_dlls`` prints goes to stderr: stdout may be ``ask --json``'s object.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        preload()
+
+
 # The first ONNX Runtime release seen to run FusedMatMul(transBatchB) on an empty cache:
 # 1.23.2 (the newest with Python 3.10 wheels, JetPack 6's Python) dies with SIGFPE there.
 FUSED_TRANSPOSE_SAFE_FROM = (1, 32)
@@ -270,6 +292,13 @@ def _unsafe_fusions(ort) -> list[str]:
     except ValueError:
         version = (0, 0)
     return [] if version >= FUSED_TRANSPOSE_SAFE_FROM else ["MatmulTransposeFusion"]
+
+
+def _address(array: DeviceArray) -> int:
+    """Where ``array`` starts: host memory or this backend's CUDA memory, nothing else."""
+    if not isinstance(array, HostArray | OrtDeviceArray):
+        raise TypeError(f"ONNX Runtime cannot bind a {type(array).__name__}")
+    return array.pointer
 
 
 def _static(dims: tuple) -> bool:
