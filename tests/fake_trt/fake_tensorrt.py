@@ -107,7 +107,7 @@ def make_module(device, version: str = "10.3.0.30") -> types.ModuleType:
     """A ``tensorrt`` module posing as ``version`` over the fake CUDA ``device``."""
     module = types.ModuleType("tensorrt")
     api = version_tuple(version)
-    state = types.SimpleNamespace(oom=False, version=version, plans_read=0)
+    state = types.SimpleNamespace(oom=False, version=version, plans_read=0, switch_fails=False)
     levels = hardware_levels(api)
 
     def log(logger, severity: str, text: str) -> None:
@@ -359,7 +359,8 @@ def make_module(device, version: str = "10.3.0.30") -> types.ModuleType:
 
         def set_optimization_profile_async(self, index, stream) -> bool:
             _stream(stream)
-            if not 0 <= index < self.engine.num_optimization_profiles:
+            count = self.engine.num_optimization_profiles
+            if state.switch_fails or not 0 <= index < count:
                 raise RuntimeError("Error in set optimization profile async.")
             self.profile, self.shapes = index, {}
             return True
@@ -439,16 +440,17 @@ def make_module(device, version: str = "10.3.0.30") -> types.ModuleType:
         __version__=version,
         state=state,
         ILogger=ILogger,
-        IProgressMonitor=IProgressMonitor,
         DataType=DataType,
         TensorIOMode=TensorIOMode,
         NetworkDefinitionCreationFlag=NetworkDefinitionCreationFlag,
         BuilderFlag=BuilderFlag,
         MemoryPoolType=MemoryPoolType,
         HardwareCompatibilityLevel=levels,
-        ExecutionContextAllocationStrategy=ExecutionContextAllocationStrategy,
         OnnxParser=OnnxParser,
         Builder=Builder,
         Runtime=Runtime,
     )
+    if api >= (10,):  # both are TensorRT 10.0's
+        module.ExecutionContextAllocationStrategy = ExecutionContextAllocationStrategy
+        module.IProgressMonitor = IProgressMonitor
     return module
