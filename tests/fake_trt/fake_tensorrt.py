@@ -132,7 +132,7 @@ def make_module(device, version: str = "10.3.0.30") -> types.ModuleType:
             self.network.ranks = {a.name: len(a.shape) for a in inputs}
             # The network keeps host copies of the weights until it is destroyed.
             files = [Path(path), *Path(path).parent.glob(Path(path).name + ".data")]
-            self.network.weights = [np.frombuffer(f.read_bytes(), np.uint8).copy() for f in files]
+            self.network.weights = [np.fromfile(f, np.uint8) for f in files]
             return True
 
         @property
@@ -253,8 +253,9 @@ def make_module(device, version: str = "10.3.0.30") -> types.ModuleType:
                 "gpu": device.name,
             }
             text = MAGIC + json.dumps(header).encode() + b"\n"
-            weights = sum(w.nbytes for w in network.weights)
-            return HostMemory(text + b"\0" * weights)
+            plan = HostMemory(len(text) + sum(w.nbytes for w in network.weights))
+            plan[: len(text)] = text  # then zeros where a plan carries the weights
+            return plan
 
     def readable(header) -> str | None:
         """Why this TensorRT cannot read a plan with ``header`` (None: it can)."""
