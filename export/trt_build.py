@@ -281,9 +281,10 @@ def progress_monitor(trt: Any, log: Log) -> Any:
 
 
 def _build_failure(role: str, logger: Any, settings: BuildSettings, log: Log) -> UserError:
-    log(f"TensorRT log ({role}):\n{logger.tail()}")
-    errors = "\n".join(logger.errors).lower()  # every error, not only the last lines
-    if any(word in errors for word in OOM_WORDS):
+    errors = "\n".join(logger.errors)  # every error and warning, not only the last lines
+    shown = "\n".join(list(logger.errors)[-12:]) if errors else logger.tail()
+    log(f"TensorRT's errors and warnings ({role}):\n{shown}")
+    if any(word in errors.lower() for word in OOM_WORDS):
         return UserError(
             f"building {role} ran out of GPU memory: lower --workspace-mb (now "
             f"{settings.workspace_mb}), then --max-context or --max-frames"

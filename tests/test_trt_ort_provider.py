@@ -104,4 +104,3 @@ def test_without_the_scratch_a_misaligned_row_fails_as_tensorrt_would(monkeypatc
     rows = np.ones((1, 1, *ROW), np.float16)
     with pytest.raises(RuntimeError, match="enqueue failed"):
         session.run({"x": rows}, write_to={"present": cache.rows(1, 2)}, fetch=[])
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,7 @@ class OrtDeviceArray(DeviceArray):
     def __init__(self, value, shape: tuple[int, ...], dtype: np.dtype, offset: int = 0) -> None:
         self.value, self.offset = value, offset  # offset in elements from the buffer start
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.pointer = value.data_ptr() + offset * self.dtype.itemsize
 
     def rows(self, start: int, stop: int) -> OrtDeviceArray:
         row = int(np.prod(self.shape[2:], dtype=np.int64))
@@ -57,10 +59,6 @@ class OrtDeviceArray(DeviceArray):
         size = int(np.prod(self.shape, dtype=np.int64))
         return whole[self.offset : self.offset + size].reshape(self.shape)
 
-    @property
-    def pointer(self) -> int:
-        return self.value.data_ptr() + self.offset * self.dtype.itemsize
-
 
 class OrtSession(GraphSession):
     """A graph in an ``onnxruntime.InferenceSession``, always run through I/O binding."""
@@ -70,7 +68,7 @@ class OrtSession(GraphSession):
         self.aligned = aligned  # TensorRT provider: misaligned outputs go through scratch
         self.inputs = {a.name: _spec(a) for a in session.get_inputs()}
         self.outputs = {a.name: _spec(a) for a in session.get_outputs()}
-        self._binding = None  # reused across steps (see _run_reusing)
+        self._binding: Any = None  # an onnxruntime IOBinding reused across steps (_run_reusing)
         self._bound: dict[str, tuple[int, tuple[int, ...]]] = {}  # name -> (pointer, shape)
         self._out: dict[str, np.ndarray] = {}  # preallocated static-shape outputs
         self._static_outputs = {n for n, spec in self.outputs.items() if _static(spec.dims)}
@@ -103,7 +101,8 @@ class OrtSession(GraphSession):
         for name in fetch:
             if name not in self._out:
                 spec = self.outputs[name]
-                self._out[name] = np.empty(spec.dims, dtype=np.dtype(spec.dtype))
+                shape = tuple(int(d) for d in spec.dims)  # _static_outputs: all ints
+                self._out[name] = np.empty(shape, dtype=np.dtype(spec.dtype))
             self._bind_once(binding.bind_output, name, HostArray(self._out[name]))
         self._run(binding)
         del keep_alive  # the run is over: the host feeds may go

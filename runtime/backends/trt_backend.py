@@ -220,7 +220,7 @@ class TrtSession(GraphSession):
                 raise UserError(f"{self.name}: TensorRT refused shape {shape} for {name}")
             self._bind(context, name, self._input_pointer(name, feeds[name]))
         after = self._bind_outputs(
-            context, bind_sizes(self.inputs.values(), shapes, self.dims), write_to
+            context, bind_sizes(list(self.inputs.values()), shapes, self.dims), write_to
         )
         if not context.execute_async_v3(self.cuda.stream):
             raise RuntimeError(f"TensorRT failed to run {self.name}: {self.backend.logger.tail()}")
