@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..runtime.backends.cuda_runtime import open_cuda_runtime
 from ..runtime.backends.engine_record import environment, make_record
@@ -255,7 +255,11 @@ def _save_timing_cache(config: Any, path: Path) -> None:
 
 def _write_bytes(path: Path, data: memoryview) -> None:
     """Atomically write a TensorRT buffer (``IHostMemory``) without copying it to ``bytes``."""
-    write_atomic(path, lambda handle: handle.write(data))
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    write_atomic(path, write)
 
 
 def progress_monitor(trt: Any, log: Log) -> Any:
