@@ -19,8 +19,8 @@ from crosslmm_edge.export import trt_build
 from crosslmm_edge.export.trt_build import BuildSettings, build_package
 from crosslmm_edge.runtime.backends import cuda_runtime, trt_backend
 from crosslmm_edge.runtime.backends.trt_common import capturing_logger
-from crosslmm_edge.runtime.core.pipeline import Pipeline
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.inference.pipeline import Pipeline
 from crosslmm_edge.runtime.package.manifest import load_manifest
 
 
