@@ -23,84 +23,31 @@ queued on the fake CUDA stream and runs at synchronisation.
 from __future__ import annotations
 
 import ctypes
-import enum
 import json
-import re
 import types
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from fake_trt.fake_builder import make_builder
 from fake_trt.fake_cudart import stream_address
-
-MAGIC = b"FAKE-TRT-PLAN\n"
-CACHE_MAGIC = b"FAKE-TIMING-CACHE "
-CPU = ["CPUExecutionProvider"]
-ORT_TYPES = {
-    "tensor(float)": "FLOAT",
-    "tensor(float16)": "HALF",
-    "tensor(int64)": "INT64",
-    "tensor(int32)": "INT32",
-    "tensor(int8)": "INT8",
-}
-NUMPY = {
-    "FLOAT": np.float32,
-    "HALF": np.float16,
-    "INT64": np.int64,
-    "INT32": np.int32,
-    "INT8": np.int8,
-}
-# Version-compatible plans across majors (TensorRT 11.4 support matrix): 8 -> 10, 10 -> 11.
-CROSS_MAJOR = {(8, 10), (10, 11)}
-VERBOSE_LINES_PER_BUILD = 200  # a real build logs thousands at VERBOSE
-INFO_LINES_AFTER_FAILURE = 30  # memory-usage lines TensorRT logs after a failed build
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", version))
-
-
-def _enum(name: str, *members: str) -> type[enum.IntEnum]:
-    return enum.IntEnum(name, {m: i for i, m in enumerate(members)})
-
-
-DataType = _enum("DataType", "FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "INT64")
-TensorIOMode = _enum("TensorIOMode", "NONE", "INPUT", "OUTPUT")
-NetworkDefinitionCreationFlag = _enum(
-    "NetworkDefinitionCreationFlag", "EXPLICIT_BATCH", "UNUSED", "STRONGLY_TYPED"
+from fake_trt.trt_types import (
+    CPU,
+    CROSS_MAJOR,
+    MAGIC,
+    NUMPY,
+    BuilderFlag,
+    DataType,
+    ExecutionContextAllocationStrategy,
+    ILogger,
+    IProgressMonitor,
+    MemoryPoolType,
+    NetworkDefinitionCreationFlag,
+    TensorIOMode,
+    error,
+    hardware_levels,
+    version_tuple,
 )
-BuilderFlag = _enum("BuilderFlag", "FP16", "INT8", "VERSION_COMPATIBLE")
-MemoryPoolType = _enum("MemoryPoolType", "WORKSPACE")
-ExecutionContextAllocationStrategy = _enum(
-    "ExecutionContextAllocationStrategy", "STATIC", "ON_PROFILE_CHANGE", "USER_MANAGED"
-)
-
-
-def hardware_levels(version: tuple[int, ...]) -> type[enum.IntEnum]:
-    """kSAME_COMPUTE_CAPABILITY first appears in NvInfer.h at v10.9.0."""
-    members = ["NONE", "AMPERE_PLUS"] + (["SAME_COMPUTE_CAPABILITY"] if version >= (10, 9) else [])
-    return _enum("HardwareCompatibilityLevel", *members)
-
-
-class ILogger:
-    Severity = _enum("Severity", "INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
-
-    def __init__(self) -> None:
-        pass
-
-
-class IProgressMonitor:
-    def __init__(self) -> None:
-        pass
-
-
-class HostMemory(bytearray):
-    """``IHostMemory``: supports the buffer protocol (``memoryview``) and ``nbytes``."""
-
-    @property
-    def nbytes(self) -> int:
-        return len(self)
 
 
 def make_module(device, version: str = "10.3.0.30") -> types.ModuleType:
@@ -109,153 +56,7 @@ def make_module(device, version: str = "10.3.0.30") -> types.ModuleType:
     api = version_tuple(version)
     state = types.SimpleNamespace(oom=False, version=version, plans_read=0, switch_fails=False)
     levels = hardware_levels(api)
-
-    def log(logger, severity: str, text: str) -> None:
-        logger.log(ILogger.Severity[severity], text)
-
-    def error(logger, text: str) -> None:
-        log(logger, "ERROR", text)
-
-    class OnnxParser:
-        def __init__(self, network, logger) -> None:
-            self.network, self.logger, self.errors = network, logger, []
-
-        def parse_from_file(self, path: str) -> bool:
-            if not Path(path).is_file():
-                self.errors.append(f"cannot open {path}")
-                return False
-            session = ort.InferenceSession(path, providers=CPU)
-            inputs = session.get_inputs()
-            io = [(a.name, ORT_TYPES[a.type], "INPUT") for a in inputs]
-            io += [(a.name, ORT_TYPES[a.type], "OUTPUT") for a in session.get_outputs()]
-            self.network.source, self.network.io = str(Path(path).resolve()), io
-            self.network.ranks = {a.name: len(a.shape) for a in inputs}
-            # The network keeps host copies of the weights until it is destroyed.
-            files = [Path(path), *Path(path).parent.glob(Path(path).name + ".data")]
-            self.network.weights = [np.fromfile(f, np.uint8) for f in files]
-            return True
-
-        @property
-        def num_errors(self) -> int:
-            return len(self.errors)
-
-        def get_error(self, index: int) -> str:
-            return self.errors[index]
-
-    class Profile:
-        def __init__(self) -> None:
-            self.shapes = {}
-
-        def set_shape(self, name, low, opt, high) -> None:
-            points = [list(low), list(opt), list(high)]
-            if len({len(p) for p in points}) != 1:
-                raise RuntimeError("Shape provided for opt is inconsistent with other shapes.")
-            for a, b, c in zip(*points, strict=True):
-                if not 0 <= a <= b <= c:
-                    raise RuntimeError("Shape provided for max is inconsistent with other shapes.")
-            self.shapes[name] = points
-
-    class TimingCache:
-        def __init__(self, key: str | None) -> None:
-            self.key = key
-
-        def serialize(self) -> HostMemory:
-            return HostMemory(CACHE_MAGIC + (self.key or "").encode())
-
-    def cache_key() -> str:
-        return f"{device.name}|{device.major}.{device.minor}|{state.version}"
-
-    class Config:
-        def __init__(self, logger) -> None:
-            self.logger = logger
-            self.profiles, self.flags_set, self.limits = [], set(), {}
-            self.builder_optimization_level, self.progress_monitor = 3, None
-            self.hardware_compatibility_level = levels.NONE
-            self.cache = None
-
-        def set_memory_pool_limit(self, pool, size) -> None:
-            self.limits[pool] = size
-
-        def set_flag(self, flag) -> None:
-            self.flags_set.add(flag)
-
-        def add_optimization_profile(self, profile) -> int:
-            self.profiles.append(profile.shapes)
-            return len(self.profiles) - 1
-
-        def create_timing_cache(self, data) -> TimingCache:
-            data = bytes(data)
-            if not data:
-                return TimingCache(cache_key())
-            if data.startswith(CACHE_MAGIC):
-                return TimingCache(data[len(CACHE_MAGIC) :].decode())
-            return TimingCache(None)  # not a cache: it will not verify
-
-        def set_timing_cache(self, cache, ignore_mismatch) -> bool:
-            if cache.key != cache_key() and not ignore_mismatch:
-                error(self.logger, "fake: timing cache header verification failed (other device)")
-                return False
-            self.cache = cache
-            return True
-
-        def get_timing_cache(self):
-            return self.cache
-
-    class Builder:
-        def __init__(self, logger) -> None:
-            self.logger = logger
-
-        def create_network(self, flags: int = 0):
-            return types.SimpleNamespace(flags=flags, source=None, io=[], ranks={}, weights=[])
-
-        def create_builder_config(self):
-            return Config(self.logger)
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            for index in range(VERBOSE_LINES_PER_BUILD):
-                log(self.logger, "VERBOSE", f"fake: tactic {index} timed")
-            plan = self._build(network, config)
-            if plan is None:
-                for index in range(INFO_LINES_AFTER_FAILURE):
-                    log(self.logger, "INFO", f"fake: [MemUsageChange] released {index} MiB")
-            return plan
-
-        def _build(self, network, config):
-            if not network.flags & (1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)):
-                error(self.logger, "fake: only strongly typed networks are built here")
-                return None
-            if state.oom or config.limits.get(MemoryPoolType.WORKSPACE, 0) > device.total:
-                error(self.logger, "Requested GPU memory could not be allocated: out of memory")
-                return None
-            inputs = [name for name, _, mode in network.io if mode == "INPUT"]
-            for shapes in config.profiles:
-                if sorted(shapes) != sorted(inputs):
-                    error(self.logger, "fake: a profile must give every input")
-                    return None
-                for name, points in shapes.items():
-                    if len(points[0]) != network.ranks[name]:
-                        error(self.logger, f"fake: profile rank of {name} is not the network's")
-                        return None
-            if config.progress_monitor is not None:
-                config.progress_monitor.phase_start("Building engine", None, 1)
-                config.progress_monitor.phase_finish("Building engine")
-            header = {
-                "source": network.source,
-                "io": network.io,
-                "profiles": config.profiles,
-                "version": state.version,
-                "version_compatible": BuilderFlag.VERSION_COMPATIBLE in config.flags_set,
-                "hardware": config.hardware_compatibility_level.name,
-                "compute_capability": [device.major, device.minor],
-                "gpu": device.name,
-            }
-            text = MAGIC + json.dumps(header).encode() + b"\n"
-            plan = HostMemory(len(text) + sum(w.nbytes for w in network.weights))
-            plan[: len(text)] = text  # then zeros where a plan carries the weights
-            return plan
+    OnnxParser, Builder = make_builder(device, state, levels)
 
     def readable(header) -> str | None:
         """Why this TensorRT cannot read a plan with ``header`` (None: it can)."""
