@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ...runtime.backends.engine_record import HARDWARE_LEVELS
 from ...runtime.planner import DEVICES
 
 MIB = 1 << 20
@@ -27,6 +28,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--max-context", type=int, help="most positions (default: the package's)")
     build.add_argument("--timing-cache", type=Path, help="timing cache file, read and updated")
     build.add_argument("--workspace-mb", type=int, default=512, help="builder workspace limit")
+    build.add_argument(
+        "--version-compatible",
+        action="store_true",
+        help="engines that later TensorRT releases also run (they embed TensorRT's lean "
+        "runtime; can be slower)",
+    )
+    build.add_argument(
+        "--hardware-compatibility",
+        choices=HARDWARE_LEVELS,
+        default="NONE",
+        help="engines for other GPUs: AMPERE_PLUS (Ampere and later), SAME_COMPUTE_CAPABILITY "
+        "(TensorRT 10.9 or later); NONE: this GPU only (default)",
+    )
     build.set_defaults(func=run_build)
 
     plan = subparsers.add_parser(
@@ -65,6 +79,8 @@ def run_build(args: argparse.Namespace) -> int:
         max_context=args.max_context,
         timing_cache=args.timing_cache,
         workspace_mb=args.workspace_mb,
+        version_compatible=args.version_compatible,
+        hardware_compatibility=args.hardware_compatibility,
     )
     manifest = build_package(args.package, settings, log=_progress)
     labels = ", ".join(manifest.labels())

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ...runtime.backends.cuda_runtime import open_cuda_runtime
 from ...runtime.backends.engine_record import environment, make_record
@@ -70,6 +70,7 @@ def source_artifact(manifest: Manifest, role: str, precision: str) -> Artifact:
 def build_package(folder: str | Path, settings: BuildSettings, log: Log = print) -> Manifest:
     """Build an engine per role and add them to the package; the new manifest."""
     trt = import_tensorrt("`build`")
+    level = hardware_level(trt, settings.hardware_compatibility)
     package = open_package(folder, verify=False)
     sources = {r: source_artifact(package.manifest, r, settings.precision) for r in ROLES}
     for artifact in sources.values():
@@ -79,13 +80,40 @@ def build_package(folder: str | Path, settings: BuildSettings, log: Log = print)
     staging = Path(folder) / f".build-{os.getpid()}"
     staging.mkdir(exist_ok=True)
     try:
-        artifacts = {
-            role: build_engine(trt, package, role, sources[role], settings, env, staging, log)
-            for role in ROLES
-        }
+        artifacts = {}
+        for role in ROLES:
+            job = BuildJob(trt, package, role, sources[role], settings, level, log)
+            artifacts[role] = build_engine(job, env, staging)
         return add_artifacts(folder, artifacts, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def hardware_level(trt: Any, name: str) -> Any:
+    """The ``trt.HardwareCompatibilityLevel`` member ``name``, if this TensorRT has it.
+
+    SAME_COMPUTE_CAPABILITY is TensorRT 10.9's (JetPack 6.1/6.2 ship 10.3).
+    """
+    offered = list(getattr(trt.HardwareCompatibilityLevel, "__members__", {}))
+    if name not in offered:
+        raise UserError(
+            f"--hardware-compatibility {name}: TensorRT {trt.__version__} offers "
+            f"{', '.join(offered)} (SAME_COMPUTE_CAPABILITY needs TensorRT 10.9 or later)"
+        )
+    return getattr(trt.HardwareCompatibilityLevel, name)
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """One engine to build: the graph, what was asked for, where progress goes."""
+
+    trt: Any
+    package: ModelPackage
+    role: str
+    source: Artifact
+    settings: BuildSettings
+    level: Any  # trt.HardwareCompatibilityLevel
+    log: Log
 
 
 def _limits(package: ModelPackage, settings: BuildSettings) -> ProfileLimits:
@@ -94,47 +122,21 @@ def _limits(package: ModelPackage, settings: BuildSettings) -> ProfileLimits:
     )
 
 
-def build_engine(
-    trt: Any,
-    package: ModelPackage,
-    role: str,
-    source: Artifact,
-    settings: BuildSettings,
-    env: dict[str, Any],
-    staging: Path,
-    log: Log,
-) -> Artifact:
-    """Parse, configure, build and read back one engine; its artifact (file in ``staging``)."""
-    logger = capturing_logger(trt)
-    builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    onnx_path = package.folder / source.file
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise UserError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}")
-    dims = package.manifest.graphs[role].dims
-    d = package.dims
-    frame = FrameSizes(d.tokens_per_frame, d.patches_per_frame, d.v2v_scope == "frame")
-    limits = _limits(package, settings)
-    piece = largest_visual_piece(
-        d.num_heads, frame.pooled, frame.memory, limits.max_frames, frame.frame_scope
-    )
-    profiles = derive_profiles(source.inputs, dims, limits, frame, piece)
-    config = _config(trt, builder, settings, profiles, log, role)
-    cache = _timing_cache(config, settings.timing_cache)
-    log(f"{role}: building from {source.file} ({len(profiles)} profile(s)) ...")
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise _build_failure(role, logger, settings, log)
-    if cache is not None and settings.timing_cache is not None:
-        data = bytes(config.get_timing_cache().serialize())
-        write_atomic(settings.timing_cache, lambda handle: handle.write(data))
-    name = f"{role}.{settings.precision}.plan"
-    data = bytes(plan)
-    write_atomic(staging / name, lambda handle: handle.write(data))
-    facts = _engine_facts(trt, logger, data, role)
+def build_engine(job: BuildJob, env: dict[str, Any], staging: Path) -> Artifact:
+    """Build, write and read back one engine; its artifact (file in ``staging``).
+
+    Jetson memory is unified, so host copies count against the GPU: the plan
+    is written and hashed through a ``memoryview`` (no ``bytes`` copy), and the
+    builder, network and parser (which hold host copies of the weights) are
+    gone before the engine is deserialised to read its facts back.
+    """
+    logger = capturing_logger(job.trt)
+    plan, profiles = _serialize(job, logger)
+    settings, name = job.settings, f"{job.role}.{job.settings.precision}.plan"
+    view = memoryview(plan)
+    _write_bytes(staging / name, view)
+    plan_sha256 = hashlib.sha256(view).hexdigest()
+    facts = _engine_facts(job.trt, logger, view, job.role, settings.version_compatible)
     record_settings = {
         "version_compatible": settings.version_compatible,
         "hardware_compatibility": settings.hardware_compatibility,
@@ -142,53 +144,122 @@ def build_engine(
         "optimization_level": settings.optimization_level,
         "workspace_bytes": settings.workspace_mb << 20,
         "profiles": [p.to_dict() for p in profiles],
-        "source": {"file": source.file, "sha256": source.sha256},
-        "plan_sha256": hashlib.sha256(data).hexdigest(),
+        "source": {"file": job.source.file, "sha256": job.source.sha256},
+        "plan_sha256": plan_sha256,
     }
     record = make_record(env, record_settings, facts)
     dtypes = {io["name"]: io["dtype"] for io in facts["io"]}
-    log(f"{role}: {name} {len(data) / 2**20:.1f} MiB")
+    job.log(f"{job.role}: {name} {view.nbytes / 2**20:.1f} MiB")
     return Artifact(
         backend="tensorrt",
         precision=settings.precision,
         file=name,
         sha256=file_sha256(staging / name),
-        inputs=tuple(TensorSpec(s.name, dtypes[s.name], s.dims) for s in source.inputs),
-        outputs=tuple(TensorSpec(s.name, dtypes[s.name], s.dims) for s in source.outputs),
+        inputs=tuple(TensorSpec(s.name, dtypes[s.name], s.dims) for s in job.source.inputs),
+        outputs=tuple(TensorSpec(s.name, dtypes[s.name], s.dims) for s in job.source.outputs),
         build=record,
     )
 
 
-def _config(
-    trt: Any, builder: Any, settings: BuildSettings, profiles: list, log: Log, role: str
-) -> Any:
+def _serialize(job: BuildJob, logger: Any) -> tuple[Any, list]:
+    """Parse and build; the plan (``IHostMemory``) and its profiles.
+
+    The builder, network, parser and config die with this frame.
+    """
+    trt, role, settings = job.trt, job.role, job.settings
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    onnx_path = job.package.folder / job.source.file
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UserError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}")
+    profiles = _profiles(job)
+    config = _config(builder, job, profiles)
+    cache = _timing_cache(config, settings.timing_cache, job.log)
+    job.log(f"{role}: building from {job.source.file} ({len(profiles)} profile(s)) ...")
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise _build_failure(role, logger, settings, job.log)
+    if cache is not None and settings.timing_cache is not None:
+        _save_timing_cache(config, settings.timing_cache)
+    return plan, profiles
+
+
+def _profiles(job: BuildJob) -> list:
+    d = job.package.dims
+    frame = FrameSizes(d.tokens_per_frame, d.patches_per_frame, d.v2v_scope == "frame")
+    limits = _limits(job.package, job.settings)
+    piece = largest_visual_piece(
+        d.num_heads, frame.pooled, frame.memory, limits.max_frames, frame.frame_scope
+    )
+    dims = job.package.manifest.graphs[job.role].dims
+    return derive_profiles(job.source.inputs, dims, limits, frame, piece)
+
+
+def _config(builder: Any, job: BuildJob, profiles: list) -> Any:
+    trt, settings = job.trt, job.settings
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mb << 20)
     config.builder_optimization_level = settings.optimization_level
-    config.hardware_compatibility_level = getattr(
-        trt.HardwareCompatibilityLevel, settings.hardware_compatibility
-    )
+    config.hardware_compatibility_level = job.level
     if settings.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     for shape_profile in profiles:
         profile = builder.create_optimization_profile()
         for name, (low, opt, high) in shape_profile.shapes.items():
-            profile.set_shape(name, low, opt, high)
+            try:
+                profile.set_shape(name, low, opt, high)
+            except RuntimeError as exc:  # the bindings raise on inconsistent min/opt/max
+                raise UserError(
+                    f"{job.role}: TensorRT refused profile {shape_profile.name} of {name} "
+                    f"({low} / {opt} / {high}): {exc}"
+                ) from None
         config.add_optimization_profile(profile)
-    monitor = progress_monitor(trt, lambda text: log(f"{role}: {text}"))
+    monitor = progress_monitor(trt, lambda text: job.log(f"{job.role}: {text}"))
     if monitor is not None:
         config.progress_monitor = monitor
     return config
 
 
-def _timing_cache(config: Any, path: Path | None) -> Any:
-    """Load (or start) the timing cache file: later builds on this GPU skip the timing."""
+def _timing_cache(config: Any, path: Path | None, log: Log) -> Any:
+    """Load (or start) the timing cache file: later builds on this GPU skip the timing.
+
+    ``set_timing_cache`` returns False for a cache made on another GPU or
+    TensorRT (IBuilderConfig::setTimingCache); then a new one is started and
+    replaces the file after the build.
+    """
     if path is None:
         return None
     data = path.read_bytes() if path.is_file() else b""
     cache = config.create_timing_cache(data)
-    config.set_timing_cache(cache, False)
+    if cache is not None and config.set_timing_cache(cache, False):
+        return cache
+    log(
+        f"timing cache {path} was made on another GPU or TensorRT (TensorRT refused it): "
+        "starting a new one, which replaces it after the build"
+    )
+    cache = config.create_timing_cache(b"")
+    if not config.set_timing_cache(cache, False):
+        raise UserError(f"TensorRT refused a new, empty timing cache (for {path})")
     return cache
+
+
+def _save_timing_cache(config: Any, path: Path) -> None:
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    _write_bytes(path, memoryview(cache.serialize()))
+
+
+def _write_bytes(path: Path, data: memoryview) -> None:
+    """Atomically write a TensorRT buffer (``IHostMemory``) without copying it to ``bytes``."""
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    write_atomic(path, write)
 
 
 def progress_monitor(trt: Any, log: Log) -> Any:
@@ -214,9 +285,10 @@ def progress_monitor(trt: Any, log: Log) -> Any:
 
 
 def _build_failure(role: str, logger: Any, settings: BuildSettings, log: Log) -> UserError:
-    tail = logger.tail()
-    log(f"TensorRT log ({role}):\n{tail}")
-    if any(word in tail.lower() for word in OOM_WORDS):
+    errors = "\n".join(logger.errors)  # every error and warning, not only the last lines
+    shown = "\n".join(list(logger.errors)[-12:]) if errors else logger.tail()
+    log(f"TensorRT's errors and warnings ({role}):\n{shown}")
+    if any(word in errors.lower() for word in OOM_WORDS):
         return UserError(
             f"building {role} ran out of GPU memory: lower --workspace-mb (now "
             f"{settings.workspace_mb}), then --max-context or --max-frames"
@@ -224,9 +296,17 @@ def _build_failure(role: str, logger: Any, settings: BuildSettings, log: Log) ->
     return UserError(f"TensorRT could not build {role} (its log is above)")
 
 
-def _engine_facts(trt: Any, logger: Any, plan: bytes, role: str) -> dict[str, Any]:
-    """I/O names and dtypes, and device memory per profile, read back from the engine."""
-    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+def _engine_facts(
+    trt: Any, logger: Any, plan: memoryview, role: str, host_code: bool
+) -> dict[str, Any]:
+    """I/O names and dtypes, and device memory per profile, read back from the engine.
+
+    A version-compatible plan embeds the lean runtime (host code): a
+    ``Runtime`` deserialises it only with ``engine_host_code_allowed``.
+    """
+    runtime = trt.Runtime(logger)
+    runtime.engine_host_code_allowed = host_code
+    engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise UserError(f"TensorRT cannot load the {role} engine it just built: {logger.tail(4)}")
     io = []
