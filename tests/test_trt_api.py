@@ -15,7 +15,7 @@ import pytest
 from fake_trt import install, set_version
 
 from crosslmm_edge.cli import main
-from crosslmm_edge.export import trt_build
+from crosslmm_edge.export.tensorrt import trt_build
 from crosslmm_edge.export.tensorrt.trt_build import BuildSettings, build_package
 from crosslmm_edge.runtime.backends import cuda_runtime, trt_backend
 from crosslmm_edge.runtime.backends.trt_common import capturing_logger
