@@ -135,7 +135,7 @@ class OrtSession(GraphSession):
         return keep_alive
 
     def _bind_once(self, bind, name: str, array: DeviceArray) -> None:
-        key = (_address(array), tuple(array.shape))
+        key = (array.pointer, tuple(array.shape))
         if self._bound.get(name) != key:
             self._bind_array(bind, name, array)
             self._bound[name] = key
@@ -155,7 +155,7 @@ class OrtSession(GraphSession):
 
     def _bind_array(self, bind, name: str, array: DeviceArray) -> None:
         device = "cpu" if isinstance(array, HostArray) else self.device
-        bind(name, device, 0, array.dtype.type, list(array.shape), _address(array))
+        bind(name, device, 0, array.dtype.type, list(array.shape), array.pointer)
 
 
 class OrtBackend(Backend):
@@ -305,13 +305,6 @@ def _unsafe_fusions(ort) -> list[str]:
     except ValueError:
         version = (0, 0)
     return [] if version >= FUSED_TRANSPOSE_SAFE_FROM else ["MatmulTransposeFusion"]
-
-
-def _address(array: DeviceArray) -> int:
-    """Where ``array`` starts: host memory or this backend's CUDA memory, nothing else."""
-    if not isinstance(array, HostArray | OrtDeviceArray):
-        raise TypeError(f"ONNX Runtime cannot bind a {type(array).__name__}")
-    return array.pointer
 
 
 def _static(dims: tuple) -> bool:
