@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from .base import (
     HostArray,
 )
 from .ort_cache import OptimizedGraphCache
+
+if TYPE_CHECKING:  # imported lazily at run time: a CLI call that never runs a graph skips it
+    import onnxruntime
 
 ONNX_DTYPES = {
     "tensor(float)": "float32",
@@ -67,7 +71,7 @@ class OrtSession(GraphSession):
         self.session, self.name, self.device = session, name, device
         self.inputs = {a.name: _spec(a) for a in session.get_inputs()}
         self.outputs = {a.name: _spec(a) for a in session.get_outputs()}
-        self._binding = None  # reused across steps (see _run_reusing)
+        self._binding: onnxruntime.IOBinding | None = None  # reused across steps (_run_reusing)
         self._bound: dict[str, tuple[int, tuple[int, ...]]] = {}  # name -> (pointer, shape)
         self._out: dict[str, np.ndarray] = {}  # preallocated static-shape outputs
         self._static_outputs = {n for n, spec in self.outputs.items() if _static(spec.dims)}
@@ -100,6 +104,7 @@ class OrtSession(GraphSession):
         for name in fetch:
             if name not in self._out:
                 spec = self.outputs[name]
+                assert _static(spec.dims)  # run() reuses buffers of static-shape outputs only
                 self._out[name] = np.empty(spec.dims, dtype=np.dtype(spec.dtype))
             self._bind_once(binding.bind_output, name, HostArray(self._out[name]))
         self.session.run_with_iobinding(binding)
@@ -120,7 +125,7 @@ class OrtSession(GraphSession):
                 self._bound.pop(name, None)  # the persistent binding must rebind it
         return keep_alive
 
-    def _bind_once(self, bind, name: str, array: DeviceArray) -> None:
+    def _bind_once(self, bind, name: str, array: HostArray | OrtDeviceArray) -> None:
         key = (array.pointer, tuple(array.shape))
         if self._bound.get(name) != key:
             self._bind_array(bind, name, array)
@@ -139,7 +144,7 @@ class OrtSession(GraphSession):
         values = binding.get_outputs()[len(write_to) :]
         return {name: value.numpy() for name, value in zip(fetch, values, strict=True)}
 
-    def _bind_array(self, bind, name: str, array: DeviceArray) -> None:
+    def _bind_array(self, bind, name: str, array: HostArray | OrtDeviceArray) -> None:
         device = "cpu" if isinstance(array, HostArray) else self.device
         bind(name, device, 0, array.dtype.type, list(array.shape), array.pointer)
 
@@ -272,7 +277,7 @@ def _unsafe_fusions(ort) -> list[str]:
     return [] if version >= FUSED_TRANSPOSE_SAFE_FROM else ["MatmulTransposeFusion"]
 
 
-def _static(dims: tuple) -> bool:
+def _static(dims: tuple[int | str, ...]) -> TypeGuard[tuple[int, ...]]:
     """A batch-1 shape with no symbolic dim: its output buffer can be reused."""
     return all(isinstance(d, int) for d in dims) and dims[:1] == (1,)
 
