@@ -120,12 +120,14 @@ def _open(args: argparse.Namespace) -> Assistant:
     )
     state_in = getattr(args, "video_state", None)
     state_out = getattr(args, "save_video_state", None)
-    if (state_in or state_out) and not hasattr(assistant, "save_video_state"):
-        raise UserError("--video-state/--save-video-state need a model package")
-    if state_in:
-        assistant.set_video(args.video, args.frames, state_file=state_in)
-    else:
+    if not (state_in or state_out):
         assistant.set_video(args.video, args.frames)
+        return assistant
+    from .runtime.chat.assistant import RuntimeAssistant
+
+    if not isinstance(assistant, RuntimeAssistant):  # only a package's runtime keeps states
+        raise UserError("--video-state/--save-video-state need a model package")
+    assistant.set_video(args.video, args.frames, state_file=state_in)
     if state_out:
         assistant.save_video_state(state_out)
     return assistant
