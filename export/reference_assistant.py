@@ -96,7 +96,7 @@ class ReferenceAssistant(TurnTaking[KVCache]):
         on_text: TokenCallback | None,
     ) -> Answer:
         self.check_fits(len(prompt_ids), options.max_new_tokens)
-        needed = self._video_cache().length + len(prompt_ids) + options.max_new_tokens
+        needed = self.video_cache().length + len(prompt_ids) + options.max_new_tokens
         self._grow_cache(needed)
         reused = self.questions_on_video > 0
         self.questions_on_video += 1
@@ -104,7 +104,7 @@ class ReferenceAssistant(TurnTaking[KVCache]):
         stops = sorted(self.prompt.stop_token_ids)
         steps = generate(
             self.model,
-            self._video_cache(),
+            self.video_cache(),
             self._require_video().cross,
             prompt_ids,
             options.max_new_tokens,
@@ -121,7 +121,7 @@ class ReferenceAssistant(TurnTaking[KVCache]):
 
     def _grow_cache(self, needed: int) -> None:
         """Reallocate the cache (copying its valid entries) when ``needed`` exceeds it."""
-        cache = self._video_cache()
+        cache = self.video_cache()
         if needed <= cache.capacity:
             return
         bigger = new_cache(self.model, min(self.max_context, max(needed, 2 * cache.capacity)))

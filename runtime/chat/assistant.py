@@ -140,7 +140,7 @@ class RuntimeAssistant(TurnTaking[KVCache]):
                 raise UserError("only a video set from a file can be saved as a state")
             state.key = self.state_key(*self.video_source)
         state.prefix_ids = self.prompt.video_prefix_ids(self.system)
-        keys, values = self._video_cache().prefix_arrays()
+        keys, values = self.video_cache().prefix_arrays()
         state.prefix_keys = [k[:, : self.prefix_length] for k in keys]
         state.prefix_values = [v[:, : self.prefix_length] for v in values]
         save_state(state, path)
@@ -247,7 +247,7 @@ class RuntimeAssistant(TurnTaking[KVCache]):
                 for name, value in cross.items()
                 if name.startswith("v2v")
             }
-            cache = self._video_cache()
+            cache = self.video_cache()
             self.pipeline.prefill(cache, [], embeds, {**self.text_cross, **v2v})
             self.prefix_length, self.prefix_reused = cache.length, False
         self.setup_s += time.perf_counter() - start
@@ -299,7 +299,7 @@ class RuntimeAssistant(TurnTaking[KVCache]):
         sampler = Sampler.for_options(options, [self.dims.video_token_id])
         stops = sorted(self.prompt.stop_token_ids)
         steps = self.pipeline.generate(
-            self._video_cache(),
+            self.video_cache(),
             self.text_cross,
             prompt_ids,
             sampler,

@@ -62,14 +62,14 @@ class TurnTaking(ABC, Generic[CacheT]):
         self, question: str, options: GenerationOptions, on_text: TokenCallback | None = None
     ) -> Answer:
         """Answer as the next turn of the conversation (only the new tokens are prefilled)."""
-        if self._video_cache().length == self.prefix_length:  # no turn yet: this is the first
+        if self.video_cache().length == self.prefix_length:  # no turn yet: this is the first
             return self.ask(question, options, on_text)
         ids = self.pending_ids + self.prompt.next_turn_ids(question, self.system)
         return self._answer(question, ids, options, on_text)
 
     def check_fits(self, prompt_len: int, max_new_tokens: int) -> None:
         """Refuse up front a turn that would overflow the context, with the counts."""
-        cached = self._video_cache().length
+        cached = self.video_cache().length
         needed = cached + prompt_len + max_new_tokens
         if needed > self.max_context:
             raise UserError(
@@ -88,7 +88,7 @@ class TurnTaking(ABC, Generic[CacheT]):
         stopped = bool(tokens) and tokens[-1] in stop_ids
         self.pending_ids = [] if stopped or not tokens else [tokens[-1]]
 
-    def _video_cache(self) -> CacheT:
+    def video_cache(self) -> CacheT:
         """The current video's cache; ``UserError`` when no video is set."""
         self._require_video()
         if self.cache is None:  # a subclass sets it with the video; this narrows the type
