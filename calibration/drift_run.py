@@ -97,7 +97,8 @@ class Side:
         a.reset()
         prompt = a.prompt.first_question_ids(question, a.system)
         sampler = ForcedSampler(tokens)
-        for _ in a.pipeline.generate(a.cache, a.text_cross, prompt, sampler, len(tokens), []):
+        cache = a.video_cache()
+        for _ in a.pipeline.generate(cache, a.text_cross, prompt, sampler, len(tokens), []):
             pass
         return np.stack(sampler.logits)
 
@@ -106,7 +107,8 @@ class ForcedSampler:
     """A ``Sampler`` stand-in that returns given tokens and keeps the logits it saw."""
 
     def __init__(self, tokens: list[int]) -> None:
-        self.tokens, self.logits = list(tokens), []
+        self.tokens = list(tokens)
+        self.logits: list[np.ndarray] = []
 
     def choose(self, logits: np.ndarray, *_: object) -> tuple[int, float]:
         self.logits.append(np.array(logits, dtype=np.float32))
@@ -174,8 +176,8 @@ def _compare_video(ref: Side, test: Side, result: DriftResult) -> None:
         a, b = ref.cross(name), test.cross(name)
         result.stages["cross_kv"].add(a, b, n)
         result.cross_layers.setdefault(name, StageDrift()).add(a, b)
-    keys_a, values_a = ref.assistant.cache.prefix_arrays()
-    keys_b, values_b = test.assistant.cache.prefix_arrays()
+    keys_a, values_a = ref.assistant.video_cache().prefix_arrays()
+    keys_b, values_b = test.assistant.video_cache().prefix_arrays()
     for layer, arrays in enumerate(zip(keys_a, values_a, keys_b, values_b, strict=True)):
         stage = result.prefix_layers.setdefault(layer, StageDrift())
         stage.add(arrays[0], arrays[2])
