@@ -67,7 +67,7 @@ def run_decode(model: BenchModel, args, machine: dict) -> dict:
     past = 4 + pipeline.dims.tokens_per_frame + len(prompt) + new // 2
     read = sum(step_bytes(pipeline, past).values())
     limit_tok_s = machine["bandwidth_gbs"] * 1e9 / read
-    out = {name: figures for name, figures in medians.items()}
+    out: dict[str, object] = {name: figures for name, figures in medians.items()}
     out["ours_tok_s"] = medians["ours"]["tok_s"]
     out["transformers_sdpa_tok_s"] = medians["transformers_sdpa"]["tok_s"]
     out["transformers_eager_tok_s"] = medians["transformers_eager"]["tok_s"]
