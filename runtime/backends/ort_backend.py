@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeGuard
+from typing import Any
 
 import numpy as np
 
@@ -25,9 +25,6 @@ from .base import (
     HostArray,
 )
 from .ort_cache import OptimizedGraphCache
-
-if TYPE_CHECKING:  # imported lazily at run time: a CLI call that never runs a graph skips it
-    import onnxruntime
 
 ONNX_DTYPES = {
     "tensor(float)": "float32",
@@ -48,6 +45,7 @@ class OrtDeviceArray(DeviceArray):
     def __init__(self, value, shape: tuple[int, ...], dtype: np.dtype, offset: int = 0) -> None:
         self.value, self.offset = value, offset  # offset in elements from the buffer start
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.pointer = value.data_ptr() + offset * self.dtype.itemsize
 
     def rows(self, start: int, stop: int) -> OrtDeviceArray:
         row = int(np.prod(self.shape[2:], dtype=np.int64))
@@ -59,10 +57,6 @@ class OrtDeviceArray(DeviceArray):
         size = int(np.prod(self.shape, dtype=np.int64))
         return whole[self.offset : self.offset + size].reshape(self.shape)
 
-    @property
-    def pointer(self) -> int:
-        return self.value.data_ptr() + self.offset * self.dtype.itemsize
-
 
 class OrtSession(GraphSession):
     """A graph in an ``onnxruntime.InferenceSession``, always run through I/O binding."""
@@ -71,7 +65,7 @@ class OrtSession(GraphSession):
         self.session, self.name, self.device = session, name, device
         self.inputs = {a.name: _spec(a) for a in session.get_inputs()}
         self.outputs = {a.name: _spec(a) for a in session.get_outputs()}
-        self._binding: onnxruntime.IOBinding | None = None  # reused across steps (_run_reusing)
+        self._binding: Any = None  # an onnxruntime IOBinding reused across steps (_run_reusing)
         self._bound: dict[str, tuple[int, tuple[int, ...]]] = {}  # name -> (pointer, shape)
         self._out: dict[str, np.ndarray] = {}  # preallocated static-shape outputs
         self._static_outputs = {n for n, spec in self.outputs.items() if _static(spec.dims)}
@@ -104,8 +98,8 @@ class OrtSession(GraphSession):
         for name in fetch:
             if name not in self._out:
                 spec = self.outputs[name]
-                assert _static(spec.dims)  # run() reuses buffers of static-shape outputs only
-                self._out[name] = np.empty(spec.dims, dtype=np.dtype(spec.dtype))
+                shape = tuple(int(d) for d in spec.dims)  # _static_outputs: all ints
+                self._out[name] = np.empty(shape, dtype=np.dtype(spec.dtype))
             self._bind_once(binding.bind_output, name, HostArray(self._out[name]))
         self.session.run_with_iobinding(binding)
         del keep_alive  # the run is over: the host feeds may go
@@ -125,7 +119,7 @@ class OrtSession(GraphSession):
                 self._bound.pop(name, None)  # the persistent binding must rebind it
         return keep_alive
 
-    def _bind_once(self, bind, name: str, array: HostArray | OrtDeviceArray) -> None:
+    def _bind_once(self, bind, name: str, array: DeviceArray) -> None:
         key = (array.pointer, tuple(array.shape))
         if self._bound.get(name) != key:
             self._bind_array(bind, name, array)
@@ -144,7 +138,7 @@ class OrtSession(GraphSession):
         values = binding.get_outputs()[len(write_to) :]
         return {name: value.numpy() for name, value in zip(fetch, values, strict=True)}
 
-    def _bind_array(self, bind, name: str, array: HostArray | OrtDeviceArray) -> None:
+    def _bind_array(self, bind, name: str, array: DeviceArray) -> None:
         device = "cpu" if isinstance(array, HostArray) else self.device
         bind(name, device, 0, array.dtype.type, list(array.shape), array.pointer)
 
@@ -277,7 +271,7 @@ def _unsafe_fusions(ort) -> list[str]:
     return [] if version >= FUSED_TRANSPOSE_SAFE_FROM else ["MatmulTransposeFusion"]
 
 
-def _static(dims: tuple[int | str, ...]) -> TypeGuard[tuple[int, ...]]:
+def _static(dims: tuple) -> bool:
     """A batch-1 shape with no symbolic dim: its output buffer can be reused."""
     return all(isinstance(d, int) for d in dims) and dims[:1] == (1,)
 

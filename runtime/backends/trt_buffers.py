@@ -57,6 +57,7 @@ class TrtDeviceArray(DeviceArray):
     ) -> None:
         self.buffer, self.offset = buffer, offset  # offset in bytes
         self.shape, self.dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+        self.pointer = buffer.pointer + offset  # the buffer is not freed while a view lives
 
     @property
     def nbytes(self) -> int:
@@ -65,10 +66,6 @@ class TrtDeviceArray(DeviceArray):
     @property
     def row_bytes(self) -> int:
         return int(np.prod(self.shape[2:], dtype=np.int64)) * self.dtype.itemsize
-
-    @property
-    def pointer(self) -> int:
-        return self.buffer.pointer + self.offset
 
     def rows(self, start: int, stop: int) -> TrtDeviceArray:
         if not 0 <= start <= stop <= self.shape[1]:
