@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.errors import UserError
+from ..runtime.inference.kv_cache import KVCache
+from ..runtime.inference.sampling import Sampler
 from ..runtime.model.contract import POOLING, VISION_ENCODER
 from ..runtime.package.files import file_sha256
 from ..runtime.package.manifest import PRECISIONS, load_manifest
@@ -97,20 +99,28 @@ class Side:
         a.reset()
         prompt = a.prompt.first_question_ids(question, a.system)
         sampler = ForcedSampler(tokens)
-        cache = a.video_cache()
-        for _ in a.pipeline.generate(cache, a.text_cross, prompt, sampler, len(tokens), []):
+        for _ in a.pipeline.generate(self.cache, a.text_cross, prompt, sampler, len(tokens), []):
             pass
         return np.stack(sampler.logits)
 
+    @property
+    def cache(self) -> KVCache:
+        """The KV cache of the video set last (``set_video`` fills it)."""
+        cache = self.assistant.cache
+        if cache is None:
+            raise RuntimeError("set_video before reading the cache")
+        return cache
 
-class ForcedSampler:
-    """A ``Sampler`` stand-in that returns given tokens and keeps the logits it saw."""
+
+class ForcedSampler(Sampler):
+    """A ``Sampler`` that returns given tokens and keeps the logits it saw."""
 
     def __init__(self, tokens: list[int]) -> None:
+        super().__init__()
         self.tokens = list(tokens)
         self.logits: list[np.ndarray] = []
 
-    def choose(self, logits: np.ndarray, *_: object) -> tuple[int, float]:
+    def choose(self, logits: np.ndarray, with_logprob: bool = True) -> tuple[int, float]:
         self.logits.append(np.array(logits, dtype=np.float32))
         return self.tokens[len(self.logits) - 1], 0.0
 
@@ -176,8 +186,8 @@ def _compare_video(ref: Side, test: Side, result: DriftResult) -> None:
         a, b = ref.cross(name), test.cross(name)
         result.stages["cross_kv"].add(a, b, n)
         result.cross_layers.setdefault(name, StageDrift()).add(a, b)
-    keys_a, values_a = ref.assistant.video_cache().prefix_arrays()
-    keys_b, values_b = test.assistant.video_cache().prefix_arrays()
+    keys_a, values_a = ref.cache.prefix_arrays()
+    keys_b, values_b = test.cache.prefix_arrays()
     for layer, arrays in enumerate(zip(keys_a, values_a, keys_b, values_b, strict=True)):
         stage = result.prefix_layers.setdefault(layer, StageDrift())
         stage.add(arrays[0], arrays[2])

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..backends.base import DeviceArray, GraphSession
 from .kv_cache import KVCache
-from .sampling import TokenChooser
+from .sampling import Sampler
 
 CrossFeeds = Mapping[str, np.ndarray | DeviceArray]
 
@@ -122,7 +122,7 @@ def stream_tokens(
     text_cross: CrossFeeds,
     shapes: ChunkShapes,
     prompt_ids: Sequence[int],
-    sampler: TokenChooser,
+    sampler: Sampler,
     max_new_tokens: int,
     stop_ids: Sequence[int],
     with_logprobs: bool = True,

@@ -35,7 +35,7 @@ from .generation import (
     stream_tokens,
 )
 from .kv_cache import KVCache
-from .sampling import TokenChooser
+from .sampling import Sampler
 
 
 class Pipeline:
@@ -170,7 +170,7 @@ class Pipeline:
         cache: KVCache,
         text_cross: CrossFeeds,
         prompt_ids: Sequence[int],
-        sampler: TokenChooser,
+        sampler: Sampler,
         max_new_tokens: int,
         stop_ids: Sequence[int],
         with_logprobs: bool = True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
@@ -19,14 +18,6 @@ class GenerationOptions:
     top_k: int = 0
     seed: int | None = None
     logprobs: bool = False
-
-
-class TokenChooser(Protocol):
-    """What generation needs of a sampler (``Sampler``, or drift's forced tokens)."""
-
-    def choose(self, logits: np.ndarray, with_logprob: bool = True, /) -> tuple[int, float]:
-        """The next token for raw logits [V] and its log-probability (NaN when not asked)."""
-        ...
 
 
 @dataclass
