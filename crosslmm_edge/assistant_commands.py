@@ -125,7 +125,7 @@ def _open(args: argparse.Namespace) -> Assistant:
         return assistant
     from .runtime.chat.assistant import RuntimeAssistant
 
-    if not isinstance(assistant, RuntimeAssistant):  # only a package's runtime keeps states
+    if not isinstance(assistant, RuntimeAssistant):
         raise UserError("--video-state/--save-video-state need a model package")
     assistant.set_video(args.video, args.frames, state_file=state_in)
     if state_out:

@@ -79,6 +79,7 @@ class RuntimeAssistant(TurnTaking[KVCache]):
         super().__init__(PromptBuilder.from_dir(package.folder), system, limit)
         self.chunk_frames = chunk_frames
         self.state: VideoState | None = None
+        self.cache: KVCache | None = None  # narrows TurnTaking's
         self.text_cross: dict = {}
         self.prefix_reused = False  # the prefix of the current video came from a cache
         self.setup_s = 0.0  # unreported video preparation time, added to the next TTFT
@@ -135,12 +136,11 @@ class RuntimeAssistant(TurnTaking[KVCache]):
     def save_video_state(self, path: str | Path) -> None:
         """Write the current video state and its prefix cache to ``path``."""
         state = self._require_video()
+        assert self.cache is not None and self.video_source is not None  # set with the video
         if state.key is None:
-            if self.video_source is None:  # frames given without a file: nothing to key
-                raise UserError("only a video set from a file can be saved as a state")
             state.key = self.state_key(*self.video_source)
         state.prefix_ids = self.prompt.video_prefix_ids(self.system)
-        keys, values = self.video_cache().prefix_arrays()
+        keys, values = self.cache.prefix_arrays()
         state.prefix_keys = [k[:, : self.prefix_length] for k in keys]
         state.prefix_values = [v[:, : self.prefix_length] for v in values]
         save_state(state, path)
@@ -164,13 +164,15 @@ class RuntimeAssistant(TurnTaking[KVCache]):
         """Make ``state`` current: reuse its prefix cache or prefill the prefix."""
         prefix_ids = self.prompt.video_prefix_ids(self.system)
         length = self._check_prefix(prefix_ids, state)
-        saved = state.saved_prefix() if state.prefix_ids == prefix_ids else None
-        reusable = saved is not None
+        reusable = state.has_prefix and state.prefix_ids == prefix_ids
         if not reusable:
             self._require_v2v(state)  # before touching self: a refusal keeps the old video
         self._upload_text_cross(state)
-        if saved is not None:
-            self.cache = cache_from_prefix(*saved, self.max_context, self.pipeline.upload)
+        if reusable:
+            assert state.prefix_keys is not None and state.prefix_values is not None
+            self.cache = cache_from_prefix(
+                state.prefix_keys, state.prefix_values, self.max_context, self.pipeline.upload
+            )
         else:
             self.cache = self._prefill_prefix(state, prefix_ids)
         if self.dims.v2v_scope == "video" and not self.keep_v2v:
@@ -241,15 +243,15 @@ class RuntimeAssistant(TurnTaking[KVCache]):
         if self.dims.v2v_scope != "frame" or refill_prefix:
             self._reprefill(state)
         else:
+            assert self.cache is not None  # set with the video
             self.check_fits(embeds.shape[1], 0)
             v2v = {
                 name: self.pipeline.upload(value)
                 for name, value in cross.items()
                 if name.startswith("v2v")
             }
-            cache = self.video_cache()
-            self.pipeline.prefill(cache, [], embeds, {**self.text_cross, **v2v})
-            self.prefix_length, self.prefix_reused = cache.length, False
+            self.pipeline.prefill(self.cache, [], embeds, {**self.text_cross, **v2v})
+            self.prefix_length, self.prefix_reused = self.cache.length, False
         self.setup_s += time.perf_counter() - start
 
     def keep_last_frames(self, count: int, refill_prefix: bool = True) -> None:
@@ -293,13 +295,14 @@ class RuntimeAssistant(TurnTaking[KVCache]):
         options: GenerationOptions,
         on_text: TokenCallback | None,
     ) -> Answer:
+        assert self.cache is not None  # _require_video came first
         self.check_fits(len(prompt_ids), options.max_new_tokens)
         self.last_prompt_tokens = len(prompt_ids)
         reused = self.prefix_reused
         sampler = Sampler.for_options(options, [self.dims.video_token_id])
         stops = sorted(self.prompt.stop_token_ids)
         steps = self.pipeline.generate(
-            self.video_cache(),
+            self.cache,
             self.text_cross,
             prompt_ids,
             sampler,
