@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.backends.ort_backend import OrtSession
 from ..runtime.inference.pipeline import Pipeline
 from ..runtime.inference.sampling import Sampler
 from ..runtime.model.contract import LLM
@@ -37,9 +38,17 @@ def open_pipeline(
 ) -> Pipeline:
     """A pipeline (CPU unless ``provider`` says) whose LLM session's backend time is measured."""
     pipeline = Pipeline(package, provider=provider, precision=precision, threads=threads)
-    llm = pipeline.sessions[LLM]
-    llm.session = TimedSession(llm.session)  # type: ignore[attr-defined]
+    llm = _ort_llm(pipeline)
+    llm.session = TimedSession(llm.session)
     return pipeline
+
+
+def _ort_llm(pipeline: Pipeline) -> OrtSession:
+    """The LLM graph's ONNX Runtime session (these benchmarks run ORT on the CPU)."""
+    llm = pipeline.sessions[LLM]
+    if not isinstance(llm, OrtSession):
+        raise TypeError(f"the LLM runs in {type(llm).__name__}, not an ONNX Runtime session")
+    return llm
 
 
 def video_cache(pipeline: Pipeline, frames: int, capacity: int, seed: int = 0):
@@ -68,7 +77,7 @@ def decode_run(pipeline: Pipeline, prompt: list[int], new_tokens: int, frames: i
 def python_ms_per_step(pipeline: Pipeline, steps: int = 64, past: int = 64) -> float:
     """Milliseconds per decode step spent outside ``run_with_iobinding``."""
     cache, text = video_cache(pipeline, 1, 4 + pipeline.dims.tokens_per_frame + past + steps + 2)
-    timed = pipeline.sessions[LLM].session  # type: ignore[attr-defined]
+    timed = _ort_llm(pipeline).session  # the TimedSession of open_pipeline
     sampler = Sampler()
     no_visual = pipeline.shapes.no_visual()
     prompt = [4 + i % (pipeline.dims.vocab_size - 4) for i in range(past)]  # plain tokens

@@ -26,7 +26,8 @@ def qwen2_config(text, attention: str):
         rms_norm_eps=text.rms_norm_eps,
         tie_word_embeddings=text.tie_word_embeddings,
         rope_parameters={"rope_type": "default", "rope_theta": text.rope_theta},
-        attn_implementation=attention,  # type: ignore[call-arg]  # a PretrainedConfig kwarg
+        # The dataclass __init__ mypy sees omits the kwargs transformers' wrapper accepts.
+        attn_implementation=attention,  # type: ignore[call-arg]
     )
 
 

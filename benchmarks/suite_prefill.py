@@ -118,7 +118,7 @@ def run_prefill(model: BenchModel, args) -> dict:
     """Time and peak memory per layout and frame count, and the CrossLMM/full ratios
     (on ``--provider cuda``: device memory in use, sampled, instead of the RSS)."""
     kinds = CUDA_KINDS if args.provider == "cuda" else CPU_KINDS
-    points: dict = {kind: {} for kind in kinds}
+    points: dict[str, dict[int, dict]] = {kind: {} for kind in kinds}
     for frames in args.prefill_frames:
         for kind in kinds:
             points[kind][frames] = _point(kind, model, frames, args)

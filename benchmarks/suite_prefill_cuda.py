@@ -47,7 +47,8 @@ def run_prefill_cuda(args) -> dict:
     with torch.device(device):
         model = build_model(config).to(dtype)
         peer = transformers.Qwen2ForCausalLM(qwen2_config(config.text_config, "sdpa"))
-        peer = peer.to(dtype).eval()
+        # functools.wraps on PreTrainedModel.to hides the bound self from mypy.
+        peer = peer.to(dtype).eval()  # type: ignore[arg-type]
     layouts = {
         "crosslmm": _crosslmm(full_attention),
         "crosslmm_sdpa": _crosslmm(sdpa_attention),

@@ -56,7 +56,7 @@ class FeedStore:
             arrays[name] = np.ascontiguousarray(array, dtype=np.dtype(specs[name].dtype))
         folder = self.folder / role
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / f"{self.counts[role]:06d}.npz", **arrays)
+        np.savez(folder / f"{self.counts[role]:06d}.npz", allow_pickle=False, **arrays)  # numbers
         self.counts[role] += 1
 
     def reader(self, role: str) -> FeedReader:

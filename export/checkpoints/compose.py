@@ -129,6 +129,8 @@ def add_video_token(tokenizer_json: Path, tokenizer_config: Path) -> tuple[int, 
         return token_id, {}
     tokenizer.add_special_tokens([AddedToken(VIDEO_TOKEN, special=True, normalized=False)])
     token_id = tokenizer.token_to_id(VIDEO_TOKEN)
+    if token_id is None:
+        raise UserError(f"{tokenizer_json}: the tokenizer did not take {VIDEO_TOKEN} as a token")
     files = {"tokenizer.json": tokenizer.to_str(pretty=True)}
     if tokenizer_config.is_file():
         data = read_json(tokenizer_config)

@@ -7,11 +7,13 @@ tensors into the positional order of the graph specs (graph_specs.py).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
 from ...runtime.model.contract import LLM, POOLING, VISION_ENCODER
-from ..reference.dcal import CrossKV
+from ..reference.dcal import DCAL, CrossKV
 from ..reference.model import CrossLMM
 from ..reference.projector import pooling_matrix
 
@@ -35,6 +37,8 @@ class PoolingGraph(nn.Module):
     rounding differs between backends.
     """
 
+    pool: Tensor  # a buffer: the [P, N] pooling matrix
+
     def __init__(self, model: CrossLMM) -> None:
         super().__init__()
         self.model = model
@@ -53,7 +57,7 @@ class PoolingGraph(nn.Module):
         memory = projected[:, pooled_count:].reshape(1, -1, dim)  # [1, F·N, D]
         outputs = [embeds]
         for layer in self.model.dcal:
-            cross = layer.project_memory(memory)
+            cross = cast(DCAL, layer).project_memory(memory)  # nn.ModuleList yields nn.Module
             outputs += [cross.v2v_key, cross.v2v_value, cross.t2v_key, cross.t2v_value]
         return tuple(outputs)
 

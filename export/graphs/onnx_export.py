@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import torch
 from torch import nn
 
@@ -56,16 +57,18 @@ def _dynamic_shapes(module: nn.Module, spec: GraphSpec) -> tuple:
 
 def _rename_dims(program: torch.onnx.ONNXProgram, spec: GraphSpec) -> None:
     """Give graph inputs and outputs the spec's dim names (the exporter says s0, s1 + s2...)."""
-    import onnx_ir as ir
-
     graph = program.model.graph
     rename: dict[str, str] = {}
     for value, tensor in zip(graph.inputs, spec.inputs, strict=True):
+        if value.shape is None:
+            raise RuntimeError(f"exporter gave input {tensor.name} no shape")
         for dim, want in zip(value.shape, tensor.dims, strict=True):
-            if isinstance(want, str) and not isinstance(dim, ir.SymbolicDim):
+            if not isinstance(want, str):
+                continue
+            if not isinstance(dim, ir.SymbolicDim):
                 # A dynamic dim traced as a constant would break every other size.
                 raise RuntimeError(f"exporter made dim {want!r} of {tensor.name} static ({dim})")
-            if isinstance(want, str) and dim.value is not None:
+            if dim.value is not None:
                 rename.setdefault(dim.value, want)
         value.shape = ir.Shape(list(tensor.dims))
     for value, tensor in zip(graph.outputs, spec.outputs, strict=True):
@@ -76,10 +79,8 @@ def _rename_dims(program: torch.onnx.ONNXProgram, spec: GraphSpec) -> None:
                 value.shape = ir.Shape([_renamed(d, rename) for d in value.shape])
 
 
-def _renamed(dim: object, rename: dict[str, str]) -> object:
+def _renamed(dim: int | ir.SymbolicDim, rename: dict[str, str]) -> int | ir.SymbolicDim | str:
     """``dim`` with the exporter's symbols (``s70``, ``s3 + s70``) in spec names."""
-    import onnx_ir as ir
-
     if not isinstance(dim, ir.SymbolicDim) or dim.value is None:
         return dim
     return re.sub(r"\bs\d+\b", lambda m: rename.get(m.group(0), m.group(0)), dim.value)
@@ -129,6 +130,7 @@ def export_graph(
             dynamo=True,
             verbose=False,
         )
+    assert program is not None  # dynamo=True always returns an ONNXProgram
     _rename_dims(program, spec)
     fold_weight_transposes(program.model.graph)
     fuse_sibling_matmuls(program.model.graph)

@@ -87,7 +87,12 @@ def pytorch_reference(
         logits = logits.float() if all_logits else logits[:, -1].float()
         return [logits, *[t for kv in new_kv for t in kv]]
 
-    return {VISION_ENCODER: vision, POOLING: pooling, LLM: llm}[role]
+    graphs: dict[str, Callable[..., list[torch.Tensor]]] = {
+        VISION_ENCODER: vision,
+        POOLING: pooling,
+        LLM: llm,
+    }
+    return graphs[role]
 
 
 def size_cases(

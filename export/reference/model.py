@@ -14,6 +14,7 @@ shapes alone, which keeps the exported graph free of data-dependent slicing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +65,8 @@ class CrossLMM(nn.Module):
         pooled = pool_tokens(features, self.config.pooled_grid, self.config.pool_mode)
         embeds = self.projector(pooled).reshape(1, -1, self.config.text_config.hidden_size)
         memory = self.projector(features).reshape(1, -1, self.config.text_config.hidden_size)
-        return VideoFeatures(embeds, [layer.project_memory(memory) for layer in self.dcal])
+        layers = [cast(DCAL, layer) for layer in self.dcal]  # nn.ModuleList yields nn.Module
+        return VideoFeatures(embeds, [layer.project_memory(memory) for layer in layers])
 
     def encode_video(self, pixels: Tensor) -> VideoFeatures:
         """Frames [T, 3, H, W] -> ``VideoFeatures``."""

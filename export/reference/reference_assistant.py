@@ -27,7 +27,7 @@ from .model import VideoFeatures
 INITIAL_CACHE = 1024  # positions; the cache grows on demand up to the context limit
 
 
-class ReferenceAssistant(TurnTaking):
+class ReferenceAssistant(TurnTaking[KVCache]):
     """``Assistant`` over a CrossLMM checkpoint folder, run by the PyTorch reference."""
 
     def __init__(
@@ -42,7 +42,6 @@ class ReferenceAssistant(TurnTaking):
         limit = max_context or self.config.text_config.max_position_embeddings
         super().__init__(PromptBuilder.from_dir(Path(checkpoint)), system, limit)
         self.video: VideoFeatures | None = None
-        self.cache: KVCache | None = None  # narrows TurnTaking's
         self.questions_on_video = 0
         self.setup_s = 0.0  # decode + encode + prefix prefill of the current video
 
@@ -84,9 +83,10 @@ class ReferenceAssistant(TurnTaking):
         self.pending_ids = []
         self.setup_s = time.perf_counter() - start
 
-    def _require_video(self) -> None:
+    def _require_video(self) -> VideoFeatures:
         if self.video is None:
             raise UserError("no video: call set_video first")
+        return self.video
 
     def _answer(
         self,
@@ -96,7 +96,7 @@ class ReferenceAssistant(TurnTaking):
         on_text: TokenCallback | None,
     ) -> Answer:
         self.check_fits(len(prompt_ids), options.max_new_tokens)
-        needed = self.cache.length + len(prompt_ids) + options.max_new_tokens
+        needed = self.video_cache().length + len(prompt_ids) + options.max_new_tokens
         self._grow_cache(needed)
         reused = self.questions_on_video > 0
         self.questions_on_video += 1
@@ -104,8 +104,8 @@ class ReferenceAssistant(TurnTaking):
         stops = sorted(self.prompt.stop_token_ids)
         steps = generate(
             self.model,
-            self.cache,
-            self.video.cross,
+            self.video_cache(),
+            self._require_video().cross,
             prompt_ids,
             options.max_new_tokens,
             stops,
@@ -121,8 +121,9 @@ class ReferenceAssistant(TurnTaking):
 
     def _grow_cache(self, needed: int) -> None:
         """Reallocate the cache (copying its valid entries) when ``needed`` exceeds it."""
-        if needed <= self.cache.capacity:
+        cache = self.video_cache()
+        if needed <= cache.capacity:
             return
-        bigger = new_cache(self.model, min(self.max_context, max(needed, 2 * self.cache.capacity)))
-        bigger.append(self.cache.past())
+        bigger = new_cache(self.model, min(self.max_context, max(needed, 2 * cache.capacity)))
+        bigger.append(cache.past())
         self.cache = bigger

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 from ...runtime.model.config import VisionConfig
@@ -10,7 +12,7 @@ from .attention import full_attention
 
 def activation(name: str) -> nn.Module:
     """The Hugging Face activation named ``name``."""
-    table = {
+    table: dict[str, Callable[[], nn.Module]] = {
         "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
         "gelu_fast": lambda: nn.GELU(approximate="tanh"),
         "gelu_new": lambda: nn.GELU(approximate="tanh"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -95,7 +96,11 @@ def _value_types(model: onnx.ModelProto) -> dict[str, str]:
     return types
 
 
-def _attribute(node: onnx.NodeProto, name: str, default: object = None) -> object:
+T = TypeVar("T")
+
+
+def _attribute(node: onnx.NodeProto, name: str, default: T) -> T:
+    """The attribute's value, or ``default`` (whose type its ONNX definition fixes)."""
     for attr in node.attribute:
         if attr.name == name:
             return onnx.helper.get_attribute_value(attr)
@@ -133,7 +138,7 @@ def _restriction(
     if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
         return "the Indices output is unsupported"
     if op in ("MaxPool", "AveragePool", "LpPool") and any(
-        d != 1 for d in _attribute(node, "dilations", [])
+        d != 1 for d in _attribute(node, "dilations", list[int]())
     ):
         return "dilations must be all ones"
     if op == "LayerNormalization" and any(node.output[1:]):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -142,7 +142,7 @@ def eval_dim(expr: str, sizes: Mapping[str, int]) -> int:
 
 
 def bind_sizes(
-    inputs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]], dims: Mapping[str, DimSpec]
+    inputs: Iterable[TensorSpec], shapes: Mapping[str, Sequence[int]], dims: Mapping[str, DimSpec]
 ) -> dict[str, int]:
     """Every named dim's size: read off the input shapes, derived ones from their ``expr``."""
     sizes: dict[str, int] = {}

@@ -41,7 +41,7 @@ from .prompt import PromptBuilder
 from .turns import TurnTaking
 
 
-class RuntimeAssistant(TurnTaking):
+class RuntimeAssistant(TurnTaking[KVCache]):
     """``Assistant`` over an exported package, run by a ``Pipeline``.
 
     provider: execution provider (cpu, cuda, tensorrt; None = best available).

@@ -210,4 +210,4 @@ def _frames(frames: object, settings: ServeSettings) -> int | None:
     high = settings.max_frames
     if not is_count(frames, 1, high):
         raise bad_request(f"frames must be an integer in [1, {high}]", "frames")
-    return frames  # type: ignore[return-value]
+    return frames
