@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from headless_chromium import chromium_browser, needs_chromium
 from package_damage import scaled_weight_copy
 from trust_helpers import exported_package
 
@@ -22,22 +23,10 @@ from crosslmm_edge.calibration.evaluate import write_scene_video
 from crosslmm_edge.cli import main
 from crosslmm_edge.models import embedded_model_dir
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DAMAGED_MODULE = "model.language_model.model.layers.1.mlp.down_proj"
 STAGE_ROWS = ["vision features", "pooled embeddings", "cross K/V", "logits"]
 
-needs_browser = pytest.mark.skipif(
-    not CHROMIUM.is_file(), reason="no /usr/bin/chromium (apt-get install -y chromium)"
-)
+needs_browser = needs_chromium
 needs_model = pytest.mark.skipif(
     not (embedded_model_dir() / "config.json").is_file(), reason="embedded model not installed"
 )
@@ -161,11 +150,8 @@ def _outputs(stem: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def browser():
     """Debian's Chromium driven by playwright (never a downloaded browser)."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium_browser() as chromium:
         yield chromium
-        chromium.close()
 
 
 def open_report(browser, stem: Path):

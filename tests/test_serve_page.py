@@ -6,60 +6,41 @@ Uses the ``playwright`` package with the system's Chromium (Debian's
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
+from headless_chromium import chromium_browser, needs_chromium
 
 from crosslmm_edge.demo import embedded_package
 from crosslmm_edge.runtime.serve.settings import ServeSettings
 from tests.serve_helpers import MODEL, running_server, scene_videos
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-pytestmark = pytest.mark.skipif(
-    not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} is absent (apt-get install chromium)"
-)
+pytestmark = needs_chromium
 
 
 def test_page_streams_an_answer_and_uploads(tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
     scenes = scene_videos(tmp_path / "media", (1, 2))
     qa = scenes["scene-1.mp4"][1]
     settings = ServeSettings(model_name=MODEL, media_dir=tmp_path / "media")
     with (
         running_server(embedded_package(log=lambda message: None), settings) as url,
-        sync_api.sync_playwright() as playwright,
+        chromium_browser() as browser,
     ):
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            page.wait_for_selector("#video option[value='scene-1.mp4']", state="attached")
-            page.select_option("#video", "scene-1.mp4")
-            page.fill("#question", qa.question)
-            for reuse in ("video encoded now", "video reused"):
-                page.click("#ask")
-                page.wait_for_function(
-                    "document.getElementById('status').textContent === 'done'", timeout=30_000
-                )
-                assert page.text_content("#answer").strip().split()[0] == qa.answer
-                stats = page.text_content("#stats")
-                assert "ms to first token" in stats and reuse in stats
-            page.set_input_files("#upload", str(tmp_path / "media" / "scene-2.mp4"))
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#video option[value='scene-1.mp4']", state="attached")
+        page.select_option("#video", "scene-1.mp4")
+        page.fill("#question", qa.question)
+        for reuse in ("video encoded now", "video reused"):
+            page.click("#ask")
             page.wait_for_function(
-                "document.getElementById('status').textContent.startsWith('uploaded as video-')",
-                timeout=30_000,
+                "document.getElementById('status').textContent === 'done'", timeout=30_000
             )
-            assert page.input_value("#video").startswith("video-")
-        finally:
-            browser.close()
+            assert page.text_content("#answer").strip().split()[0] == qa.answer
+            stats = page.text_content("#stats")
+            assert "ms to first token" in stats and reuse in stats
+        page.set_input_files("#upload", str(tmp_path / "media" / "scene-2.mp4"))
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('uploaded as video-')",
+            timeout=30_000,
+        )
+        assert page.input_value("#video").startswith("video-")
