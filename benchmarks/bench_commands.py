@@ -11,6 +11,7 @@ from pathlib import Path
 
 SUITES = ("decode", "roofline", "reuse", "prefill", "context", "int8", "startup")
 GPU_SUITES = ("prefill-cuda",)  # PyTorch on a CUDA GPU; not in the default list
+CUDA_SUITES = ("decode", "prefill", "prefill-cuda")  # those --provider cuda runs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +42,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--cuda-preset", default="crosslmm-2b", help="prefill-cuda: random model of this shape"
     )
+    bench.add_argument(
+        "--provider",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="decode, prefill: ONNX Runtime provider of ours; cuda also puts transformers "
+        "on the GPU and measures the GPU's bandwidth",
+    )
+    bench.add_argument(
+        "--precision",
+        choices=("fp32", "fp16"),
+        help="decode, prefill: our artifacts and transformers' dtype "
+        "(default: fp32 on cpu, fp16 on cuda; a preset is exported in it)",
+    )
     bench.add_argument("--optimum-python", help="python of a venv with optimum-onnx installed")
     bench.add_argument("--optimum-model", help="ORTModelForCausalLM export of the same LLM")
     bench.set_defaults(func=run_bench)
@@ -60,15 +74,26 @@ def run_bench(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     suites = args.suite or list(SUITES)
-    machine = describe(args.threads)
+    args.precision = args.precision or ("fp16" if args.provider == "cuda" else "fp32")
+    if args.provider == "cuda":
+        unsupported = sorted(set(suites) - set(CUDA_SUITES))
+        if unsupported:
+            raise UserError(f"--provider cuda runs {', '.join(CUDA_SUITES)}, not {unsupported}")
+        from .machine import describe_gpu
+
+        machine = describe_gpu()
+    else:
+        machine = describe(args.threads)
     print(
         f"machine: {machine['name']}; read bandwidth {machine['bandwidth_gbs']} GB/s, "
-        f"fp32 GEMM {machine['gflops']} GFLOP/s",
+        f"GEMM {machine['gflops']} GFLOP/s",
         flush=True,
     )
     report: dict = {"machine": machine}
     needs_package = any(suite not in GPU_SUITES for suite in suites)
-    model = resolve_model(args.model, workdir) if needs_package else None
+    model = None
+    if needs_package:
+        model = resolve_model(args.model, workdir, precisions=(args.precision,))
     for suite in suites:
         print(f"== {suite}", flush=True)
         report[suite] = _run_suite(suite, model, args, machine)
@@ -82,7 +107,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def _embedded_package(workdir: Path) -> Path:
     """The embedded model exported for 32 frames (reuse suite, Python overhead)."""
-    from ..export.package import export_package
+    from ..export.graphs.package import export_package
     from ..models import embedded_model_dir
 
     package = workdir / "embedded-32"

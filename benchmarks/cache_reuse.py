@@ -23,7 +23,7 @@ QUESTIONS = ("what colour is the object?", "which way does it move?")
 def make_package(folder: Path, checkpoint: str | None, frames: int) -> Path:
     """Export ``checkpoint`` (default: the embedded model) for ``frames`` frames."""
     from ..demo import model_checkpoint
-    from ..export.package import export_package
+    from ..export.graphs.package import export_package
 
     source = Path(checkpoint) if checkpoint else model_checkpoint(print)
     package = folder / "package"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 MAKE_CHECKPOINT = """
 import sys
-from ..export.random_model import random_checkpoint
+from crosslmm_edge.export.checkpoints.random_model import random_checkpoint
 random_checkpoint(sys.argv[1], "crosslmm-2b", num_frames=int(sys.argv[2]))
 """
 
@@ -37,7 +37,7 @@ random_checkpoint(sys.argv[1], "crosslmm-2b", num_frames=int(sys.argv[2]))
 # Runs the CLI in this child and prints its own peak RSS (KiB on Linux) last.
 EXPORT = """
 import resource, sys
-from ..cli import main
+from crosslmm_edge.cli import main
 code = main(sys.argv[1:])
 print(f"peak_rss_kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", flush=True)
 sys.exit(code)
@@ -47,12 +47,12 @@ sys.exit(code)
 # One LLM chunk of each kind through ONNX Runtime and PyTorch (needs ~13 GB of RAM).
 CHECK_LLM = """
 import sys, torch, onnxruntime as ort
-from ..export.checkpoint import load_checkpoint
-from ..export.graph_specs import random_inputs
-from ..export.verify import pytorch_reference
-from ..runtime.inference.compare import compare
-from ..runtime.model.contract import ExportLimits, graph_specs, llm_sizes
-from ..runtime.package.manifest import load_manifest
+from crosslmm_edge.export.checkpoints.checkpoint import load_checkpoint
+from crosslmm_edge.export.graphs.graph_specs import random_inputs
+from crosslmm_edge.export.graphs.verify import pytorch_reference
+from crosslmm_edge.runtime.inference.compare import compare
+from crosslmm_edge.runtime.model.contract import ExportLimits, graph_specs, llm_sizes
+from crosslmm_edge.runtime.package.manifest import load_manifest
 model = load_checkpoint(sys.argv[1])
 manifest = load_manifest(sys.argv[2])
 spec = graph_specs(model.config, ExportLimits(**manifest.limits))["llm"]

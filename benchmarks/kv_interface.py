@@ -28,7 +28,7 @@ import numpy as np
 
 
 def build(layers: int, mlp: int, vocab: int):
-    from ..export.model import build_model
+    from ..export.reference.model import build_model
     from ..runtime.model.config import CrossLMMConfig, TextConfig, VisionConfig
 
     vision = VisionConfig(
@@ -55,7 +55,7 @@ def concat_wrapper(model):
     """The LLM graph with ``present = concat(past, new)`` outputs."""
     import torch
 
-    from ..export.graph_modules import LLMGraph
+    from ..export.graphs.graph_modules import LLMGraph
 
     class ConcatLLM(LLMGraph):
         def forward(self, input_ids, visual_embeds, position_ids, *caches):
@@ -67,9 +67,9 @@ def concat_wrapper(model):
 
 
 def export_both(model, folder: Path) -> dict[str, Path]:
-    from ..export.graph_modules import graph_module
-    from ..export.graph_specs import trace_sizes
-    from ..export.onnx_export import export_graph
+    from ..export.graphs.graph_modules import graph_module
+    from ..export.graphs.graph_specs import trace_sizes
+    from ..export.graphs.onnx_export import export_graph
     from ..runtime.model.contract import ExportLimits, TensorSpec, llm_spec
 
     config = model.config

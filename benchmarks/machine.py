@@ -57,3 +57,56 @@ def describe(threads: int = 2) -> dict[str, object]:
         "bandwidth_gbs": round(bandwidth_gbs(threads=threads), 2),
         "gflops": round(matmul_gflops(), 1),
     }
+
+
+def gpu_bandwidth_gbs(size_mb: int = 2048, repeats: int = 10) -> float:
+    """The CUDA device's read bandwidth in GB/s: the best of ``repeats`` sums over a
+    float16 buffer far beyond its caches, timed with CUDA events."""
+    import torch
+
+    data = torch.ones(size_mb * 2**20 // 2, dtype=torch.float16, device="cuda")
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first sum loads the kernel
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        data.sum(dtype=torch.float32)
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1000)
+    del data
+    torch.cuda.empty_cache()
+    return size_mb * 2**20 / best / 1e9
+
+
+def gpu_matmul_gflops(size: int = 8192, repeats: int = 5) -> float:
+    """float16 GEMM throughput of the CUDA device in GFLOP/s (best of ``repeats``)."""
+    import torch
+
+    a, b = (torch.randn(size, size, dtype=torch.float16, device="cuda") for _ in range(2))
+    best = float("inf")
+    for _ in range(repeats + 1):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1000)
+    return 2 * size**3 / best / 1e9
+
+
+def describe_gpu() -> dict[str, object]:
+    """``machine`` of the JSON report for ``--provider cuda``: the GPU, measured now."""
+    import torch
+
+    from ..runtime.errors import UserError
+
+    if not torch.cuda.is_available():
+        raise UserError("--provider cuda: PyTorch sees no CUDA device here")
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "name": f"{props.name}, {props.total_memory / 2**30:.0f} GiB; host: {machine_name()}",
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "bandwidth_gbs": round(gpu_bandwidth_gbs(), 1),
+        "gflops": round(gpu_matmul_gflops(), 0),
+    }

@@ -26,7 +26,8 @@ def qwen2_config(text, attention: str):
         rms_norm_eps=text.rms_norm_eps,
         tie_word_embeddings=text.tie_word_embeddings,
         rope_parameters={"rope_type": "default", "rope_theta": text.rope_theta},
-        attn_implementation=attention,
+        # The dataclass __init__ mypy sees omits the kwargs transformers' wrapper accepts.
+        attn_implementation=attention,  # type: ignore[call-arg]
     )
 
 
@@ -56,19 +57,25 @@ def qwen2_from_checkpoint(checkpoint: Path, attention: str):
 
 
 def transformers_decode(model, prompt: list[int], new_tokens: int) -> dict:
-    """TTFT and decode tokens/s of a greedy manual loop with transformers' KV cache."""
+    """TTFT and decode tokens/s of a greedy manual loop with transformers' KV cache,
+    on the device the model is on (a GPU's queue is drained before each clock read)."""
     import torch
 
-    ids = torch.tensor([prompt])
+    device = next(model.parameters()).device
+    drain = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    ids = torch.tensor([prompt], device=device)
     with torch.no_grad():
+        drain()
         start = time.perf_counter()
         out = model(input_ids=ids, use_cache=True)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
+        drain()
         first = time.perf_counter()
         past = out.past_key_values
         for _ in range(new_tokens - 1):
             out = model(input_ids=token, past_key_values=past, use_cache=True)
             past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        drain()
         end = time.perf_counter()
     return {"ttft_s": first - start, "tok_s": (new_tokens - 1) / (end - first)}
 

@@ -18,9 +18,9 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ..export.attention import sdpa_attention
-from ..export.model import build_model
-from ..export.random_model import preset_config
+from ..export.checkpoints.random_model import preset_config
+from ..export.reference.attention import sdpa_attention
+from ..export.reference.model import build_model
 from .suite_prefill_cuda import (
     PROMPT_TOKENS,
     crosslmm_prefill,
@@ -78,7 +78,8 @@ def _full_token_llm_ms(config, model, pixels, prompt) -> float:
 
     with torch.device("cuda"):
         peer = transformers.Qwen2ForCausalLM(qwen2_config(config.text_config, "sdpa"))
-    peer = peer.to(torch.bfloat16).eval()
+    # functools.wraps on PreTrainedModel.to hides the bound self from mypy.
+    peer = peer.to(torch.bfloat16).eval()  # type: ignore[arg-type]
     layout = token_layout(None)
     with torch.no_grad():
         runs = [layout(model, peer, pixels, prompt)["llm"] for _ in range(4)][1:]

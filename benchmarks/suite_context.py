@@ -39,7 +39,7 @@ def run_context(model: BenchModel, args, machine: dict) -> dict:
     pipeline = open_pipeline(model.package, args.threads)
     room = pipeline.package.max_context - args.context_steps - 2  # the last point may be clamped
     pasts = sorted({min(p, room) for p in PASTS})
-    rounds = {p: [] for p in pasts}
+    rounds: dict[int, list[float]] = {p: [] for p in pasts}
     for _ in range(args.repeats):  # interleaved over past lengths
         for past in pasts:
             rounds[past].append(_step_ms(pipeline, past, args.context_steps))

@@ -39,18 +39,26 @@ def step_bytes(pipeline, past: int, frames: int = 1) -> dict[str, int]:
 
 
 def run_decode(model: BenchModel, args, machine: dict) -> dict:
-    """Ours vs transformers eager and SDPA (and optimum when ``--optimum-python`` is given)."""
+    """Ours vs transformers eager and SDPA (and optimum when ``--optimum-python`` is given),
+    on ``--provider``'s device; ``--precision fp16`` runs transformers in float16 too."""
     import torch
 
     torch.set_num_threads(args.threads)
-    pipeline = open_pipeline(model.package, args.threads)
+    provider, precision = args.provider, args.precision
+    pipeline = open_pipeline(model.package, args.threads, precision)  # sizes only: CPU is enough
     prompt = random_prompt(args.prompt_tokens, pipeline.dims.vocab_size)
     new = args.new_tokens
     # Ours runs in its own process like optimum: torch's OpenMP threads, idle but
     # spinning after each transformers step, would otherwise take its cores.
-    runs = {"ours": lambda: ours_decode_child(model.package, args.threads, prompt, new)}
+    runs = {
+        "ours": lambda: ours_decode_child(
+            model.package, args.threads, prompt, new, provider, precision
+        )
+    }
+    device = "cuda" if provider == "cuda" else "cpu"
+    dtype = torch.float16 if precision == "fp16" else torch.float32
     for attention in ("eager", "sdpa"):
-        hf = qwen2_from_checkpoint(model.checkpoint, attention)
+        hf = qwen2_from_checkpoint(model.checkpoint, attention).to(device, dtype)
         runs[f"transformers_{attention}"] = (lambda m: lambda: transformers_decode(m, prompt, new))(
             hf
         )
@@ -67,15 +75,26 @@ def run_decode(model: BenchModel, args, machine: dict) -> dict:
     past = 4 + pipeline.dims.tokens_per_frame + len(prompt) + new // 2
     read = sum(step_bytes(pipeline, past).values())
     limit_tok_s = machine["bandwidth_gbs"] * 1e9 / read
-    out = {name: figures for name, figures in medians.items()}
+    out: dict[str, object] = {name: figures for name, figures in medians.items()}
     out["ours_tok_s"] = medians["ours"]["tok_s"]
     out["transformers_sdpa_tok_s"] = medians["transformers_sdpa"]["tok_s"]
     out["transformers_eager_tok_s"] = medians["transformers_eager"]["tok_s"]
+    out["ours_over_transformers_sdpa"] = (
+        medians["ours"]["tok_s"] / medians["transformers_sdpa"]["tok_s"]
+    )
     optimum = [v["tok_s"] for k, v in medians.items() if k.startswith("optimum")]
     out["optimum_tok_s"] = max(optimum) if optimum else None
+    out["bytes_per_step"] = read
     out["bandwidth_limit_tok_s"] = limit_tok_s
     out["bandwidth_fraction"] = medians["ours"]["tok_s"] / limit_tok_s
-    out["settings"] = {"threads": args.threads, "prompt": len(prompt), "new_tokens": new}
+    out["settings"] = {
+        "threads": args.threads,
+        "prompt": len(prompt),
+        "new_tokens": new,
+        "provider": provider,
+        "precision": pipeline.artifacts.label,
+        "transformers": f"{device} {str(dtype).removeprefix('torch.')}",
+    }
     return out
 
 

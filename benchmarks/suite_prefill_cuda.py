@@ -2,7 +2,7 @@
 
 Our ONNX graphs need onnxruntime-gpu or TensorRT on a GPU, and the GPU
 machines this project was lent have neither; so this suite measures the
-architecture itself: the PyTorch reference CrossLMM (``export/model.py``)
+architecture itself: the PyTorch reference CrossLMM (``export/reference/model.py``)
 against the same-width LLM fed every frame's tokens through transformers'
 SDPA (flash/memory-efficient kernels), random weights, bf16. Per frame count:
 
@@ -36,9 +36,9 @@ def run_prefill_cuda(args) -> dict:
     import torch
     import transformers
 
-    from ..export.attention import full_attention, sdpa_attention
-    from ..export.model import build_model
-    from ..export.random_model import preset_config
+    from ..export.checkpoints.random_model import preset_config
+    from ..export.reference.attention import full_attention, sdpa_attention
+    from ..export.reference.model import build_model
     from .peers import qwen2_config
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -47,7 +47,8 @@ def run_prefill_cuda(args) -> dict:
     with torch.device(device):
         model = build_model(config).to(dtype)
         peer = transformers.Qwen2ForCausalLM(qwen2_config(config.text_config, "sdpa"))
-        peer = peer.to(dtype).eval()
+        # functools.wraps on PreTrainedModel.to hides the bound self from mypy.
+        peer = peer.to(dtype).eval()  # type: ignore[arg-type]
     layouts = {
         "crosslmm": _crosslmm(full_attention),
         "crosslmm_sdpa": _crosslmm(sdpa_attention),
@@ -158,11 +159,11 @@ def _crosslmm(attend):
     """CrossLMM with ``attend`` as the DCAL attention kernel."""
 
     def run(model, peer, pixels, prompt) -> dict:
-        from ..export.dcal import CrossAttention
+        from ..export.reference.dcal import CrossAttention
 
         for module in model.modules():
             if isinstance(module, CrossAttention):
-                module.attend = attend  # the injected part (see export/dcal.py)
+                module.attend = attend  # the injected part (see export/reference/dcal.py)
         spans: dict = {}
         video = _timed(
             lambda: model.pool_and_project(vision_features(model, pixels)), spans, "vision"
@@ -194,7 +195,7 @@ def token_layout(grid: int | None):
     def run(model, peer, pixels, prompt) -> dict:
         import torch
 
-        from ..export.projector import pool_tokens
+        from ..export.reference.projector import pool_tokens
 
         def vision():
             features = vision_features(model, pixels)  # [F, 729, Dv]

@@ -39,7 +39,8 @@ def _state_vs_fresh(package: Path, video: Path, frames: int, repeats: int, temp:
     saver = RuntimeAssistant(package)
     saver.set_video(str(video), frames)
     saver.save_video_state(state)
-    fresh, loaded = [], []
+    fresh: list[float] = []
+    loaded: list[float] = []
     for _ in range(repeats):
         for source, bucket in ((None, fresh), (str(state), loaded)):
             assistant = RuntimeAssistant(package, verify_hashes=False)

@@ -3,8 +3,9 @@
 Torch-free (numpy only): ``drift`` compares packages as they run. Per stage:
 the lowest per-token cosine, the signal-to-quantization-noise ratio over all
 values, the relative L2 error, the largest absolute error, and the relative
-L2 error per frame index (does the error grow along the video?). Per token
-distribution: KL divergence and top-1 agreement.
+L2 error per frame index (does the error grow along the video?). The frame
+index is the frame's place within its own video: frame 3 of every video adds
+to the same entry. Per token distribution: KL divergence and top-1 agreement.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ class StageDrift:
     frame_signal: list[float] = field(default_factory=list)
     frame_noise: list[float] = field(default_factory=list)
 
-    def add(self, ref: np.ndarray, test: np.ndarray, tokens_per_frame: int | None = None) -> None:
-        """Compare ``test`` with ``ref`` ([..., tokens, features] flattened per token)."""
+    def add(self, ref: np.ndarray, test: np.ndarray, frames: int = 0) -> None:
+        """Compare ``test`` with ``ref`` ([..., features]; the cosine is per feature row).
+
+        ``frames`` > 0 also splits the error into that many frames: the arrays
+        must then be frame-major (frame ``f`` is the ``f``-th contiguous slice
+        of the values, as in [T, N, D], [1, T·P, D] or [1, T·N, heads, D]).
+        """
         if ref.shape != test.shape:
             raise ValueError(f"shapes differ: {ref.shape} vs {test.shape}")
         if ref.size == 0:
@@ -38,13 +44,14 @@ class StageDrift:
         self.noise += float(np.sum(error**2))
         self.max_abs = max(self.max_abs, float(np.max(np.abs(error))))
         self.cosine_min = min(self.cosine_min, float(np.min(token_cosine(ref64, test64))))
-        if tokens_per_frame:
-            self._add_frames(ref64, error, tokens_per_frame)
+        if frames:
+            self._add_frames(ref64, error, frames)
 
-    def _add_frames(self, ref: np.ndarray, error: np.ndarray, per_frame: int) -> None:
-        rows_ref = ref.reshape(-1, per_frame, int(np.prod(ref.shape[-1:])))
-        rows_err = error.reshape(rows_ref.shape)
-        frames = rows_ref.shape[0]
+    def _add_frames(self, ref: np.ndarray, error: np.ndarray, frames: int) -> None:
+        if ref.size % frames:
+            raise ValueError(f"{ref.shape} does not split into {frames} frames")
+        rows_ref = ref.reshape(frames, -1)
+        rows_err = error.reshape(frames, -1)
         grow = frames - len(self.frame_signal)
         if grow > 0:
             self.frame_signal += [0.0] * grow
@@ -64,18 +71,23 @@ class StageDrift:
             return None
         return 10.0 * math.log10(self.signal / self.noise) if self.signal else -math.inf
 
-    def to_json(self) -> dict:
-        per_frame = [
+    @property
+    def rel_l2_per_frame(self) -> list[float]:
+        """Relative L2 error of each frame index (all videos' frame ``f`` together)."""
+        return [
             math.sqrt(n / s) if s else 0.0
             for s, n in zip(self.frame_signal, self.frame_noise, strict=True)
         ]
+
+    def to_json(self) -> dict:
+        """cosine_min, sqnr_db (None: identical), rel_l2, max_abs, identical, rel_l2_per_frame."""
         return {
             "cosine_min": self.cosine_min,
             "sqnr_db": self.sqnr_db,
             "rel_l2": self.rel_l2,
             "max_abs": self.max_abs,
             "identical": self.noise == 0.0,
-            "rel_l2_per_frame": per_frame,
+            "rel_l2_per_frame": self.rel_l2_per_frame,
         }
 
 

@@ -12,20 +12,22 @@ the next-token distributions of both (KL, top-1 agreement, logits error).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..runtime.errors import UserError
+from ..runtime.inference.kv_cache import KVCache
+from ..runtime.inference.sampling import Sampler
 from ..runtime.model.contract import POOLING, VISION_ENCODER
 from ..runtime.package.files import file_sha256
 from ..runtime.package.manifest import PRECISIONS, load_manifest
-from .drift import StageDrift, TokenDrift
+from .drift import StageDrift
+from .drift_result import AnswerPair, DriftResult, VideoDrift
 from .record import RecordingSession
 
 ANSWER_TOKENS = 4
-STAGES = ("vision_features", "pooled_embeddings", "cross_kv", "logits")
 
 
 @dataclass(frozen=True)
@@ -97,109 +99,88 @@ class Side:
         a.reset()
         prompt = a.prompt.first_question_ids(question, a.system)
         sampler = ForcedSampler(tokens)
-        for _ in a.pipeline.generate(a.cache, a.text_cross, prompt, sampler, len(tokens), []):
+        for _ in a.pipeline.generate(self.cache, a.text_cross, prompt, sampler, len(tokens), []):
             pass
         return np.stack(sampler.logits)
 
+    @property
+    def cache(self) -> KVCache:
+        """The KV cache of the video set last (``set_video`` fills it)."""
+        cache = self.assistant.cache
+        if cache is None:
+            raise RuntimeError("set_video before reading the cache")
+        return cache
 
-class ForcedSampler:
-    """A ``Sampler`` stand-in that returns given tokens and keeps the logits it saw."""
+
+class ForcedSampler(Sampler):
+    """A ``Sampler`` that returns given tokens and keeps the logits it saw."""
 
     def __init__(self, tokens: list[int]) -> None:
+        super().__init__()
         self.tokens = list(tokens)
         self.logits: list[np.ndarray] = []
 
-    def choose(self, logits: np.ndarray, *_: object) -> tuple[int, float]:
+    def choose(self, logits: np.ndarray, with_logprob: bool = True) -> tuple[int, float]:
         self.logits.append(np.array(logits, dtype=np.float32))
         return self.tokens[len(self.logits) - 1], 0.0
 
 
-@dataclass
-class DriftResult:
-    """Everything ``drift --json`` reports."""
-
-    ref: str
-    test: str
-    stages: dict[str, StageDrift] = field(default_factory=lambda: {s: StageDrift() for s in STAGES})
-    prefix_layers: dict[int, StageDrift] = field(default_factory=dict)
-    cross_layers: dict[str, StageDrift] = field(default_factory=dict)
-    tokens: TokenDrift = field(default_factory=TokenDrift)
-    exact: int = 0
-    questions: int = 0
-    videos: int = 0
-    hits: dict[str, dict[str, list[int]]] = field(default_factory=lambda: {"ref": {}, "test": {}})
-
-    def score(self, side: str, qtype: str, right: bool) -> None:
-        counts = self.hits[side].setdefault(qtype, [0, 0])
-        counts[0] += right
-        counts[1] += 1
-
-    def to_json(self) -> dict:
-        accuracy = {
-            side: {q: h / n for q, (h, n) in sorted(types.items())}
-            for side, types in self.hits.items()
-        }
-        return {
-            "ref": self.ref,
-            "test": self.test,
-            "videos": self.videos,
-            "questions": self.questions,
-            "stages": {name: stage.to_json() for name, stage in self.stages.items()},
-            "per_layer": {
-                "prefix_kv_rel_l2": {str(i): s.rel_l2 for i, s in self.prefix_layers.items()},
-                "cross_kv_rel_l2": {n: s.rel_l2 for n, s in self.cross_layers.items()},
-            },
-            "end_to_end": {
-                "kl_mean": self.tokens.kl_mean,
-                "top1_agreement": self.tokens.top1_agreement,
-                "greedy_exact_match": self.exact / self.questions if self.questions else 1.0,
-                "accuracy": accuracy if any(self.hits.values()) else {},
-            },
-        }
-
-
-def _compare_video(ref: Side, test: Side, result: DriftResult) -> None:
-    dims = ref.assistant.dims
-    n, p = dims.patches_per_frame, dims.tokens_per_frame
-    result.stages["vision_features"].add(
-        np.concatenate(ref.features), np.concatenate(test.features), n
-    )
-    result.stages["pooled_embeddings"].add(
-        np.concatenate([x["visual_embeds"] for x in ref.pooled], axis=1),
-        np.concatenate([x["visual_embeds"] for x in test.pooled], axis=1),
-        p,
-    )
+def _compare_video(ref: Side, test: Side, result: DriftResult, video: VideoDrift) -> None:
+    """Add the vision, pooling, cross K/V and prefix KV errors of the video both sides hold."""
+    pairs = {
+        "vision_features": (np.concatenate(ref.features), np.concatenate(test.features)),
+        "pooled_embeddings": tuple(
+            np.concatenate([x["visual_embeds"] for x in side.pooled], axis=1)
+            for side in (ref, test)
+        ),
+    }
+    for name, (a, b) in pairs.items():
+        result.stages[name].add(a, b, video.frames)
+        video.stages[name].add(a, b, video.frames)
     for name in ref.pooled[0]:
         if name == "visual_embeds":
             continue
-        a, b = ref.cross(name), test.cross(name)
-        result.stages["cross_kv"].add(a, b, n)
+        a, b = ref.cross(name), test.cross(name)  # [1, T·N, heads, D]: frame-major
+        result.stages["cross_kv"].add(a, b, video.frames)
+        video.stages["cross_kv"].add(a, b, video.frames)
         result.cross_layers.setdefault(name, StageDrift()).add(a, b)
-    keys_a, values_a = ref.assistant.cache.prefix_arrays()
-    keys_b, values_b = test.assistant.cache.prefix_arrays()
+    keys_a, values_a = ref.cache.prefix_arrays()
+    keys_b, values_b = test.cache.prefix_arrays()
     for layer, arrays in enumerate(zip(keys_a, values_a, keys_b, values_b, strict=True)):
         stage = result.prefix_layers.setdefault(layer, StageDrift())
         stage.add(arrays[0], arrays[2])
         stage.add(arrays[1], arrays[3])
 
 
-def _compare_question(ref: Side, test: Side, item: DriftItem, index: int, result) -> None:
+def _compare_question(
+    ref: Side, test: Side, item: DriftItem, index: int, result: DriftResult
+) -> AnswerPair:
+    """Ask both sides question ``index``; add its answers and next-token errors."""
     from ..runtime.chat.assistant_types import GenerationOptions
     from .synthetic_world import normalise_answer
 
     options = GenerationOptions(max_new_tokens=ANSWER_TOKENS)
     question = item.questions[index]
     answers = [side.assistant.ask(question, options) for side in (ref, test)]
-    result.questions += 1
-    result.exact += answers[0].token_ids == answers[1].token_ids
     truth, qtype = item.answers[index], item.types[index]
-    if truth is not None:
+    if truth is not None and qtype is not None:
         for name, answer in zip(("ref", "test"), answers, strict=True):
             result.score(name, qtype, normalise_answer(answer.answer) == truth)
     tokens = answers[0].token_ids
     logits = [side.forced_logits(question, tokens) for side in (ref, test)]
-    result.tokens.add(*logits)
-    result.stages["logits"].add(*logits)
+    result.tokens.add(logits[0], logits[1])
+    result.stages["logits"].add(logits[0], logits[1])
+    pair = AnswerPair(
+        result.videos - 1,
+        question,
+        qtype,
+        truth,
+        answers[0].answer,
+        answers[1].answer,
+        answers[0].token_ids == answers[1].token_ids,
+    )
+    result.answers.append(pair)
+    return pair
 
 
 def run_drift(
@@ -208,13 +189,18 @@ def run_drift(
     items: list[DriftItem],
     progress: Callable[[], None] = lambda: None,
     warn: Callable[[str], None] = print,
+    budget: float | None = None,
 ) -> DriftResult:
-    """Compare ``test_spec`` with ``ref_spec`` on every item's video and questions."""
+    """Compare ``test_spec`` with ``ref_spec`` on every item's video and questions.
+
+    ``budget``: the ``--max-drift`` points the verdict judges against (None: the default).
+    """
     from ..runtime.video.decode import load_video
+    from .drift_report import frame_thumbnail
 
     check_same_model(parse_side(ref_spec)[0], parse_side(test_spec)[0])
     ref, test = Side(ref_spec), Side(test_spec)
-    result = DriftResult(ref.label, test.label)
+    result = DriftResult(ref.label, test.label, budget)
     dims = ref.assistant.dims
     for item in items:
         try:
@@ -225,10 +211,12 @@ def run_drift(
             continue
         ref.set_video(pixels)
         test.set_video(pixels)
-        _compare_video(ref, test, result)
-        for index in range(len(item.questions)):
-            _compare_question(ref, test, item, index, result)
-        result.videos += 1
+        video = VideoDrift(item.path.name, len(pixels), any(a is not None for a in item.answers))
+        result.per_video.append(video)
+        _compare_video(ref, test, result, video)
+        pairs = [_compare_question(ref, test, item, i, result) for i in range(len(item.questions))]
+        if not all(pair.same for pair in pairs):
+            result.thumbnails[result.videos - 1] = frame_thumbnail(pixels)
         progress()
     if not result.videos:
         raise UserError("no usable video to compare on")

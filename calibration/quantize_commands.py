@@ -81,6 +81,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     drift.add_argument("--seed", type=int, default=1, help="synthetic stream (default 1)")
     drift.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
     drift.add_argument("--html", default=None, metavar="FILE", help="write an offline HTML report")
+    drift.add_argument(
+        "--max-drift",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="budget in points: worst accuracy drop per question type (ground truth) or share "
+        "of changed answers (no ground truth); exit 1 when over it (default: report against 1)",
+    )
     drift.set_defaults(func=run_drift_command)
 
 
@@ -238,6 +246,8 @@ def run_drift_command(args: argparse.Namespace) -> int:
 
     if args.synthetic < 0:
         raise UserError(f"--synthetic must not be negative, got {args.synthetic}")
+    if args.max_drift is not None and not args.max_drift >= 0:
+        raise UserError(f"--max-drift must be a number of points >= 0, got {args.max_drift}")
     if not args.videos and not args.synthetic:
         raise UserError("give videos to compare on: --videos VIDEO_OR_DIR ... or --synthetic N")
     for target in (args.json, args.html):
@@ -246,16 +256,18 @@ def run_drift_command(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="crosslmm-drift-") as temp:
         items = _drift_items(args, Path(temp))
         with progress_bar(len(items), "drift", "video") as bar:
-            result = run_drift(args.ref, args.test, items, bar.update, _warn)
+            result = run_drift(args.ref, args.test, items, bar.update, _warn, args.max_drift)
     report = result.to_json()
     if args.json:
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     if args.html:
         from .drift_report import html_report
 
-        write_text_atomic(args.html, html_report(report))
+        write_text_atomic(args.html, html_report(report, result.thumbnails))
     print_summary(report)
-    return 0
+    # Only a budget the caller named fails the command (a CI gate); the default only reports.
+    over = not report["verdict"]["within"]
+    return 1 if over and args.max_drift is not None else 0
 
 
 def print_summary(report: dict) -> None:
@@ -278,3 +290,10 @@ def print_summary(report: dict) -> None:
     for side, per_type in e2e["accuracy"].items():
         listing = "  ".join(f"{q} {a:.1%}" for q, a in per_type.items())
         print(f"  accuracy {side}: {listing}")
+    verdict = report["verdict"]
+    word = "within" if verdict["within"] else "OVER"
+    source = "--max-drift" if verdict["budget_source"] == "--max-drift" else "default budget"
+    checks = "; ".join(f"{c['measure']} {c['points']:.1f}" for c in verdict["checks"])
+    budget = verdict["budget_points"]
+    unit = "point" if budget == 1 else "points"
+    print(f"  verdict: {word} the budget of {budget:g} {unit} ({source}): {checks} points")

@@ -77,7 +77,7 @@ def quantized_matmuls(model: onnx.ModelProto, base_dir: Path) -> dict[str, MatMu
     inits = {t.name: t for t in model.graph.initializer}
 
     def scale(node: onnx.NodeProto | None) -> np.ndarray | None:
-        return None if node is None else numpy_helper.to_array(inits[node.input[1]], base_dir)
+        return None if node is None else numpy_helper.to_array(inits[node.input[1]], str(base_dir))
 
     found = {}
     for node in model.graph.node:
@@ -193,7 +193,7 @@ def quantize_fp16_model(
 ) -> None:
     """Put Q/DQ on the fp16 MatMuls named in ``targets`` and INT8 cross K/V (in place)."""
     inserter = _Inserter(fp16)
-    nodes = []
+    nodes: list[onnx.NodeProto] = []
     for node in fp16.graph.node:
         nodes += inserter.wrap(node, targets[node.name]) if node.name in targets else [node]
     del fp16.graph.node[:]

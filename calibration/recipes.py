@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import onnx
 
-from ..export.graph_passes import NAME_SCOPES, innermost_module
+from ..export.graphs.graph_passes import NAME_SCOPES, innermost_module
 from ..runtime.errors import UserError
 from ..runtime.model.contract import LLM, POOLING, VISION_ENCODER
 
@@ -90,7 +91,7 @@ def check_recipe(name: str) -> dict[str, tuple[str, ...]]:
 
 
 def select(
-    nodes: list[WeightNode], recipe: str, exclude: list[str] = ()
+    nodes: list[WeightNode], recipe: str, exclude: Sequence[str] = ()
 ) -> tuple[list[WeightNode], dict[str, list[str]]]:
     """Nodes the recipe quantizes minus those whose module matches an ``exclude`` glob.
 

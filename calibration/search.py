@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..runtime.package.manifest import load_manifest
 from .calibrate import Calibration
+from .drift_verdict import worst_accuracy_drop
 from .quantize import QuantizeOptions, selected_nodes
 
 SEARCH_STREAM = 2
@@ -33,8 +34,8 @@ def _accuracy(package: Path, precision: str, videos: int) -> dict[str, float]:
 
 
 def _drop(reference: dict[str, float], trial: dict[str, float]) -> float:
-    """The worst accuracy loss over question types, in points."""
-    return max(100.0 * (reference[q] - trial[q]) for q in reference)
+    """The worst accuracy loss over question types, in points (what ``drift`` judges too)."""
+    return worst_accuracy_drop(reference, trial)[0]
 
 
 def _options(base: QuantizeOptions, groups: list[str], active: set[str]) -> QuantizeOptions:

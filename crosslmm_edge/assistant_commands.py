@@ -25,6 +25,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--system", default=None, help="system prompt")
+    add_package_options(parser)
+
+
+def add_package_options(parser: argparse.ArgumentParser) -> None:
+    """--max-context, --provider, --precision and --backend (``ask``, ``chat``, ``serve``)."""
     parser.add_argument(
         "--max-context",
         type=int,
@@ -123,7 +128,7 @@ def _open(args: argparse.Namespace) -> Assistant:
     if not (state_in or state_out):
         assistant.set_video(args.video, args.frames)
         return assistant
-    from .runtime.chat.assistant import RuntimeAssistant  # a package's runtime keeps states
+    from .runtime.chat.assistant import RuntimeAssistant
 
     if not isinstance(assistant, RuntimeAssistant):
         raise UserError("--video-state/--save-video-state need a model package")
@@ -153,6 +158,14 @@ def run_ask(args: argparse.Namespace) -> int:
         out: dict = {"answers": [a.to_json() for a in answers]}
         artifacts = getattr(assistant, "artifacts", None)
         out["artifacts"] = artifacts if artifacts is not None else "pytorch reference"
+        pipeline = getattr(assistant, "pipeline", None)
+        if pipeline is not None:  # a package: which backend and provider ran the artifacts
+            backend = pipeline.backend
+            out["execution"] = {
+                "backend": backend.name,
+                "provider": backend.provider,
+                "device": backend.device,
+            }
         print(json.dumps(out))
     return 0
 

@@ -47,12 +47,12 @@ def open_assistant(model_path: str, **kwargs: Any) -> Assistant:
         names = ", ".join(f"--{name}" for name in runtime_only)
         raise UserError(f"{names} apply to packages only; {folder} is not one")
     if is_checkpoint(folder):
-        from .export.reference_assistant import ReferenceAssistant
+        from .export.reference.reference_assistant import ReferenceAssistant
 
         return ReferenceAssistant(folder, **kwargs)
     if (folder / "config.json").is_file():
         # Let the checkpoint loader say precisely what is wrong (bad JSON, pickle...).
-        from .export.checkpoint import load_checkpoint
+        from .export.checkpoints.checkpoint import load_checkpoint
 
         load_checkpoint(folder)
     raise UserError(

@@ -13,6 +13,9 @@ import importlib
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 from . import __version__
 from .runtime.errors import UserError
@@ -20,13 +23,14 @@ from .runtime.errors import UserError
 # Modules that add subcommands, in --help order.
 COMMAND_MODULES = (
     "crosslmm_edge.assistant_commands",  # ask, chat: checkpoint or package
-    "crosslmm_edge.export.checkpoint_commands",  # compose
-    "crosslmm_edge.export.package_commands",  # export, verify, lint-trt
-    "crosslmm_edge.export.engine_commands",  # build, plan (TensorRT engines, memory)
+    "crosslmm_edge.export.checkpoints.checkpoint_commands",  # compose
+    "crosslmm_edge.export.graphs.package_commands",  # export, verify, lint-trt
+    "crosslmm_edge.export.tensorrt.engine_commands",  # build, plan (TensorRT engines, memory)
     "crosslmm_edge.calibration.commands",  # synth-video, eval
     "crosslmm_edge.calibration.quantize_commands",  # quantize, drift
     "crosslmm_edge.demo",  # demo
     "crosslmm_edge.benchmarks.bench_commands",  # bench
+    "crosslmm_edge.serve_commands",  # serve
 )
 
 # Top-level modules that only the export extra installs.
@@ -60,7 +64,11 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated(signum)
 
 
-def _install_signal_handlers() -> dict[int, object]:
+# A handler as signal.signal takes and returns it (None: one set outside Python).
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+def _install_signal_handlers() -> dict[int, SignalHandler]:
     """Route the cleanup signals to ``_terminate``; the previous handlers, to restore."""
     if threading.current_thread() is not threading.main_thread():
         return {}  # only the main thread may set handlers (main() called from a worker)
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     finally:
         for number, handler in previous.items():
-            signal.signal(number, handler)  # type: ignore[arg-type]
+            signal.signal(number, handler)
 
 
 def _run(args: argparse.Namespace) -> int:

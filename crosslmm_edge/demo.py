@@ -120,7 +120,7 @@ def model_checkpoint(log: Log) -> Path:
 
 def export_checkpoint(checkpoint: Path, package: Path, log: Log) -> None:
     """Export ``checkpoint`` to ``package`` (replacing it), logging each graph."""
-    from .export.package import export_package
+    from .export.graphs.package import export_package
 
     export_package(checkpoint, package, force=True, log=lambda m: log(f"      {m}"))
 

@@ -21,7 +21,7 @@ from tiny_model.saving import save_tiny_checkpoint
 from tiny_model.tokenizer import build_tokenizer, token_id
 from tiny_model.training import TrainSettings, json_logger, train
 
-from crosslmm_edge.export.model import build_model
+from crosslmm_edge.export.reference.model import build_model
 
 
 def parse_args() -> argparse.Namespace:

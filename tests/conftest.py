@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# The TensorRT tests' `exported` and `package` fixtures (the embedded model in fp16).
+pytest_plugins = ["fake_trt.packages"]
+
 # -- tokenizer files ------------------------------------------------------
 
 # Qwen2.5-Instruct's chat template without its tool-calling branches.

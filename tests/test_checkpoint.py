@@ -16,8 +16,12 @@ from tiny_models import (  # single_thread: an autouse fixture
 )
 
 from crosslmm_edge.cli import main
-from crosslmm_edge.export.checkpoint import checkpoint_hash, load_checkpoint, save_checkpoint
-from crosslmm_edge.export.generate import new_cache, prefill, prefill_video_prefix
+from crosslmm_edge.export.checkpoints.checkpoint import (
+    checkpoint_hash,
+    load_checkpoint,
+    save_checkpoint,
+)
+from crosslmm_edge.export.reference.generate import new_cache, prefill, prefill_video_prefix
 from crosslmm_edge.runtime.errors import UserError
 
 

@@ -17,8 +17,8 @@ from tiny_models import (  # single_thread: an autouse fixture
 )
 
 from crosslmm_edge.cli import main
-from crosslmm_edge.export.checkpoint import load_checkpoint
-from crosslmm_edge.export.generate import new_cache, prefill, prefill_video_prefix
+from crosslmm_edge.export.checkpoints.checkpoint import load_checkpoint
+from crosslmm_edge.export.reference.generate import new_cache, prefill, prefill_video_prefix
 from crosslmm_edge.runtime.chat.prompt import PromptBuilder
 from crosslmm_edge.runtime.video.decode import load_video
 
@@ -219,7 +219,7 @@ def test_a_broken_package_fails_cleanly_without_torch(tmp_path):
 
 @torch.no_grad()
 def test_follow_up_equals_whole_conversation(setup):
-    from crosslmm_edge.export.reference_assistant import ReferenceAssistant
+    from crosslmm_edge.export.reference.reference_assistant import ReferenceAssistant
     from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
 
     folder, video = setup

@@ -13,8 +13,8 @@ from tiny_models import (  # single_thread: an autouse fixture
 )
 
 from crosslmm_edge.cli import main
-from crosslmm_edge.export.checkpoint import load_checkpoint
-from crosslmm_edge.export.compose import ComposeOptions, compose
+from crosslmm_edge.export.checkpoints.checkpoint import load_checkpoint
+from crosslmm_edge.export.checkpoints.compose import ComposeOptions, compose
 from crosslmm_edge.runtime.chat.prompt import PromptBuilder
 from crosslmm_edge.runtime.errors import UserError
 

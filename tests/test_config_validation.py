@@ -48,7 +48,7 @@ def test_the_embedded_config_is_valid():
 
 @pytest.mark.parametrize("shard", ["../other/model.safetensors", "/abs/model.safetensors", 5])
 def test_an_index_cannot_name_files_outside_its_folder(tmp_path: Path, shard):
-    from crosslmm_edge.export.checkpoint import weight_files
+    from crosslmm_edge.export.checkpoints.checkpoint import weight_files
 
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": shard}}))
     with pytest.raises(UserError, match="not a shard file name"):
@@ -56,7 +56,7 @@ def test_an_index_cannot_name_files_outside_its_folder(tmp_path: Path, shard):
 
 
 def test_lint_trt_refuses_a_corrupt_onnx_file(tmp_path: Path):
-    from crosslmm_edge.export.lint_trt import lint_file
+    from crosslmm_edge.export.tensorrt.lint_trt import lint_file
 
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf at all")

@@ -9,9 +9,9 @@ from tiny_models import single_thread  # noqa: F401  (autouse: torch on 1 thread
 
 from crosslmm_edge.calibration import synthetic_world as world
 from crosslmm_edge.calibration.evaluate import evaluate_assistant
-from crosslmm_edge.export.checkpoint import load_checkpoint
-from crosslmm_edge.export.model import CrossLMM
-from crosslmm_edge.export.reference_assistant import ReferenceAssistant
+from crosslmm_edge.export.checkpoints.checkpoint import load_checkpoint
+from crosslmm_edge.export.reference.model import CrossLMM
+from crosslmm_edge.export.reference.reference_assistant import ReferenceAssistant
 from crosslmm_edge.models import embedded_model_dir
 from crosslmm_edge.runtime.chat.prompt import PromptBuilder
 

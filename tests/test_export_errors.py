@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tiny_models import save_tiny_checkpoint, tiny_config
 
-import crosslmm_edge.export.package as package
+import crosslmm_edge.export.graphs.package as package
 from crosslmm_edge.cli import main
 
 

@@ -18,9 +18,9 @@ import pytest
 from tiny_models import save_tiny_checkpoint, tiny_config, tiny_model
 
 from crosslmm_edge.cli import main
-from crosslmm_edge.export.onnx_export import export_graph
-from crosslmm_edge.export.package import export_package
-from crosslmm_edge.export.verify import size_cases, verify_package
+from crosslmm_edge.export.graphs.onnx_export import export_graph
+from crosslmm_edge.export.graphs.package import export_package
+from crosslmm_edge.export.graphs.verify import size_cases, verify_package
 from crosslmm_edge.runtime.model.contract import ExportLimits, graph_specs
 from crosslmm_edge.runtime.package.files import file_sha256
 from crosslmm_edge.runtime.package.manifest import load_manifest
@@ -167,8 +167,8 @@ def test_lint_trt_passes_on_the_exported_graphs(package, capsys):
 
 
 def test_large_weights_go_to_external_data(tmp_path, monkeypatch):
-    import crosslmm_edge.export.onnx_export as onnx_export
-    from crosslmm_edge.export.graph_modules import graph_module
+    import crosslmm_edge.export.graphs.onnx_export as onnx_export
+    from crosslmm_edge.export.graphs.graph_modules import graph_module
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1)  # stands in for 2 GB
     model = tiny_model(tiny_config())
@@ -210,9 +210,9 @@ def test_the_embedded_model_exports_and_verifies(tmp_path):
 def test_an_all_logits_graph_returns_every_position(tmp_path):
     import torch
 
-    from crosslmm_edge.export.dcal import CrossKV
-    from crosslmm_edge.export.graph_modules import graph_module
-    from crosslmm_edge.export.graph_specs import random_inputs, trace_sizes
+    from crosslmm_edge.export.graphs.graph_modules import graph_module
+    from crosslmm_edge.export.graphs.graph_specs import random_inputs, trace_sizes
+    from crosslmm_edge.export.reference.dcal import CrossKV
     from crosslmm_edge.runtime.model.contract import llm_sizes
 
     model = tiny_model(tiny_config(layers=2, dcal_every=2))

@@ -157,7 +157,7 @@ def test_fuzz_config(data, value, delete):
 @FUZZ
 @given(weight_map=st.one_of(HOSTILE, st.dictionaries(st.text(max_size=8), HOSTILE, max_size=4)))
 def test_fuzz_checkpoint_index(tmp_path_factory, weight_map):
-    from crosslmm_edge.export.checkpoint import weight_files
+    from crosslmm_edge.export.checkpoints.checkpoint import weight_files
 
     folder = tmp_path_factory.mktemp("ckpt")
     (folder / "llm.onnx").write_bytes(b"")
@@ -184,7 +184,7 @@ TENSOR = st.fixed_dictionaries(
     cut=st.integers(min_value=0, max_value=12),
 )
 def test_fuzz_safetensors_header(tmp_path_factory, header, tail, cut):
-    from crosslmm_edge.export.safetensors_header import check_safetensors
+    from crosslmm_edge.export.checkpoints.safetensors_header import check_safetensors
 
     raw = json.dumps(header).encode()
     path = tmp_path_factory.mktemp("st") / "model.safetensors"

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from crosslmm_edge.calibration.recipes import module_path
-from crosslmm_edge.export.graph_passes import NAME_SCOPES, fuse_sibling_matmuls
+from crosslmm_edge.export.graphs.graph_passes import NAME_SCOPES, fuse_sibling_matmuls
 
 D = 8
 

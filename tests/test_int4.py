@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def int4_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded model (fp32 + fp16 graphs) with onnx/int4 and onnx-trt/int4 added."""
-    from crosslmm_edge.export.package import export_package
+    from crosslmm_edge.export.graphs.package import export_package
 
     folder = tmp_path_factory.mktemp("int4") / "pkg"
     export_package(embedded_model_dir(), folder, precisions=("fp32", "fp16"))
@@ -81,7 +81,7 @@ def test_onnx_runtime_fuses_every_block_into_matmulnbits(int4_package: Path, tmp
 
 
 def test_the_tensorrt_int4_graphs_pass_lint_trt(int4_package: Path) -> None:
-    from crosslmm_edge.export.lint_trt import lint_file
+    from crosslmm_edge.export.tensorrt.lint_trt import lint_file
 
     manifest = load_manifest(int4_package)
     for graph in manifest.graphs.values():

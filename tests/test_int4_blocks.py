@@ -16,7 +16,7 @@ from crosslmm_edge.calibration.activation_stats import RESERVOIR_ROWS, TensorSta
 from crosslmm_edge.calibration.awq import apply_factors
 from crosslmm_edge.calibration.block_quant import BlockScheme, dequantize_node, quantize_weight
 from crosslmm_edge.calibration.quantize_int4 import block_quantize_model
-from crosslmm_edge.export.lint_trt import lint_model
+from crosslmm_edge.export.tensorrt.lint_trt import lint_model
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -222,7 +222,7 @@ def test_a_tied_head_gets_its_own_quantized_weight() -> None:
     """The export reads a tied head as MatMul(x, Transpose(embedding)); --head quantizes a
     copy and leaves the embedding's Gather on the float table."""
     from crosslmm_edge.calibration.quantize_int4 import head_matmul, untie_head
-    from crosslmm_edge.export.graph_passes import NAME_SCOPES
+    from crosslmm_edge.export.graphs.graph_passes import NAME_SCOPES
 
     table = np.random.default_rng(9).standard_normal((40, 64)).astype(np.float32)
     head = helper.make_node("MatMul", ["x", "table_t"], ["logits"], "head")

@@ -9,8 +9,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from crosslmm_edge.cli import main
-from crosslmm_edge.export.lint_trt import lint_model
-from crosslmm_edge.export.trt_support import supported_ops
+from crosslmm_edge.export.tensorrt.lint_trt import lint_model
+from crosslmm_edge.export.tensorrt.trt_support import supported_ops
 
 
 def _graph(nodes, inputs, outputs, initializers=(), opset=18, domains=()) -> onnx.ModelProto:

@@ -20,9 +20,9 @@ from tiny_models import (  # single_thread: an autouse fixture
 )
 
 from crosslmm_edge.cli import main
-from crosslmm_edge.export.checkpoint import load_checkpoint
-from crosslmm_edge.export.generate import text_only
-from crosslmm_edge.export.projector import pool_tokens
+from crosslmm_edge.export.checkpoints.checkpoint import load_checkpoint
+from crosslmm_edge.export.reference.generate import text_only
+from crosslmm_edge.export.reference.projector import pool_tokens
 from crosslmm_edge.runtime.chat.prompt import PromptBuilder
 from crosslmm_edge.runtime.video.decode import load_video
 
@@ -154,7 +154,7 @@ def test_vision_matches_siglip(composed):
     ours = model.encode_frames(pixels)
     assert ours.shape == (2, grid * grid, case["v_hidden"])
     error = float((ours - reference.last_hidden_state).abs().max())
-    print(f"vision vs SiglipVisionModel: max abs {error:.1e}")  # the README's number (-s)
+    print(f"vision vs SiglipVisionModel: max abs {error:.1e}")  # docs/performance.md quotes it (-s)
     assert error <= TOL
     for layer in (1, -2):  # LLaVA's vision_feature_layer: a hidden state, no post-layernorm
         model.vision_model.feature_layer = layer
@@ -174,7 +174,7 @@ def test_llm_with_identity_dcal_matches_qwen2(composed):
     ours, _ = model(ids, no_visual, positions, model.empty_past(), text_only(video.cross))
     reference = hf_llm(input_ids=ids).logits
     error = float((ours[..., : hf_llm.config.vocab_size] - reference).abs().max())
-    print(f"logits vs Qwen2ForCausalLM: max abs {error:.1e}")  # the README's number (-s)
+    print(f"logits vs Qwen2ForCausalLM: max abs {error:.1e}")  # docs/performance.md quotes it (-s)
     assert error <= TOL
     # The visual span enters as inputs_embeds at the end of a chunk.
     ours, _ = model(

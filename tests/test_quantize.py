@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from package_damage import scaled_weight_copy
 
 from crosslmm_edge.calibration.evaluate import write_scene_video
 from crosslmm_edge.cli import main
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded model exported in FP32."""
-    from crosslmm_edge.export.package import export_package
+    from crosslmm_edge.export.graphs.package import export_package
 
     folder = tmp_path_factory.mktemp("int8") / "pkg"
     export_package(embedded_model_dir(), folder)
@@ -95,7 +96,7 @@ def test_onnx_runtime_runs_every_quantized_llm_matmul_as_an_integer_kernel(
 
 
 def test_int8_passes_lint_trt(quantized: Path) -> None:
-    from crosslmm_edge.export.lint_trt import lint_file
+    from crosslmm_edge.export.tensorrt.lint_trt import lint_file
 
     for name in _int8_files(quantized):
         assert lint_file(quantized / name) == [], name
@@ -141,28 +142,9 @@ def test_drift_of_a_package_against_itself_is_zero(package: Path, tmp_path: Path
     assert e2e["greedy_exact_match"] == 1.0
 
 
-def _scaled_copy(package: Path, target: Path, module: str, factor: float) -> Path:
-    """A copy of ``package`` with the weight of ``module``'s MatMul in llm.onnx scaled."""
-    from crosslmm_edge.calibration.recipes import weight_nodes
-
-    shutil.copytree(package, target)
-    model = onnx.load(str(target / "llm.onnx"))
-    node = next(n for n in weight_nodes(model, "llm") if n.module == module)
-    weight = next(n for n in model.graph.node if n.name == node.name).input[1]
-    init = next(i for i in model.graph.initializer if i.name == weight)
-    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * factor, weight))
-    onnx.save(model, str(target / "llm.onnx"))
-    manifest = json.loads((target / "manifest.json").read_text())
-    for artifact in manifest["graphs"]["llm"]["artifacts"]:
-        if artifact["file"] == "llm.onnx":
-            artifact["sha256"] = file_sha256(target / "llm.onnx")
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    return target
-
-
 def test_drift_flags_a_weight_scaled_tenfold(package: Path, tmp_path: Path) -> None:
     module = "model.language_model.model.layers.1.mlp.down_proj"
-    broken = _scaled_copy(package, tmp_path / "x10", module, 10.0)
+    broken = scaled_weight_copy(package, tmp_path / "x10", module, 10.0)
     report = tmp_path / "x10.json"
     args = [str(package), str(broken), "--synthetic", "1", "--json", str(report)]
     assert main(["drift", *args]) == 0
@@ -254,7 +236,7 @@ def test_max_drift_search_keeps_the_costly_group_in_float(monkeypatch, package: 
 @pytest.fixture(scope="module")
 def quantized16(tmp_path_factory, package: Path, videos: list[Path]) -> Path:
     """The FP32 export plus its fp16 graphs, quantized in place (onnx/int8 and onnx-trt/int8)."""
-    from crosslmm_edge.export.package import export_package
+    from crosslmm_edge.export.graphs.package import export_package
 
     folder = tmp_path_factory.mktemp("q16") / "pkg"
     shutil.copytree(package, folder)
@@ -277,7 +259,7 @@ def _qdq_counts(model: onnx.ModelProto) -> tuple[int, int]:
 
 
 def test_trt_int8_has_the_fp32_qdq_on_the_fp16_graphs(quantized16: Path) -> None:
-    from crosslmm_edge.export.lint_trt import lint_file
+    from crosslmm_edge.export.tensorrt.lint_trt import lint_file
 
     manifest = load_manifest(quantized16)
     assert "onnx-trt/int8" in manifest.labels() and "onnx/int8" in manifest.labels()

@@ -9,15 +9,15 @@ from tiny_models import (  # single_thread: an autouse fixture
     tiny_model,
 )
 
-from crosslmm_edge.export.dcal import CrossKV
-from crosslmm_edge.export.generate import (
+from crosslmm_edge.export.reference.dcal import CrossKV
+from crosslmm_edge.export.reference.generate import (
     decode_step,
     generate,
     new_cache,
     prefill,
     prefill_video_prefix,
 )
-from crosslmm_edge.export.projector import pool_tokens, pooling_matrix
+from crosslmm_edge.export.reference.projector import pool_tokens, pooling_matrix
 from crosslmm_edge.runtime.inference.sampling import Sampler
 
 TOL = 1e-5
@@ -135,7 +135,7 @@ def test_sampling_seeded_and_top_k_one_is_greedy():
 @pytest.mark.parametrize(("heads", "kv_heads", "batch"), [(4, 2, 1), (6, 1, 1), (4, 4, 2)])
 def test_sdpa_attention_equals_full_attention(heads: int, kv_heads: int, batch: int) -> None:
     """The fused-kernel DCAL attention (GPU benchmarks) computes what the exported one does."""
-    from crosslmm_edge.export.attention import full_attention, sdpa_attention
+    from crosslmm_edge.export.reference.attention import full_attention, sdpa_attention
 
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(batch, 7, heads, 8, generator=gen)
@@ -146,8 +146,8 @@ def test_sdpa_attention_equals_full_attention(heads: int, kv_heads: int, batch: 
 
 
 def test_injected_cross_attention_gives_the_same_model() -> None:
-    from crosslmm_edge.export.attention import sdpa_attention
-    from crosslmm_edge.export.model import CrossLMM
+    from crosslmm_edge.export.reference.attention import sdpa_attention
+    from crosslmm_edge.export.reference.model import CrossLMM
 
     config = tiny_config(v2v_scope="video")
     torch.manual_seed(0)

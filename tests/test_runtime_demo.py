@@ -42,8 +42,8 @@ def test_demo_exports_then_answers_with_the_runtime(demo_run) -> None:
 
 @pytest.mark.skipif(not EMBEDDED, reason="the embedded model is not installed")
 def test_embedded_package_matches_reference_for_50_tokens(demo_run) -> None:
-    from crosslmm_edge.export.generate import generate
-    from crosslmm_edge.export.reference_assistant import ReferenceAssistant
+    from crosslmm_edge.export.reference.generate import generate
+    from crosslmm_edge.export.reference.reference_assistant import ReferenceAssistant
     from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
     from crosslmm_edge.runtime.inference.sampling import Sampler
 

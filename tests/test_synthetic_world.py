@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from crosslmm_edge.calibration import synthetic_world as world
-from crosslmm_edge.export.projector import pooling_matrix
+from crosslmm_edge.export.reference.projector import pooling_matrix
 from crosslmm_edge.runtime.video.decode import sample_indices
 
 CELLS = world.FRAME_SIZE // world.PATCH

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from fake_trt import install, set_version
-from tiny_models import write_test_video
 
 from crosslmm_edge.cli import main
 from crosslmm_edge.models import embedded_model_dir
@@ -23,27 +22,6 @@ from crosslmm_edge.runtime.inference.pipeline import Pipeline
 from crosslmm_edge.runtime.package.manifest import load_manifest
 
 QUESTION = "what colour is the small dot?"
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[Path, Path]:
-    """The embedded model exported in fp16 (no engines yet), and a short video."""
-    root = tmp_path_factory.mktemp("trt")
-    package = root / "pkg"
-    assert (
-        main(["export", str(embedded_model_dir()), "--out", str(package), "--dtype", "fp16"]) == 0
-    )
-    return package, write_test_video(root / "clip.mp4", frames=8, size=32)
-
-
-@pytest.fixture
-def package(exported, tmp_path) -> Path:
-    """A fresh copy of the exported package per test (build adds files to it)."""
-    import shutil
-
-    copy = tmp_path / "pkg"
-    shutil.copytree(exported[0], copy)
-    return copy
 
 
 def _ask(capsys, package: Path, video: Path, *extra: str) -> list[int]:

@@ -112,14 +112,26 @@ def test_limits_beyond_the_export_are_refused(llm):
     assert smaller[2].shapes["visual_embeds"][2][1] == 2 * frame.pooled
 
 
-def test_onnx_runtime_options_repeat_inputs_per_profile(llm):
-    spec, dims, _ = llm
+def test_onnx_runtime_gets_one_profile_the_union_of_the_three(llm):
+    """ONNX Runtime's TensorRT provider never leaves profile 0 (PR #31624, open)."""
+    spec, dims, frame = llm
     options = trt_profile_options(spec.inputs, dims)
-    items = options["trt_profile_min_shapes"].split(",")
-    assert len(items) == 3 * len(spec.inputs)  # three profiles, every input named in each
-    # the old single profile's min point was inconsistent: ids 1x0, embeds 1x0xD, positions 1x1
-    mins = dict(item.split(":") for item in items[: len(spec.inputs)])
-    assert (mins["input_ids"], mins["position_ids"]) == ("1x1", "1x1")
+    points = {
+        point: dict(item.split(":") for item in options[f"trt_profile_{point}_shapes"].split(","))
+        for point in ("min", "opt", "max")
+    }
+    assert all(len(points[p]) == len(spec.inputs) for p in points)  # each input named once
+    shape = {
+        p: {name: tuple(int(d) for d in text.split("x")) for name, text in points[p].items()}
+        for p in points
+    }
+    for profile in derive_profiles(spec.inputs, dims, None, frame):  # holds every profile
+        for name, (low, _, high) in profile.shapes.items():
+            assert all(a <= b for a, b in zip(shape["min"][name], low, strict=True))
+            assert all(a >= b for a, b in zip(shape["max"][name], high, strict=True))
+    assert shape["opt"]["input_ids"] == (1, 1)  # tuned for decode, what runs most
+    m = shape["min"]  # a consistent point: seq_len = text_len + visual_len
+    assert m["input_ids"][1] + m["visual_embeds"][1] == m["position_ids"][1]
 
 
 RECORD = {
@@ -140,6 +152,13 @@ def test_engine_record_checks():
     newer = {**RECORD, "version_compatible": True}
     assert mismatches(newer, {**ENV, "tensorrt": "10.4.0.26"}) == []
     assert mismatches(newer, {**ENV, "tensorrt": "10.2.0.19"})
+    # TensorRT 10 version-compatible engines run on TensorRT 11 (support matrix), not 12
+    assert mismatches(newer, {**ENV, "tensorrt": "11.1.0.7"}) == []
+    assert mismatches(newer, {**ENV, "tensorrt": "12.0.0.1"})
+    assert mismatches(RECORD, {**ENV, "tensorrt": "11.1.0.7"})  # not version-compatible
+    same_cc = {**RECORD, "hardware_compatibility": "SAME_COMPUTE_CAPABILITY"}
+    assert mismatches(same_cc, {**ENV, "gpu": "Jetson AGX Orin"}) == []
+    assert mismatches(same_cc, {**ENV, "gpu": "RTX 3090", "compute_capability": "8.6"})
     assert (
         "RTX 4090" in mismatches(RECORD, {**ENV, "gpu": "RTX 4090", "compute_capability": "8.9"})[0]
     )

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from tiny_models import save_tiny_checkpoint, tiny_config
 
 from crosslmm_edge.cli import main
-from crosslmm_edge.export.package import export_package
+from crosslmm_edge.export.graphs.package import export_package
 from crosslmm_edge.runtime.package.files import file_sha256
 
 
@@ -97,7 +97,7 @@ def test_verify_refuses_another_checkpoint(exported, tmp_path, capsys):
 
 
 def test_compare_reports_error_and_cosine():
-    from crosslmm_edge.export.verify import compare
+    from crosslmm_edge.export.graphs.verify import compare
 
     ref = np.array([1.0, 2.0, 3.0], dtype=np.float32)
     assert compare(ref, ref) == (0.0, pytest.approx(1.0))

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from crosslmm_edge.export.checkpoint import save_checkpoint
-from crosslmm_edge.export.model import CrossLMM, build_model
+from crosslmm_edge.export.checkpoints.checkpoint import save_checkpoint
+from crosslmm_edge.export.reference.model import CrossLMM, build_model
 from crosslmm_edge.runtime.model.config import CrossLMMConfig, TextConfig, VisionConfig
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|video_pad|>")

@@ -19,7 +19,7 @@ def exported_package(tmp_path_factory) -> Path:
     """The embedded model exported once per session (about 12 s), shared read-only."""
     target = tmp_path_factory.getbasetemp() / "trust-package"
     if not (target / "manifest.json").is_file():
-        from crosslmm_edge.export.package import export_package
+        from crosslmm_edge.export.graphs.package import export_package
 
         export_package(embedded_model_dir(), target)
     return target

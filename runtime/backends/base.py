@@ -40,6 +40,7 @@ class DeviceArray(ABC):
 
     shape: tuple[int, ...]
     dtype: np.dtype
+    pointer: int  # address of the first element, in host or device memory
 
     @abstractmethod
     def rows(self, start: int, stop: int) -> DeviceArray:

@@ -69,7 +69,7 @@ class BindingsRuntime(CudaRuntime):
 
     def __init__(self, module: Any) -> None:
         self.rt = module
-        self.stream = int(self._call("cudaStreamCreate"))
+        self.stream = native_handle(self._call("cudaStreamCreate"))
 
     def _call(self, name: str, *args: Any) -> Any:
         result = getattr(self.rt, name)(*args)
@@ -202,8 +202,24 @@ def _bindings_module() -> Any | None:
         return None
 
 
+def native_handle(stream: Any) -> int:
+    """The address of a cuda-python ``cudaStream_t`` (what TensorRT takes as a stream).
+
+    ``int()`` on it is deprecated from cuda-bindings 12.9.1, which adds
+    ``cuda.bindings.utils.get_cuda_native_handle``; older releases (12.6 on
+    JetPack 6) have only ``int()``.
+    """
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(stream)
+    return int(get_cuda_native_handle(stream))
+
+
 def _libcudart() -> Any | None:
-    candidates = [ctypes.util.find_library("cudart"), "libcudart.so", "libcudart.so.12"]
+    # CUDA 13 (JetPack 7, desktop) first, then 12 (JetPack 6).
+    candidates = [ctypes.util.find_library("cudart"), "libcudart.so"]
+    candidates += ["libcudart.so.13", "libcudart.so.12"]  # pip CUDA packages have no dev symlink
     candidates += sorted(glob.glob("/usr/local/cuda*/lib64/libcudart.so*"), reverse=True)
     for name in filter(None, candidates):
         try:

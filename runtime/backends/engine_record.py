@@ -16,12 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .trt_common import version_numbers
 
 RECORD_FORMAT = 1
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 # L4T release -> JetPack (NVIDIA's JetPack archive); only what the record names.
 JETPACK_OF_L4T = {"36.2": "6.0 DP", "36.3": "6.0", "36.4": "6.1", "36.4.3": "6.2"}
+# trt.HardwareCompatibilityLevel members `build` knows; SAME_COMPUTE_CAPABILITY exists from
+# TensorRT 10.9, so `build` checks each against the installed TensorRT (hardware_level).
 HARDWARE_LEVELS = ("NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY")
+# Majors a version-compatible engine crosses (TensorRT 11.4 support matrix, "Engine
+# Portability"): TensorRT 8 engines on a TensorRT 10 runtime, 10 on 11; no other pair.
+CROSS_MAJOR = {(8, 10), (10, 11)}
 
 
 def tegra_release(path: Path = TEGRA_RELEASE) -> dict[str, str] | None:
@@ -67,8 +73,15 @@ def make_record(
     return {"engine_record": RECORD_FORMAT, **env, **settings, **engine_facts}
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", version))
+def runs_version_compatible(built: str, running: str) -> bool:
+    """Whether a version-compatible plan built by TensorRT ``built`` runs on ``running``.
+
+    Forward only (a newer runtime), within a major or across the documented pairs.
+    """
+    b, r = version_numbers(built), version_numbers(running)
+    if not b or not r or r < b:
+        return False
+    return r[0] == b[0] or (b[0], r[0]) in CROSS_MAJOR
 
 
 def mismatches(record: Mapping[str, Any], env: Mapping[str, Any]) -> list[str]:
@@ -78,15 +91,14 @@ def mismatches(record: Mapping[str, Any], env: Mapping[str, Any]) -> list[str]:
     problems = []
     built, running = str(record["tensorrt"]), str(env["tensorrt"])
     if record.get("version_compatible"):
-        b, r = _version_tuple(built), _version_tuple(running)
-        if r[:1] != b[:1] or r < b:
+        if not runs_version_compatible(built, running):
             problems.append(f"TensorRT {running} (version-compatible engine built with {built})")
     elif built != running:
         problems.append(f"TensorRT {running} (the engine was built with TensorRT {built})")
     level = record.get("hardware_compatibility", "NONE")
     cc_built, cc_running = str(record["compute_capability"]), str(env["compute_capability"])
     if level == "AMPERE_PLUS":
-        if _version_tuple(cc_running) < (8, 0):
+        if version_numbers(cc_running) < (8, 0):
             problems.append(
                 f"{env['gpu']} (compute {cc_running}; the engine needs Ampere or later)"
             )

@@ -7,9 +7,12 @@ and a graph writes its new cache rows straight into them.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +26,8 @@ from .base import (
     GraphSession,
     HostArray,
 )
+from .cuda_runtime import open_cuda_runtime
+from .ort_aligned import AlignedOutputs
 from .ort_cache import OptimizedGraphCache
 
 ONNX_DTYPES = {
@@ -44,6 +49,7 @@ class OrtDeviceArray(DeviceArray):
     def __init__(self, value, shape: tuple[int, ...], dtype: np.dtype, offset: int = 0) -> None:
         self.value, self.offset = value, offset  # offset in elements from the buffer start
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.pointer = value.data_ptr() + offset * self.dtype.itemsize
 
     def rows(self, start: int, stop: int) -> OrtDeviceArray:
         row = int(np.prod(self.shape[2:], dtype=np.int64))
@@ -55,19 +61,16 @@ class OrtDeviceArray(DeviceArray):
         size = int(np.prod(self.shape, dtype=np.int64))
         return whole[self.offset : self.offset + size].reshape(self.shape)
 
-    @property
-    def pointer(self) -> int:
-        return self.value.data_ptr() + self.offset * self.dtype.itemsize
-
 
 class OrtSession(GraphSession):
     """A graph in an ``onnxruntime.InferenceSession``, always run through I/O binding."""
 
-    def __init__(self, session, name: str, device: str) -> None:
+    def __init__(self, session, name: str, device: str, aligned: AlignedOutputs | None = None):
         self.session, self.name, self.device = session, name, device
+        self.aligned = aligned  # TensorRT provider: misaligned outputs go through scratch
         self.inputs = {a.name: _spec(a) for a in session.get_inputs()}
         self.outputs = {a.name: _spec(a) for a in session.get_outputs()}
-        self._binding = None  # reused across steps (see _run_reusing)
+        self._binding: Any = None  # an onnxruntime IOBinding reused across steps (_run_reusing)
         self._bound: dict[str, tuple[int, tuple[int, ...]]] = {}  # name -> (pointer, shape)
         self._out: dict[str, np.ndarray] = {}  # preallocated static-shape outputs
         self._static_outputs = {n for n, spec in self.outputs.items() if _static(spec.dims)}
@@ -96,15 +99,26 @@ class OrtSession(GraphSession):
         binding = self._binding
         keep_alive = self._bind_inputs(binding, feeds, self._bind_once)  # outlive the run
         for name, target in write_to.items():
-            self._bind_once(binding.bind_output, name, target)
+            self._bind_once(binding.bind_output, name, self._target(name, target))
         for name in fetch:
             if name not in self._out:
                 spec = self.outputs[name]
-                self._out[name] = np.empty(spec.dims, dtype=np.dtype(spec.dtype))
+                shape = tuple(int(d) for d in spec.dims)  # _static_outputs: all ints
+                self._out[name] = np.empty(shape, dtype=np.dtype(spec.dtype))
             self._bind_once(binding.bind_output, name, HostArray(self._out[name]))
-        self.session.run_with_iobinding(binding)
+        self._run(binding)
         del keep_alive  # the run is over: the host feeds may go
         return {name: self._out[name] for name in fetch}
+
+    def _target(self, name: str, target: DeviceArray) -> DeviceArray:
+        return self.aligned.target(name, target) if self.aligned else target
+
+    def _run(self, binding) -> None:
+        """Run; then rows written to scratch are copied into their misaligned targets."""
+        self.session.run_with_iobinding(binding)
+        if self.aligned is not None:
+            binding.synchronize_outputs()
+            self.aligned.finish()
 
     def _bind_inputs(self, binding, feeds, bind_device) -> list[np.ndarray]:
         """Bind every feed; host arrays are cast to the input's dtype and returned
@@ -131,10 +145,10 @@ class OrtSession(GraphSession):
         binding = self.session.io_binding()
         keep_alive = self._bind_inputs(binding, feeds, self._bind_array)  # outlive the run
         for name, target in write_to.items():
-            self._bind_array(binding.bind_output, name, target)
+            self._bind_array(binding.bind_output, name, self._target(name, target))
         for name in fetch:
             binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
+        self._run(binding)
         del keep_alive  # the run is over: the host feeds may go
         values = binding.get_outputs()[len(write_to) :]
         return {name: value.numpy() for name, value in zip(fetch, values, strict=True)}
@@ -157,10 +171,15 @@ class OrtBackend(Backend):
         self.threads = threads
         self.cache = cache if cache is not None else OptimizedGraphCache.default()
         self.loaded_from: dict[str, str] = {}  # graph name -> "cache", "optimized" or "plain"
+        self._cuda_libraries_loaded = False
+        self.aligned: AlignedOutputs | None = None  # made with the first TensorRT session
 
     def load(self, path, name, inputs=(), dims=None, sha256=()) -> OrtSession:
         import onnxruntime as ort
 
+        if self.device == "cuda" and not self._cuda_libraries_loaded:
+            load_cuda_libraries(ort)
+            self._cuda_libraries_loaded = True
         disabled = _unsafe_fusions(ort)
         providers = self._providers(path, inputs, dims)
         key = None
@@ -184,7 +203,9 @@ class OrtBackend(Backend):
                 f"(ONNX Runtime fell back to {active}); check the CUDA/TensorRT libraries "
                 "or use --provider cpu"
             )
-        return OrtSession(session, name, self.device)
+        if self.provider == "tensorrt" and self.aligned is None:
+            self.aligned = AlignedOutputs(open_cuda_runtime())
+        return OrtSession(session, name, self.device, self.aligned)
 
     def _load_cached(self, ort, key, providers, disabled, name):
         """The session of a cached optimized graph, or None (no entry, or it fails)."""
@@ -256,6 +277,20 @@ class OrtBackend(Backend):
         if inputs and dims:
             trt.update(trt_profiles.trt_profile_options(inputs, dims))
         return [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def load_cuda_libraries(ort) -> None:
+    """Load CUDA and cuDNN from the nvidia pip packages (``onnxruntime.preload_dlls``,
+    ONNX Runtime >= 1.21) before a CUDA session starts.
+
+    ``import torch`` would load them, but the runtime never imports torch. What
+    ``preload_dlls`` prints goes to stderr: stdout may be ``ask --json``'s object.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        preload()
 
 
 # The first ONNX Runtime release seen to run FusedMatMul(transBatchB) on an empty cache:

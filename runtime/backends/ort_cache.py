@@ -144,26 +144,29 @@ class OptimizedGraphCache:
         """Record the files ONNX Runtime wrote into ``temp`` and move it into place;
         whether an entry was written."""
         try:
+            root = self.root
+            if root is None:  # staging() gives no folder then: nothing to commit
+                raise OSError("caching is off")
             if not (temp / GRAPH).is_file():
                 raise OSError("ONNX Runtime wrote no optimized graph")
             if not (temp / DATA).exists():
                 (temp / DATA).touch()  # a graph small enough to hold its weights inline
             stamps = {name: file_stamp((temp / name).lstat()) for name in (GRAPH, DATA)}
             write_text_atomic(temp / RECORD, json.dumps({"key": key, "stamps": stamps}))
-            final = self.root / key  # type: ignore[operator]
+            final = root / key
             shutil.rmtree(final, ignore_errors=True)  # a stale or untrusted entry
             os.rename(temp, final)  # fails if another process committed first: keep theirs
-            self._evict()
+            self._evict(root)
             return True
         except (OSError, UserError):
             return False  # a cache that cannot be written only costs the next start its time
         finally:
             shutil.rmtree(temp, ignore_errors=True)
 
-    def _evict(self) -> None:
-        """Drop the least recently used entries beyond ``MAX_ENTRIES``."""
+    def _evict(self, root: Path) -> None:
+        """Drop the least recently used entries of ``root`` beyond ``MAX_ENTRIES``."""
         entries = []
-        for folder in self.root.iterdir():  # type: ignore[union-attr]
+        for folder in root.iterdir():
             record = folder / RECORD
             if folder.name.startswith(".") or not record.is_file():
                 continue

@@ -165,8 +165,13 @@ class TrtSession(GraphSession):
                 context.set_device_memory(self.memory.pointer, size)
             else:
                 context.device_memory = self.memory.pointer
-            if not context.set_optimization_profile_async(index, self.cuda.stream):
-                raise UserError(f"{self.name}: TensorRT refused optimisation profile {index}")
+            try:  # the bindings raise RuntimeError; they never return False
+                context.set_optimization_profile_async(index, self.cuda.stream)
+            except RuntimeError as exc:
+                log = self.backend.logger.tail(2).replace("\n", " | ")
+                raise UserError(
+                    f"{self.name}: TensorRT refused optimisation profile {index} ({exc}; {log})"
+                ) from None
             contexts.append(context)
         return contexts
 
@@ -215,7 +220,7 @@ class TrtSession(GraphSession):
                 raise UserError(f"{self.name}: TensorRT refused shape {shape} for {name}")
             self._bind(context, name, self._input_pointer(name, feeds[name]))
         after = self._bind_outputs(
-            context, bind_sizes(self.inputs.values(), shapes, self.dims), write_to
+            context, bind_sizes(list(self.inputs.values()), shapes, self.dims), write_to
         )
         if not context.execute_async_v3(self.cuda.stream):
             raise RuntimeError(f"TensorRT failed to run {self.name}: {self.backend.logger.tail()}")
@@ -260,6 +265,12 @@ class TrtSession(GraphSession):
         self.shapes = {}
         for name, spec in self.outputs.items():
             shape = spec.shape(dict(sizes))
+            engine_shape = tuple(int(d) for d in context.get_tensor_shape(name))
+            if engine_shape != shape:  # a wrong dim expression must not overrun a buffer
+                raise UserError(
+                    f"{self.name}: TensorRT computes {name} as {engine_shape}, the manifest says "
+                    f"{shape}; the package's dims do not match its engine (rebuild it)"
+                )
             self.shapes[name] = shape
             nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
             target = write_to.get(name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class TrtDeviceArray(DeviceArray):
     ) -> None:
         self.buffer, self.offset = buffer, offset  # offset in bytes
         self.shape, self.dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+        self.pointer = buffer.pointer + offset  # the buffer is not freed while a view lives
 
     @property
     def nbytes(self) -> int:
@@ -65,10 +66,6 @@ class TrtDeviceArray(DeviceArray):
     @property
     def row_bytes(self) -> int:
         return int(np.prod(self.shape[2:], dtype=np.int64)) * self.dtype.itemsize
-
-    @property
-    def pointer(self) -> int:
-        return self.buffer.pointer + self.offset
 
     def rows(self, start: int, stop: int) -> TrtDeviceArray:
         if not 0 <= start <= stop <= self.shape[1]:
@@ -145,7 +142,7 @@ def eval_dim(expr: str, sizes: Mapping[str, int]) -> int:
 
 
 def bind_sizes(
-    inputs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]], dims: Mapping[str, DimSpec]
+    inputs: Iterable[TensorSpec], shapes: Mapping[str, Sequence[int]], dims: Mapping[str, DimSpec]
 ) -> dict[str, int]:
     """Every named dim's size: read off the input shapes, derived ones from their ``expr``."""
     sizes: dict[str, int] = {}
@@ -153,7 +150,7 @@ def bind_sizes(
         for dim, size in zip(spec.dims, shapes[spec.name], strict=True):
             if isinstance(dim, str):
                 sizes[dim] = int(size)
-    for dim in dims.values():
-        if dim.name not in sizes and dim.expr:
-            sizes[dim.name] = eval_dim(dim.expr, sizes)
+    for derived in dims.values():
+        if derived.name not in sizes and derived.expr:
+            sizes[derived.name] = eval_dim(derived.expr, sizes)
     return sizes

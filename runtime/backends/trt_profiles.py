@@ -14,14 +14,14 @@ The LLM gets three profiles, tried in this order for each chunk:
 - ``visual``: a chunk with at least one frame of visual tokens (the video
   prefix, frames appended to a live stream). ``build`` caps it at the largest
   piece ``Pipeline.prefill`` sends (its score budget), so an engine reserves
-  activation memory for one piece, not the whole video; ONNX Runtime's
-  TensorRT provider, which sees only the dims, keeps the whole video.
+  activation memory for one piece, not the whole video.
 
 The vision encoder and the pooling get one ``frames`` profile up to the
 runtime's encoding chunk; both graphs are frame-local, so the TensorRT
-session splits a longer call into chunks. ``trtexec``-style builders (``build``) and ONNX
-Runtime's TensorRT execution provider (``trt_profile_options``) use the same
-profiles.
+session splits a longer call into chunks. ``build`` gives an engine these
+profiles. ONNX Runtime's TensorRT execution provider (``trt_profile_options``)
+runs every chunk on profile 0, so it gets one profile, their union (its
+visual range spans the whole video: the provider sees only the dims).
 """
 
 from __future__ import annotations
@@ -257,21 +257,47 @@ def select_profile(profiles: Sequence[ShapeProfile], shapes: Mapping[str, Shape]
     )
 
 
+def union_points(
+    points: Mapping[str, Mapping[str, Mapping[str, int]]],
+) -> dict[str, dict[str, int]]:
+    """One min/opt/max point holding every profile's range, tuned where the first is.
+
+    Each dim spans the smallest min to the largest max of the profiles; opt is
+    the first profile's (decode: what runs most). The min point stays
+    consistent (``seq_len = text_len + visual_len``, both 0 there; frame-scope
+    ``v2v_len`` is 0 at min already). The max point cannot be (text chunks of
+    512 tokens and visual chunks of the whole video never come together).
+    """
+    named = list(points.values())
+    dims = named[0]["min"]
+    low = {d: min(p["min"][d] for p in named) for d in dims}
+    high = {d: max(p["max"][d] for p in named) for d in dims}
+    if "seq_len" in low:
+        low["seq_len"] = low["text_len"] + low["visual_len"]
+    return {"min": low, "opt": dict(named[0]["opt"]), "max": high}
+
+
 def trt_profile_options(
     inputs: Sequence[TensorSpec], dims: Mapping[str, DimSpec]
 ) -> dict[str, str]:
     """``trt_profile_{min,opt,max}_shapes`` for ONNX Runtime's TensorRT execution provider.
 
-    Every profile of ``derive_profiles``; ONNX Runtime reads an input named
-    again as the next profile.
+    One profile, the union of ``derive_profiles``' ones: the provider creates
+    its execution context on profile 0 and never switches it (ONNX Runtime's
+    tensorrt_execution_provider.cc; microsoft/onnxruntime PR #31624, open,
+    adds the switch), so any chunk outside the first of several profiles
+    would fail there.
     """
-    profiles = derive_profiles(inputs, dims)
-    options = {}
-    for index, point in enumerate(POINTS):
-        items = [
-            f"{name}:" + "x".join(str(d) for d in triple[index])
-            for profile in profiles
-            for name, triple in profile.shapes.items()
-        ]
-        options[f"trt_profile_{point}_shapes"] = ",".join(items)
-    return options
+    if "text_len" in dims:
+        frame = frame_sizes_from_dims(dims)
+        limits = _check_limits(None, dims["visual_len"].max // frame.pooled, _context(dims))
+        sizes = union_points(llm_points(limits, frame))
+    else:
+        sizes = frame_points(_check_limits(None, dims["frames"].max, 0))["frames"]
+    shapes = _shapes(inputs, sizes)
+    return {
+        f"trt_profile_{point}_shapes": ",".join(
+            f"{name}:" + "x".join(str(d) for d in triple[index]) for name, triple in shapes.items()
+        )
+        for index, point in enumerate(POINTS)
+    }

@@ -15,6 +15,7 @@ questions on a state loaded from a file, only pay for their own prompt.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from .prompt import PromptBuilder
 from .turns import TurnTaking
 
 
-class RuntimeAssistant(TurnTaking):
+class RuntimeAssistant(TurnTaking[KVCache]):
     """``Assistant`` over an exported package, run by a ``Pipeline``.
 
     provider: execution provider (cpu, cuda, tensorrt; None = best available).
@@ -136,6 +137,7 @@ class RuntimeAssistant(TurnTaking):
     def save_video_state(self, path: str | Path) -> None:
         """Write the current video state and its prefix cache to ``path``."""
         state = self._require_video()
+        assert self.cache is not None and self.video_source is not None  # set with the video
         if state.key is None:
             state.key = self.state_key(*self.video_source)
         state.prefix_ids = self.prompt.video_prefix_ids(self.system)
@@ -168,6 +170,7 @@ class RuntimeAssistant(TurnTaking):
             self._require_v2v(state)  # before touching self: a refusal keeps the old video
         self._upload_text_cross(state)
         if reusable:
+            assert state.prefix_keys is not None and state.prefix_values is not None
             self.cache = cache_from_prefix(
                 state.prefix_keys, state.prefix_values, self.max_context, self.pipeline.upload
             )
@@ -241,6 +244,7 @@ class RuntimeAssistant(TurnTaking):
         if self.dims.v2v_scope != "frame" or refill_prefix:
             self._reprefill(state)
         else:
+            assert self.cache is not None  # set with the video
             self.check_fits(embeds.shape[1], 0)
             v2v = {
                 name: self.pipeline.upload(value)
@@ -292,6 +296,7 @@ class RuntimeAssistant(TurnTaking):
         options: GenerationOptions,
         on_text: TokenCallback | None,
     ) -> Answer:
+        assert self.cache is not None  # _require_video came first
         self.check_fits(len(prompt_ids), options.max_new_tokens)
         self.last_prompt_tokens = len(prompt_ids)
         reused = self.prefix_reused
@@ -306,9 +311,14 @@ class RuntimeAssistant(TurnTaking):
             stops,
             options.logprobs,
         )
-        stream = collect_tokens(steps, self.prompt.decode, stops, on_text)
+        stream = collect_tokens(self._watched(steps), self.prompt.decode, stops, on_text)
         setup_s, self.setup_s, self.prefix_reused = self.setup_s, 0.0, True
         self._remember_end(stream.tokens, stops)
         return build_answer(
             question, stream, self.prompt.decode, stops, reused, options.logprobs, setup_s
         )
+
+    def _watched(self, steps: Iterator[tuple[int, float]]) -> Iterator[tuple[int, float]]:
+        """The turn's (token, logprob) steps, before any is generated (the server's hook:
+        it ends them early for a stop string or a client that left)."""
+        return steps

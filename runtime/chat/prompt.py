@@ -101,6 +101,14 @@ def _generation_eos_ids(path: Path) -> set[int]:
     return set(ids)
 
 
+def _known_id(tokenizer: Tokenizer, token: str) -> int:
+    """Id of a token the tokenizer holds: a control token (checked on load) or an added one."""
+    token_id = tokenizer.token_to_id(token)
+    if token_id is None:  # unreachable after PromptBuilder's load check; narrows the type
+        raise UserError(f"the tokenizer lacks the token {token!r}")
+    return token_id
+
+
 def _cut(text: str, slots: Sequence[str], origin: Path) -> list[str]:
     """Split ``text`` at each slot marker, which must occur once each, in order."""
     pieces = []
@@ -137,8 +145,8 @@ class PromptBuilder:
         specials = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
         specials.sort(key=len, reverse=True)  # longest first, as the tokenizer matches
         self._special_split = re.compile("(" + "|".join(map(re.escape, specials)) + ")")
-        self._control_ids = {tokenizer.token_to_id(t) for t in specials}
-        self._stop_ids = {tokenizer.token_to_id(IM_END), *eos_ids}
+        self._control_ids = {_known_id(tokenizer, t) for t in specials}
+        self._stop_ids = {_known_id(tokenizer, IM_END), *eos_ids}
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike) -> PromptBuilder:
@@ -159,15 +167,16 @@ class PromptBuilder:
             if (text := _token_text(config.get(key))) is not None
         }
         eos_ids = _generation_eos_ids(folder / "generation_config.json")
-        if (eos := template_vars.get("eos_token")) and tokenizer.token_to_id(eos) is not None:
-            eos_ids.add(tokenizer.token_to_id(eos))
+        eos = template_vars.get("eos_token")
+        if eos and (eos_id := tokenizer.token_to_id(eos)) is not None:
+            eos_ids.add(eos_id)
         return cls(tokenizer, template, template_vars, eos_ids, folder)
 
     # -- properties -------------------------------------------------------
     @property
     def video_token_id(self) -> int:
         """Id of ``<|video_pad|>``, the single placeholder of the visual span."""
-        return self._tokenizer.token_to_id(VIDEO_PAD)
+        return _known_id(self._tokenizer, VIDEO_PAD)
 
     @property
     def stop_token_ids(self) -> set[int]:
@@ -255,7 +264,7 @@ class PromptBuilder:
                     plain += part
                     continue
                 ids += self._encode_plain(plain)
-                ids.append(self._tokenizer.token_to_id(part))
+                ids.append(_known_id(self._tokenizer, part))
                 plain = ""
         return ids + self._encode_plain(plain)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..errors import UserError
 from .assistant_types import Answer, GenerationOptions, TokenCallback
@@ -24,7 +24,10 @@ class PrefixCache(Protocol):
     def truncate(self, length: int) -> None: ...
 
 
-class TurnTaking(ABC):
+CacheT = TypeVar("CacheT", bound=PrefixCache)
+
+
+class TurnTaking(ABC, Generic[CacheT]):
     """``ask``/``follow_up``/``reset`` over a cached video prefix.
 
     The state it owns is set here; a subclass prepares the video (setting
@@ -36,7 +39,7 @@ class TurnTaking(ABC):
         self.prompt = prompt
         self.system = system
         self.max_context = max_context
-        self.cache: PrefixCache | None = None  # set with the video
+        self.cache: CacheT | None = None  # set with the video
         self.prefix_length = 0  # cache entries that belong to the video prefix
         self.pending_ids: list[int] = []  # answer tokens a follow-up must feed first
 
@@ -59,18 +62,18 @@ class TurnTaking(ABC):
         self, question: str, options: GenerationOptions, on_text: TokenCallback | None = None
     ) -> Answer:
         """Answer as the next turn of the conversation (only the new tokens are prefilled)."""
-        self._require_video()
-        if self.cache.length == self.prefix_length:  # no turn yet: this is the first
+        if self.video_cache().length == self.prefix_length:  # no turn yet: this is the first
             return self.ask(question, options, on_text)
         ids = self.pending_ids + self.prompt.next_turn_ids(question, self.system)
         return self._answer(question, ids, options, on_text)
 
     def check_fits(self, prompt_len: int, max_new_tokens: int) -> None:
         """Refuse up front a turn that would overflow the context, with the counts."""
-        needed = self.cache.length + prompt_len + max_new_tokens
+        cached = self.video_cache().length
+        needed = cached + prompt_len + max_new_tokens
         if needed > self.max_context:
             raise UserError(
-                f"prompt + video + max_new_tokens = {self.cache.length} cached (video prefix "
+                f"prompt + video + max_new_tokens = {cached} cached (video prefix "
                 f"{self.prefix_length}) + {prompt_len} prompt + {max_new_tokens} new = "
                 f"{needed} tokens, more than the context of {self.max_context}"
             )
@@ -84,6 +87,13 @@ class TurnTaking(ABC):
         """
         stopped = bool(tokens) and tokens[-1] in stop_ids
         self.pending_ids = [] if stopped or not tokens else [tokens[-1]]
+
+    def video_cache(self) -> CacheT:
+        """The current video's cache; ``UserError`` when no video is set."""
+        self._require_video()
+        if self.cache is None:  # a subclass sets it with the video; this narrows the type
+            raise UserError("no video: call set_video first")
+        return self.cache
 
     @abstractmethod
     def _require_video(self) -> Any:

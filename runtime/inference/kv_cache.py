@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ..backends.base import DeviceArray, HostArray
 
@@ -38,13 +39,13 @@ class KVCache:
         max_len: int,
         num_kv_heads: int,
         head_dim: int,
-        dtype: np.dtype = np.float32,
+        dtype: DTypeLike = np.float32,
         allocate: Allocate = host_zeros,
     ) -> KVCache:
         """A cache with room for ``max_len`` positions and no valid entry."""
-        shape = (1, max_len, num_kv_heads, head_dim)
-        keys = [allocate(shape, dtype) for _ in range(num_layers)]
-        return cls(keys, [allocate(shape, dtype) for _ in range(num_layers)])
+        shape, kind = (1, max_len, num_kv_heads, head_dim), np.dtype(dtype)
+        keys = [allocate(shape, kind) for _ in range(num_layers)]
+        return cls(keys, [allocate(shape, kind) for _ in range(num_layers)])
 
     @property
     def num_layers(self) -> int:

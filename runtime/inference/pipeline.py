@@ -130,7 +130,7 @@ class Pipeline:
         total = len(input_ids) + visual_embeds.shape[1]
         if total <= self.piece_tokens(cache.length, memory, limit):
             return run_chunk(llm, cache, input_ids, visual_embeds, cross)
-        logits = None
+        logits: np.ndarray | None = None
         no_visual = self.shapes.no_visual()
         text_cross = self._text_only(cross)
         ids, start = list(input_ids), 0
@@ -146,6 +146,7 @@ class Pipeline:
             piece = visual_embeds[:, first * p : last * p]  # [1, f·P, D]
             logits = run_chunk(llm, cache, [], piece, self._piece_cross(cross, first, last, n))
             first = last
+        assert logits is not None  # total > one piece's positions: at least one piece ran
         return logits
 
     def piece_tokens(self, past: int, memory: int, limit: int) -> int:

@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeGuard
 
 from ..errors import UserError
 
@@ -77,7 +78,7 @@ def kv_cache_bytes(layers: int, positions: int, kv_heads: int, head_dim: int, it
     return 2 * layers * positions * kv_heads * head_dim * itemsize
 
 
-def is_count(value: object, low: int = 1, high: int | None = None) -> bool:
+def is_count(value: object, low: int = 1, high: int | None = None) -> TypeGuard[int]:
     """Whether ``value`` is a real ``int`` (not a bool, not a float) in [low, high]."""
     if isinstance(value, bool) or not isinstance(value, int):
         return False
@@ -91,7 +92,7 @@ def size_problems(sizes: Mapping[str, object]) -> list[str]:
         high = CONFIG_BOUNDS.get(name)
         if not is_count(value):
             problems.append(f"{name} must be a positive integer, got {value!r}")
-        elif high is not None and value > high:  # type: ignore[operator]
+        elif high is not None and value > high:
             problems.append(f"{name} {value} exceeds the supported maximum {high}")
     return problems
 
@@ -100,7 +101,7 @@ def positive_float_problems(values: Mapping[str, object]) -> list[str]:
     """Messages for values that are not finite positive numbers (NaN, inf, 0, strings)."""
     problems = []
     for name, value in values.items():
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type]
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        if number is None or not math.isfinite(number) or number <= 0:
             problems.append(f"{name} must be a finite positive number, got {value!r}")
     return problems

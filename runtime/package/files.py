@@ -37,7 +37,7 @@ def user_cache_path(env_var: str, name: str) -> Path | None:
     return Path(base) / "crosslmm-edge" / name
 
 
-def open_regular(path: str | Path, max_bytes: int, what: str) -> BinaryIO:
+def open_regular(path: str | os.PathLike[str], max_bytes: int, what: str) -> BinaryIO:
     """Open a regular file of at most ``max_bytes`` for reading, or raise ``UserError``.
 
     Opened without blocking, so a FIFO or a device under the name cannot hang
@@ -82,14 +82,14 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def hash_file_into(digest: Any, path: str | Path) -> None:
+def hash_file_into(digest: Any, path: str | os.PathLike[str]) -> None:
     """Feed a file's bytes into a hashlib object, 1 MiB at a time."""
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(BLOCK), b""):
             digest.update(block)
 
 
-def file_sha256(path: str | Path) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's bytes (streamed, bounded memory)."""
     digest = hashlib.sha256()
     hash_file_into(digest, path)
@@ -108,7 +108,7 @@ def _check_replaceable(target: Path) -> None:
         raise UserError(f"cannot write {target}: it exists and is not a regular file")
 
 
-def write_atomic(target: str | Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomic(target: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
     """Write a file through ``write(handle)`` under a temporary name, then rename it in.
 
     Only a missing target or a regular file is replaced. Raises ``UserError``

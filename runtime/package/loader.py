@@ -70,8 +70,9 @@ def choose_artifacts(
     wanted = [precision] if precision else PRECISION_PREFERENCE.get(device, ("fp16", "fp32"))
     for candidate in wanted:
         found = {role: manifest.graphs[role].find(backend, candidate) for role in ROLES}
-        if all(found.values()):
-            return ArtifactSet(backend, candidate, found)  # type: ignore[arg-type]
+        held_by_role = {role: a for role, a in found.items() if a is not None}
+        if len(held_by_role) == len(ROLES):
+            return ArtifactSet(backend, candidate, held_by_role)
     asked = f"{backend}/{precision}" if precision else f"a {backend} artifact set"
     raise UserError(
         f"the package holds no {asked} for every graph; it holds: {', '.join(held) or 'nothing'}"

@@ -64,9 +64,10 @@ def clean_stale(folder: Path, name: str | None = None) -> list[Path]:
     for path in entries:
         match = TEMP_PATTERN.match(path.name)
         tool = TOOL_STAGING.match(path.name) if name is None else None
-        if not (match or tool) or (match and name is not None and match["name"] != name):
+        found = match or tool
+        if found is None or (match and name is not None and match["name"] != name):
             continue
-        if process_alive(int((match or tool)["pid"])):
+        if process_alive(int(found["pid"])):
             continue
         try:
             if match and match["kind"] == "old" and not os.path.lexists(folder / match["name"]):

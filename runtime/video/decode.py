@@ -131,7 +131,11 @@ def preprocess(frames: np.ndarray, image_size: int) -> np.ndarray:
     if frames.shape[1:3] != (image_size, image_size):
         frames = np.stack(
             [
-                np.asarray(Image.fromarray(frame).resize((image_size, image_size), Image.BICUBIC))
+                np.asarray(
+                    Image.fromarray(frame).resize(
+                        (image_size, image_size), Image.Resampling.BICUBIC
+                    )
+                )
                 for frame in frames
             ]
         )  # [k, S, S, 3]

@@ -47,7 +47,7 @@ def _check_against_spec(parts: dict[str, Any], spec: StateSpec) -> None:
     length = len(parts["prefix_ids"]) + frames * d.tokens_per_frame
     if length >= spec.max_context or len(parts["prefix_keys"]) != d.num_layers:
         raise BadStateError(f"a prefix of {length} positions in {len(parts['prefix_keys'])} layers")
-    expected = {
+    expected: dict[str, tuple[tuple[int, ...], np.ndarray]] = {
         "visual_embeds": ((1, frames * d.tokens_per_frame, d.hidden_size), parts["visual_embeds"])
     }
     for name, value in parts["cross"].items():

@@ -17,7 +17,7 @@ import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 
@@ -62,7 +62,7 @@ class StateSpec:
         return np.dtype(self.dtypes[name.removeprefix("cross/")]).newbyteorder("<")
 
 
-def _header(handle: BinaryIO, name: str) -> tuple[tuple[int, ...], np.dtype]:
+def _header(handle: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype]:
     """An ``.npy`` member's shape and dtype, refusing anything a state never holds."""
     try:
         version = np.lib.format.read_magic(handle)

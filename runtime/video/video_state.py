@@ -80,6 +80,12 @@ class VideoState:
     def has_prefix(self) -> bool:
         return self.prefix_keys is not None
 
+    def saved_prefix(self) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+        """The prefix cache it holds, (keys, values) per layer, or None."""
+        if self.prefix_keys is None or self.prefix_values is None:
+            return None
+        return self.prefix_keys, self.prefix_values
+
     def t2v(self) -> dict[str, np.ndarray]:
         """The T2V K/V every text chunk reads."""
         return {name: value for name, value in self.cross.items() if name.startswith("t2v")}
@@ -106,7 +112,8 @@ def encode_chunks(
 
     Returns (frames, visual embeds [1, F·P, D], cross K/V [1, F·N, kvh, hd] by name).
     """
-    frames, embeds, cross = 0, [], {}
+    frames, embeds = 0, []
+    cross: dict[str, list[np.ndarray]] = {}
     for pixels in chunks:
         chunk_embeds, chunk_cross = encode_frames(vision, pooling, pixels)
         frames += pixels.shape[0]
@@ -132,8 +139,11 @@ def append_to_state(
 
 def save_state(state: VideoState, path: str | os.PathLike) -> None:
     """Write ``state`` (with its prefix cache) to one .npz file, atomically."""
-    if not state.has_prefix:
+    prefix = state.saved_prefix()
+    if prefix is None:
         raise ValueError("save_state needs the prefix cache")
+    if state.key is None:
+        raise ValueError("save_state needs the state's key")
     meta = {
         "format": STATE_FORMAT,
         "key": asdict(state.key),
@@ -143,9 +153,10 @@ def save_state(state: VideoState, path: str | os.PathLike) -> None:
     }
     arrays = {"meta": np.array(json.dumps(meta)), "visual_embeds": state.visual_embeds}
     arrays.update({f"cross/{name}": value for name, value in state.cross.items()})
-    for i, (k, v) in enumerate(zip(state.prefix_keys, state.prefix_values, strict=True)):
+    for i, (k, v) in enumerate(zip(*prefix, strict=True)):
         arrays[f"prefix_key/{i}"], arrays[f"prefix_value/{i}"] = k, v
-    write_atomic(path, lambda handle: np.savez(handle, **arrays))
+    # Numbers and one JSON string: nothing to pickle (the reader refuses object arrays).
+    write_atomic(path, lambda handle: np.savez(handle, allow_pickle=False, **arrays))
 
 
 def load_state(
@@ -190,6 +201,6 @@ def _state_key(data: object) -> StateKey:
         raise BadStateError("key record has the wrong fields")
     for name, value in data.items():
         wanted = int if types[name] in (int, "int") else str
-        if type(value) is not wanted or (wanted is str and len(value) > 256):
+        if type(value) is not wanted or (isinstance(value, str) and len(value) > 256):
             raise BadStateError(f"key field {name} is not a {wanted.__name__}")
     return StateKey(**data)

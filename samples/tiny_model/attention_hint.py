@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from crosslmm_edge.export.dcal import DCAL, CrossKV
-from crosslmm_edge.export.model import CrossLMM
+from crosslmm_edge.export.reference.dcal import DCAL, CrossKV
+from crosslmm_edge.export.reference.model import CrossLMM
 
 
 class DcalInputs:

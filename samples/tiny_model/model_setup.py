@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from crosslmm_edge.calibration import synthetic_world as world
-from crosslmm_edge.export.dcal import CrossKV
-from crosslmm_edge.export.model import CrossLMM
-from crosslmm_edge.export.projector import pool_tokens
+from crosslmm_edge.export.reference.dcal import CrossKV
+from crosslmm_edge.export.reference.model import CrossLMM
+from crosslmm_edge.export.reference.projector import pool_tokens
 from crosslmm_edge.runtime.model.config import CrossLMMConfig, TextConfig, VisionConfig
 
 NUM_FRAMES = 8

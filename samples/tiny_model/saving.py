@@ -10,7 +10,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-from crosslmm_edge.export.model import CrossLMM
+from crosslmm_edge.export.reference.model import CrossLMM
 from tiny_model.tokenizer import write_tokenizer_files
 
 

@@ -1,0 +1,1 @@
+"""Checkpoint folders: safetensors IO, compose, random checkpoints of real shapes."""

@@ -1,0 +1,1 @@
+"""ONNX graphs: specs, export, graph passes, the package writer and verification."""

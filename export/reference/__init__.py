@@ -1,0 +1,1 @@
+"""The PyTorch reference CrossLMM: SigLIP, pooling, projector, Qwen2.5 with DCAL."""

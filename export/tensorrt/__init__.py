@@ -1,0 +1,1 @@
+"""TensorRT: the ONNX support table, lint-trt, engine building and the plan command."""

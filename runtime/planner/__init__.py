@@ -1,1 +1,0 @@
-"""The memory planner: how many frames and tokens fit on a device."""
