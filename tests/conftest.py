@@ -1,6 +1,7 @@
 """Shared fixtures: small artefacts built on the spot (no model hub here).
 
-Sections: tokenizer files. Keep each fixture small and fast.
+Sections: tokenizer files; the embedded model exported once per session. Keep each
+fixture small and fast.
 """
 
 from __future__ import annotations
@@ -87,3 +88,17 @@ def tokenizer_dir(tmp_path: Path) -> Path:
 def write_tokenizer_files() -> WriteTokenizer:
     """``write_tokenizer(folder, ...)``, for tests that put tokenizer files in their own folder."""
     return write_tokenizer
+
+
+@pytest.fixture(scope="session")
+def embedded_fp16_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded model exported with fp32 and fp16 graphs, once per session.
+
+    Shared by the INT8 and INT4 TensorRT-graph tests: copy it before changing it.
+    """
+    from crosslmm_edge.export.graphs.package import export_package
+    from crosslmm_edge.models import embedded_model_dir
+
+    folder = tmp_path_factory.mktemp("embedded16") / "pkg"
+    export_package(embedded_model_dir(), folder, precisions=("fp32", "fp16"))
+    return folder

@@ -1,8 +1,9 @@
 """``quantize --precision int4`` on the embedded model: artifacts, fusion, lint, drift, TensorRT.
 
-One export (fp32 and fp16 graphs) and one quantization (AWQ and an INT4 embedding, the
-defaults, with an INT8 LM head, which TensorRT's graph stores per channel; two
-calibration videos) serve every test but the search, which runs with the defaults.
+One export (fp32 and fp16 graphs, shared with test_quantize) and one quantization (AWQ
+and an INT4 embedding, the defaults, with an INT8 LM head, which TensorRT's graph
+stores per channel; two calibration videos) serve every test but the search, which
+runs with the defaults.
 """
 
 from __future__ import annotations
@@ -25,12 +26,10 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def int4_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def int4_package(tmp_path_factory: pytest.TempPathFactory, embedded_fp16_package: Path) -> Path:
     """The embedded model (fp32 + fp16 graphs) with onnx/int4 and onnx-trt/int4 added."""
-    from crosslmm_edge.export.graphs.package import export_package
-
     folder = tmp_path_factory.mktemp("int4") / "pkg"
-    export_package(embedded_model_dir(), folder, precisions=("fp32", "fp16"))
+    shutil.copytree(embedded_fp16_package, folder)
     videos = [folder.parent / f"v{i}.mp4" for i in range(2)]
     for i, path in enumerate(videos):
         write_scene_video(path, 5, i, 8)

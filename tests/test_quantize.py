@@ -234,13 +234,10 @@ def test_max_drift_search_keeps_the_costly_group_in_float(monkeypatch, package: 
 
 
 @pytest.fixture(scope="module")
-def quantized16(tmp_path_factory, package: Path, videos: list[Path]) -> Path:
-    """The FP32 export plus its fp16 graphs, quantized in place (onnx/int8 and onnx-trt/int8)."""
-    from crosslmm_edge.export.graphs.package import export_package
-
+def quantized16(tmp_path_factory, embedded_fp16_package: Path, videos: list[Path]) -> Path:
+    """The FP32 and fp16 export, quantized in place (onnx/int8 and onnx-trt/int8)."""
     folder = tmp_path_factory.mktemp("q16") / "pkg"
-    shutil.copytree(package, folder)
-    export_package(embedded_model_dir(), folder, precisions=("fp16",), add=True)
+    shutil.copytree(embedded_fp16_package, folder)
     assert main(["quantize", str(folder), "--in-place", "--calib", *map(str, videos[:2])]) == 0
     return folder
 
