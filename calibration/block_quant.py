@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+import numpy.typing as npt
+from onnx import NodeProto, TensorProto, helper, numpy_helper
 
 BLOCK_SIZES = (32, 64, 128)
 OPSET = 21  # the first opset with blocked DequantizeLinear and int4 tensors
@@ -121,8 +122,8 @@ def integer_tensor(name: str, values: np.ndarray, scheme: BlockScheme) -> Tensor
 
 
 def dequantize_node(
-    weight_name: str, block: BlockWeight, scheme: BlockScheme, scale_dtype: np.dtype
-) -> tuple[list[TensorProto], object, str]:
+    weight_name: str, block: BlockWeight, scheme: BlockScheme, scale_dtype: npt.DTypeLike
+) -> tuple[list[TensorProto], NodeProto, str]:
     """Initializers and the blocked ``DequantizeLinear`` node that rebuild ``weight_name``.
 
     Returns (initializers, node, the node's output name).
