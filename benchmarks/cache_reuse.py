@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    from ..calibration.evaluate import write_scene_video
+    from ..calibration.world.evaluate import write_scene_video
 
     with tempfile.TemporaryDirectory() as temp:
         folder = Path(temp)

@@ -160,7 +160,7 @@ def _ask(
 
 def compare_answers(cpu: dict, other: dict, qa: list[dict], provider: str) -> dict:
     """One precision's verdict from two ``ask --json`` objects and the true answers."""
-    from ..calibration.synthetic_world import normalise_answer
+    from ..calibration.world.synthetic_world import normalise_answer
 
     def correct(run: dict) -> int:
         pairs = zip(run["answers"], qa, strict=True)

@@ -28,7 +28,7 @@ def head_session(weight: np.ndarray, storage: str, threads: int):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from ..calibration.block_quant import BlockScheme, dequantize_node, quantize_weight
+    from ..calibration.int4.block_quant import BlockScheme, dequantize_node, quantize_weight
 
     hidden, vocab = weight.shape
     if storage == "float":

@@ -237,7 +237,7 @@ def main() -> int:
     args = parser.parse_args()
     import httpx
 
-    from ..calibration.evaluate import write_scene_video
+    from ..calibration.world.evaluate import write_scene_video
     from .cache_reuse import make_package
 
     with tempfile.TemporaryDirectory() as temp:

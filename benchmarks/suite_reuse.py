@@ -16,7 +16,7 @@ FRAMES = (8, 16, 32)
 
 def run_reuse(package: Path, args) -> dict:
     """Ratios at 8/16/32 frames on ``package`` (exported for at least 32 frames)."""
-    from ..calibration.evaluate import write_scene_video
+    from ..calibration.world.evaluate import write_scene_video
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as temp:

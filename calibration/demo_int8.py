@@ -20,10 +20,10 @@ def int8_step(
     from ..runtime.chat.assistant import RuntimeAssistant
     from ..runtime.chat.assistant_types import GenerationOptions
     from ..runtime.package.manifest import load_manifest
-    from .drift_run import DriftItem, run_drift
-    from .quantize import QuantizeOptions
+    from .drift.drift_run import DriftItem, run_drift
+    from .int4.quantize_int4 import Int4Options
+    from .int8.quantize import QuantizeOptions
     from .quantize_commands import print_summary
-    from .quantize_int4 import Int4Options
     from .quantize_package import quantize_package
 
     for precision, int4 in (("int8", None), ("int4", Int4Options())):

@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _int4_arguments(quantize: argparse.ArgumentParser) -> None:
     """The ``--precision int4`` options (docs/quantization.md)."""
-    from .quantize_int4 import ALGORITHMS, HEAD_CHOICES, Int4Options
+    from .int4.quantize_int4 import ALGORITHMS, HEAD_CHOICES, Int4Options
 
     default = Int4Options()
     quantize.add_argument(
@@ -127,7 +127,7 @@ def _int4_arguments(quantize: argparse.ArgumentParser) -> None:
 
 
 def _int4_options(args: argparse.Namespace):
-    from .quantize_int4 import Int4Options
+    from .int4.quantize_int4 import Int4Options
 
     if args.precision != "int4":
         return None
@@ -142,7 +142,7 @@ def _warn(message: str) -> None:
 
 def run_quantize(args: argparse.Namespace) -> int:
     """Quantize PACKAGE into ``--out`` or in place; print what was kept in float."""
-    from .quantize import QuantizeOptions
+    from .int8.quantize import QuantizeOptions
     from .quantize_package import quantize_package
 
     options = QuantizeOptions(args.recipe, tuple(args.exclude), not args.float_cross_kv)
@@ -212,9 +212,9 @@ def _print_int4_search(search: dict | None) -> None:
 
 
 def _drift_items(args: argparse.Namespace, workdir: Path):
-    from .calib_data import expand_paths, generic_questions
-    from .drift_run import DriftItem
-    from .evaluate import write_scene_video
+    from .collect.calib_data import expand_paths, generic_questions
+    from .drift.drift_run import DriftItem
+    from .world.evaluate import write_scene_video
 
     items = []
     if args.videos:
@@ -241,8 +241,8 @@ def run_drift_command(args: argparse.Namespace) -> int:
     import tempfile
 
     from ..runtime.package.files import write_text_atomic
-    from .drift_run import run_drift
-    from .progress import progress_bar
+    from .collect.progress import progress_bar
+    from .drift.drift_run import run_drift
 
     if args.synthetic < 0:
         raise UserError(f"--synthetic must not be negative, got {args.synthetic}")
@@ -261,7 +261,7 @@ def run_drift_command(args: argparse.Namespace) -> int:
     if args.json:
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     if args.html:
-        from .drift_report import html_report
+        from .drift.drift_report import html_report
 
         write_text_atomic(args.html, html_report(report, result.thumbnails))
     print_summary(report)

@@ -21,11 +21,11 @@ from ..runtime.package.files import staged_folder
 from ..runtime.package.loader import add_artifacts, choose_artifacts
 from ..runtime.package.manifest import load_manifest
 from ..runtime.package.staging import clean_stale, temp_name
-from .calibrate import Calibration, calibrate, calibration_frames, disk_error
-from .progress import progress_bar
-from .quantize import QuantizeOptions, int8_artifacts, selected_nodes
-from .quantize_fp16 import trt_int8_artifacts
-from .quantize_int4 import Int4Options, int4_artifacts
+from .collect.calibrate import Calibration, calibrate, calibration_frames, disk_error
+from .collect.progress import progress_bar
+from .int4.quantize_int4 import Int4Options, int4_artifacts
+from .int8.quantize import QuantizeOptions, int8_artifacts, selected_nodes
+from .int8.quantize_fp16 import trt_int8_artifacts
 
 Log = Callable[[str], None]
 
@@ -71,7 +71,7 @@ def _trt_artifacts(folder: Path, staging: Path, built, int4: Int4Options | None)
     ``Int4Set``)."""
     if int4 is None:
         return trt_int8_artifacts(folder, staging, built, staging)
-    from .quantize_trt_int4 import trt_int4_artifacts
+    from .int4.quantize_trt_int4 import trt_int4_artifacts
 
     return trt_int4_artifacts(folder, staging, built, staging, int4)
 
@@ -123,13 +123,13 @@ def quantize_package(
         calibration = calibrate(package, Path(temp), (calib, count, seed), options, log, frames)
         kept: dict[str, str] = {}
         if max_drift is not None and int4 is not None:
-            from .search_int4 import search_int4
+            from .int4.search_int4 import search_int4
 
             int4, kept = search_int4(
                 package, calibration, options, int4, max_drift, search_videos
             )
         elif max_drift is not None:
-            from .search import search_recipe
+            from .int8.search import search_recipe
 
             options, kept = search_recipe(package, calibration, options, max_drift, search_videos)
         if out is None:
@@ -187,7 +187,7 @@ def cross_kv_memory(model_config: dict) -> dict[str, dict[str, int]]:
     """Bytes of the T2V memory a video keeps, at 32 and 256 frames, per storage type."""
     from ..runtime.model.config import CrossLMMConfig
     from ..runtime.model.contract import ModelDims
-    from .kv_int8 import cross_kv_bytes
+    from .int8.kv_int8 import cross_kv_bytes
 
     d = ModelDims.from_config(CrossLMMConfig.from_dict(model_config))
     shape = (d.num_dcal, d.patches_per_frame, d.num_kv_heads, d.head_dim)

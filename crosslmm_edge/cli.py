@@ -26,7 +26,7 @@ COMMAND_MODULES = (
     "crosslmm_edge.export.checkpoints.checkpoint_commands",  # compose
     "crosslmm_edge.export.graphs.package_commands",  # export, verify, lint-trt
     "crosslmm_edge.export.tensorrt.engine_commands",  # build, plan (TensorRT engines, memory)
-    "crosslmm_edge.calibration.commands",  # synth-video, eval
+    "crosslmm_edge.calibration.world.commands",  # synth-video, eval
     "crosslmm_edge.calibration.quantize_commands",  # quantize, drift
     "crosslmm_edge.demo",  # demo
     "crosslmm_edge.benchmarks.bench_commands",  # bench

@@ -58,8 +58,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(folder: Path, seed: int, provider: str | None) -> int:
-    from .calibration.evaluate import write_scene_video
-    from .calibration.synthetic_world import normalise_answer
+    from .calibration.world.evaluate import write_scene_video
+    from .calibration.world.synthetic_world import normalise_answer
     from .runtime.chat.assistant_types import GenerationOptions
 
     checkpoint = model_checkpoint(lambda message: _say(f"[1/4] {message}"))

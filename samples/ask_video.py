@@ -23,7 +23,7 @@ from crosslmm_edge.runtime.errors import UserError
 
 def synthetic_video(folder: Path, seed: int) -> tuple[Path, list[tuple[str, str]]]:
     """A synthetic scene video and its (question, true answer) pairs."""
-    from crosslmm_edge.calibration.evaluate import write_scene_video
+    from crosslmm_edge.calibration.world.evaluate import write_scene_video
 
     video = folder / f"scene-{seed}.mp4"
     return video, [(qa.question, qa.answer) for qa in write_scene_video(video, seed, 0, 8)]

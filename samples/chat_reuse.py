@@ -60,7 +60,7 @@ def main() -> int:
     options = GenerationOptions(max_new_tokens=24)
     with tempfile.TemporaryDirectory() as temp:
         if args.video is None:
-            from crosslmm_edge.calibration.evaluate import write_scene_video
+            from crosslmm_edge.calibration.world.evaluate import write_scene_video
 
             args.video = str(Path(temp) / "scene.mp4")
             write_scene_video(Path(args.video), 11, 0, 8)

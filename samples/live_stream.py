@@ -81,7 +81,7 @@ def file_frames(path: str, follow: bool, poll_s: float = 0.5) -> tuple[float, Fr
 
 def simulated_frames(scenes: int = 3, frames_per_scene: int = 16) -> tuple[float, Frames]:
     """A synthetic "camera": scenes of the synthetic world, one after the other, at 8 fps."""
-    from crosslmm_edge.calibration import synthetic_world as world
+    from crosslmm_edge.calibration.world import synthetic_world as world
 
     def frames() -> Frames:
         for index in range(scenes):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
-from crosslmm_edge.calibration.evaluate import write_scene_video
+from crosslmm_edge.calibration.world.evaluate import write_scene_video
 from crosslmm_edge.runtime.serve.server import create_app
 from crosslmm_edge.runtime.serve.settings import ServeSettings
 

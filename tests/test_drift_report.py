@@ -16,10 +16,10 @@ from headless_chromium import chromium_browser, needs_chromium
 from package_damage import scaled_weight_copy
 from trust_helpers import exported_package
 
-from crosslmm_edge.calibration.drift import StageDrift, TokenDrift
-from crosslmm_edge.calibration.drift_result import AnswerPair, DriftResult, VideoDrift
-from crosslmm_edge.calibration.drift_verdict import drift_verdict
-from crosslmm_edge.calibration.evaluate import write_scene_video
+from crosslmm_edge.calibration.drift.drift import StageDrift, TokenDrift
+from crosslmm_edge.calibration.drift.drift_result import AnswerPair, DriftResult, VideoDrift
+from crosslmm_edge.calibration.drift.drift_verdict import drift_verdict
+from crosslmm_edge.calibration.world.evaluate import write_scene_video
 from crosslmm_edge.cli import main
 from crosslmm_edge.models import embedded_model_dir
 
@@ -117,7 +117,7 @@ def _report(ground_truth: bool) -> DriftResult:
 
 @pytest.mark.parametrize(("ground_truth", "plots"), [(True, 3), (False, 2)])
 def test_html_is_self_contained(ground_truth: bool, plots: int) -> None:
-    from crosslmm_edge.calibration.drift_report import html_report
+    from crosslmm_edge.calibration.drift.drift_report import html_report
 
     report = _report(ground_truth).to_json()
     page = html_report(report)

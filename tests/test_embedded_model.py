@@ -7,8 +7,8 @@ import math
 import pytest
 from tiny_models import single_thread  # noqa: F401  (autouse: torch on 1 thread)
 
-from crosslmm_edge.calibration import synthetic_world as world
-from crosslmm_edge.calibration.evaluate import evaluate_assistant
+from crosslmm_edge.calibration.world import synthetic_world as world
+from crosslmm_edge.calibration.world.evaluate import evaluate_assistant
 from crosslmm_edge.export.checkpoints.checkpoint import load_checkpoint
 from crosslmm_edge.export.reference.model import CrossLMM
 from crosslmm_edge.export.reference.reference_assistant import ReferenceAssistant

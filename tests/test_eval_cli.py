@@ -7,7 +7,7 @@ import json
 import pytest
 from tiny_models import single_thread  # noqa: F401  (autouse: torch on 1 thread)
 
-from crosslmm_edge.calibration import synthetic_world as world
+from crosslmm_edge.calibration.world import synthetic_world as world
 from crosslmm_edge.cli import main
 from crosslmm_edge.models import embedded_model_dir
 from crosslmm_edge.runtime.video.decode import load_video

@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from crosslmm_edge.calibration.evaluate import write_scene_video
+from crosslmm_edge.calibration.world.evaluate import write_scene_video
 from crosslmm_edge.cli import main
 from crosslmm_edge.models import embedded_model_dir
 from crosslmm_edge.runtime.package.manifest import load_manifest

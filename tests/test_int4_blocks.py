@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from crosslmm_edge.calibration.activation_stats import RESERVOIR_ROWS, TensorStats
-from crosslmm_edge.calibration.awq import apply_factors
-from crosslmm_edge.calibration.block_quant import BlockScheme, dequantize_node, quantize_weight
-from crosslmm_edge.calibration.quantize_int4 import block_quantize_model
+from crosslmm_edge.calibration.collect.activation_stats import RESERVOIR_ROWS, TensorStats
+from crosslmm_edge.calibration.int4.awq import apply_factors
+from crosslmm_edge.calibration.int4.block_quant import BlockScheme, dequantize_node, quantize_weight
+from crosslmm_edge.calibration.int4.quantize_int4 import block_quantize_model
 from crosslmm_edge.export.tensorrt.lint_trt import lint_model
 
 
@@ -178,7 +178,7 @@ def test_streamed_statistics_match_the_whole_and_the_reservoir_stays_bounded() -
 def test_calibration_frames_default_to_the_package_limit() -> None:
     from types import SimpleNamespace
 
-    from crosslmm_edge.calibration.calibrate import calibration_frames
+    from crosslmm_edge.calibration.collect.calibrate import calibration_frames
     from crosslmm_edge.runtime.errors import UserError
 
     manifest = SimpleNamespace(limits={"max_frames": 8}, model_config={"num_frames": 64})
@@ -189,7 +189,7 @@ def test_calibration_frames_default_to_the_package_limit() -> None:
 
 
 def test_a_full_disk_names_the_folder() -> None:
-    from crosslmm_edge.calibration.calibrate import disk_error
+    from crosslmm_edge.calibration.collect.calibrate import disk_error
 
     error = disk_error(OSError(errno.ENOSPC, "No space left on device"), Path("/scratch/q"), "temp")
     assert "/scratch/q" in str(error) and "no space left" in str(error)
@@ -198,7 +198,7 @@ def test_a_full_disk_names_the_folder() -> None:
 def test_tracking_graphs_link_the_weights_and_leave_no_link_behind(tmp_path: Path) -> None:
     """The tracking copy shares the weights (no copy); once removed, onnx loads the source
     again (it refuses external data with several hard links)."""
-    from crosslmm_edge.calibration.activation_stats import (
+    from crosslmm_edge.calibration.collect.activation_stats import (
         remove_tracking_graphs,
         write_tracking_graph,
     )
@@ -221,7 +221,7 @@ def test_tracking_graphs_link_the_weights_and_leave_no_link_behind(tmp_path: Pat
 def test_a_tied_head_gets_its_own_quantized_weight() -> None:
     """The export reads a tied head as MatMul(x, Transpose(embedding)); --head quantizes a
     copy and leaves the embedding's Gather on the float table."""
-    from crosslmm_edge.calibration.quantize_int4 import head_matmul, untie_head
+    from crosslmm_edge.calibration.int4.quantize_int4 import head_matmul, untie_head
     from crosslmm_edge.export.graphs.graph_passes import NAME_SCOPES
 
     table = np.random.default_rng(9).standard_normal((40, 64)).astype(np.float32)

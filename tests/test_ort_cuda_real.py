@@ -55,7 +55,7 @@ def test_device_arrays_and_row_views() -> None:
 def test_embedded_model_answers_with_the_cpu_tokens(tmp_path: Path) -> None:
     _cuda_backend()
     pytest.importorskip("torch", reason="exporting the embedded model needs torch")
-    from crosslmm_edge.calibration.evaluate import write_scene_video
+    from crosslmm_edge.calibration.world.evaluate import write_scene_video
     from crosslmm_edge.demo import embedded_package
     from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
     from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions

@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 from package_damage import scaled_weight_copy
 
-from crosslmm_edge.calibration.evaluate import write_scene_video
+from crosslmm_edge.calibration.world.evaluate import write_scene_video
 from crosslmm_edge.cli import main
 from crosslmm_edge.models import embedded_model_dir
 from crosslmm_edge.runtime.package.files import file_sha256
@@ -210,8 +210,9 @@ def test_int8_cross_kv_holds_a_quarter_of_fp32(quantized: Path, videos: list[Pat
 
 def test_max_drift_search_keeps_the_costly_group_in_float(monkeypatch, package: Path) -> None:
     """The greedy search on a fake accuracy: DCAL 1 costs 3 points, layer 0 half a point."""
-    from crosslmm_edge.calibration import quantize_package, search
-    from crosslmm_edge.calibration.quantize import QuantizeOptions
+    from crosslmm_edge.calibration import quantize_package
+    from crosslmm_edge.calibration.int8 import search
+    from crosslmm_edge.calibration.int8.quantize import QuantizeOptions
 
     trials: list[QuantizeOptions] = []
     monkeypatch.setattr(quantize_package, "add_int8", lambda _pkg, _cal, opts: trials.append(opts))

@@ -19,7 +19,7 @@ import numpy as np
 import openai
 import pytest
 
-from crosslmm_edge.calibration.synthetic_world import normalise_answer
+from crosslmm_edge.calibration.world.synthetic_world import normalise_answer
 from crosslmm_edge.cli import main
 from crosslmm_edge.demo import embedded_package
 from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant

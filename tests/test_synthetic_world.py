@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from crosslmm_edge.calibration import synthetic_world as world
+from crosslmm_edge.calibration.world import synthetic_world as world
 from crosslmm_edge.export.reference.projector import pooling_matrix
 from crosslmm_edge.runtime.video.decode import sample_indices
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from crosslmm_edge.calibration import synthetic_world as world
+from crosslmm_edge.calibration.world import synthetic_world as world
 from crosslmm_edge.runtime.video.decode import read_frames, write_video
 from tiny_model.tokenizer import CHAT_TEMPLATE, token_id
 

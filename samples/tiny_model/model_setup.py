@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from crosslmm_edge.calibration import synthetic_world as world
+from crosslmm_edge.calibration.world import synthetic_world as world
 from crosslmm_edge.export.reference.dcal import CrossKV
 from crosslmm_edge.export.reference.model import CrossLMM
 from crosslmm_edge.export.reference.projector import pool_tokens

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from crosslmm_edge.calibration import synthetic_world as world
+from crosslmm_edge.calibration.world import synthetic_world as world
 
 
 class OutputRecorder:

@@ -12,7 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 
-from crosslmm_edge.calibration import synthetic_world as world
+from crosslmm_edge.calibration.world import synthetic_world as world
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|video_pad|>")
 UNKNOWN = "<unk>"

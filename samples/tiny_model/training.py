@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from crosslmm_edge.calibration import synthetic_world as world
+from crosslmm_edge.calibration.world import synthetic_world as world
 from crosslmm_edge.export.reference.model import CrossLMM
 from tiny_model.attention_hint import DcalInputs, dot_attention_loss, dot_memory_index
 from tiny_model.data import PromptTokens, VideoPool, to_pixels

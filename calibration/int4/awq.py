@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .activation_stats import TensorStats
+from ..collect.activation_stats import TensorStats
 from .block_quant import BlockScheme, quantize_weight
 
 ALPHAS = tuple(i / 10 for i in range(11))  # 0: plain RTN is always a candidate

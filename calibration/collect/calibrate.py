@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..runtime.errors import UserError
-from ..runtime.model.contract import ROLES
-from ..runtime.package.loader import choose_artifacts
-from ..runtime.package.manifest import Manifest, load_manifest
+from ...runtime.errors import UserError
+from ...runtime.model.contract import ROLES
+from ...runtime.package.loader import choose_artifacts
+from ...runtime.package.manifest import Manifest, load_manifest
+from ..int8.quantize import QuantizeOptions, selected_nodes
 from .activation_stats import RESERVOIR_ROWS, ActivationStats
 from .calib_data import CalibVideo, expand_paths, select_videos, selection_hash, synthetic_videos
 from .progress import progress_bar
-from .quantize import QuantizeOptions, selected_nodes
 from .record import CalibrationRun, CrossRange, record_calibration
 
 Log = Callable[[str], None]

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..runtime.model.contract import LLM, ROLES
-from ..runtime.package.files import file_sha256
-from ..runtime.package.loader import choose_artifacts
-from ..runtime.package.manifest import Artifact, FileRef, load_manifest
-from . import kv_int8
+from ...runtime.model.contract import LLM, ROLES
+from ...runtime.package.files import file_sha256
+from ...runtime.package.loader import choose_artifacts
+from ...runtime.package.manifest import Artifact, FileRef, load_manifest
+from ..int8 import kv_int8
+from ..int8.quantize import _int8_specs
+from ..int8.quantize_fp16 import BACKEND, FP16_TINY, paired_names, trt_int8_graph
 from .block_quant import OPSET, BlockScheme
-from .quantize import _int8_specs
-from .quantize_fp16 import BACKEND, FP16_TINY, paired_names, trt_int8_graph
 from .quantize_int4 import (
     Int4Options,
     Int4Set,
@@ -81,7 +81,7 @@ def trt_int4_llm(
 
 def _base_options(artifact: Artifact):
     """The ``QuantizeOptions`` the INT4 LLM was written with (from its build record)."""
-    from .quantize import QuantizeOptions
+    from ..int8.quantize import QuantizeOptions
 
     build = artifact.build
     return QuantizeOptions(

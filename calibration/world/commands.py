@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..runtime.errors import UserError
+from ...runtime.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,8 +79,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--synthetic must be a positive number of videos, got {args.synthetic}")
     if args.frames <= 0:
         raise UserError(f"--frames must be positive, got {args.frames}")
-    from ..assistants import open_assistant
-    from ..models import embedded_model_dir
+    from ...assistants import open_assistant
+    from ...models import embedded_model_dir
     from .evaluate import evaluate_assistant
 
     model = args.model if args.model is not None else str(embedded_model_dir())

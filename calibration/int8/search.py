@@ -16,9 +16,9 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from ..runtime.package.manifest import load_manifest
-from .calibrate import Calibration
-from .drift_verdict import worst_accuracy_drop
+from ...runtime.package.manifest import load_manifest
+from ..collect.calibrate import Calibration
+from ..drift.drift_verdict import worst_accuracy_drop
 from .quantize import QuantizeOptions, selected_nodes
 
 SEARCH_STREAM = 2
@@ -26,8 +26,8 @@ CROSS_KV = "cross_kv"
 
 
 def _accuracy(package: Path, precision: str, videos: int) -> dict[str, float]:
-    from ..runtime.chat.assistant import RuntimeAssistant
-    from .evaluate import evaluate_assistant
+    from ...runtime.chat.assistant import RuntimeAssistant
+    from ..world.evaluate import evaluate_assistant
 
     assistant = RuntimeAssistant(package, provider="cpu", precision=precision)
     return evaluate_assistant(assistant, videos, SEARCH_STREAM).per_type
@@ -54,7 +54,7 @@ def search_recipe(
     videos: int,
 ) -> tuple[QuantizeOptions, dict[str, str]]:
     """The options of the largest INT8 set within ``budget`` points; why each group stayed float."""
-    from .quantize_package import _copy_package, add_int8
+    from ..quantize_package import _copy_package, add_int8
 
     manifest = load_manifest(package)
     chosen = selected_nodes(package, manifest, base)

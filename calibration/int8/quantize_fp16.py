@@ -28,14 +28,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..runtime.errors import UserError
-from ..runtime.model.contract import LLM, POOLING, ROLES
-from ..runtime.package.files import file_sha256
-from ..runtime.package.loader import choose_artifacts
-from ..runtime.package.manifest import Artifact, FileRef, load_manifest
+from ...runtime.errors import UserError
+from ...runtime.model.contract import LLM, POOLING, ROLES
+from ...runtime.package.files import file_sha256
+from ...runtime.package.loader import choose_artifacts
+from ...runtime.package.manifest import Artifact, FileRef, load_manifest
+from ..recipes import WeightNode, weight_nodes
 from . import kv_int8
 from .quantize import _int8_specs
-from .recipes import WeightNode, weight_nodes
 
 BACKEND = "onnx-trt"
 OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take fp16 scales

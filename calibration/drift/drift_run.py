@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.errors import UserError
-from ..runtime.inference.kv_cache import KVCache
-from ..runtime.inference.sampling import Sampler
-from ..runtime.model.contract import POOLING, VISION_ENCODER
-from ..runtime.package.files import file_sha256
-from ..runtime.package.manifest import PRECISIONS, load_manifest
+from ...runtime.errors import UserError
+from ...runtime.inference.kv_cache import KVCache
+from ...runtime.inference.sampling import Sampler
+from ...runtime.model.contract import POOLING, VISION_ENCODER
+from ...runtime.package.files import file_sha256
+from ...runtime.package.manifest import PRECISIONS, load_manifest
+from ..collect.record import RecordingSession
 from .drift import StageDrift
 from .drift_result import AnswerPair, DriftResult, VideoDrift
-from .record import RecordingSession
 
 ANSWER_TOKENS = 4
 
@@ -62,7 +62,7 @@ class Side:
     """One side of the comparison: an assistant and the stage outputs it last computed."""
 
     def __init__(self, spec: str) -> None:
-        from ..runtime.chat.assistant import RuntimeAssistant
+        from ...runtime.chat.assistant import RuntimeAssistant
 
         folder, precision = parse_side(spec)
         self.assistant = RuntimeAssistant(folder, provider="cpu", precision=precision)
@@ -156,8 +156,8 @@ def _compare_question(
     ref: Side, test: Side, item: DriftItem, index: int, result: DriftResult
 ) -> AnswerPair:
     """Ask both sides question ``index``; add its answers and next-token errors."""
-    from ..runtime.chat.assistant_types import GenerationOptions
-    from .synthetic_world import normalise_answer
+    from ...runtime.chat.assistant_types import GenerationOptions
+    from ..world.synthetic_world import normalise_answer
 
     options = GenerationOptions(max_new_tokens=ANSWER_TOKENS)
     question = item.questions[index]
@@ -195,7 +195,7 @@ def run_drift(
 
     ``budget``: the ``--max-drift`` points the verdict judges against (None: the default).
     """
-    from ..runtime.video.decode import load_video
+    from ...runtime.video.decode import load_video
     from .drift_report import frame_thumbnail
 
     check_same_model(parse_side(ref_spec)[0], parse_side(test_spec)[0])

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..runtime.chat.assistant_types import Assistant, GenerationOptions
-from ..runtime.errors import UserError
+from ...runtime.chat.assistant_types import Assistant, GenerationOptions
+from ...runtime.errors import UserError
 from . import synthetic_world as world
 
 ANSWER_TOKENS = 4  # one-word answers; a few tokens leave room for a stop token
@@ -41,7 +41,7 @@ class EvalResult:
 
 def write_scene_video(path: Path, seed: int, index: int, num_frames: int) -> list[world.QA]:
     """Render scene ``(seed, index)`` to the mp4 ``path``; return its questions."""
-    from ..runtime.video.decode import write_video
+    from ...runtime.video.decode import write_video
 
     scene = world.make_scene(seed, index)
     write_video(path, world.render(scene, num_frames))

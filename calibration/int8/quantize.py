@@ -29,16 +29,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from ..runtime.errors import UserError
-from ..runtime.model.contract import LLM, POOLING, ROLES, TensorSpec
-from ..runtime.package.files import file_sha256
-from ..runtime.package.loader import choose_artifacts
-from ..runtime.package.manifest import Artifact, FileRef, Manifest, load_manifest
+from ...runtime.errors import UserError
+from ...runtime.model.contract import LLM, POOLING, ROLES, TensorSpec
+from ...runtime.package.files import file_sha256
+from ...runtime.package.loader import choose_artifacts
+from ...runtime.package.manifest import Artifact, FileRef, Manifest, load_manifest
+from ..recipes import WeightNode, select, weight_nodes
 from . import kv_int8
-from .recipes import WeightNode, select, weight_nodes
 
 if TYPE_CHECKING:
-    from .calibrate import Calibration
+    from ..collect.calibrate import Calibration
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..runtime.backends.base import DeviceArray, GraphSession
-from ..runtime.package.onnx_refs import external_data_locations
+from ...runtime.backends.base import DeviceArray, GraphSession
+from ...runtime.package.onnx_refs import external_data_locations
 
 RESERVOIR_ROWS = 256  # rows kept per activation for AWQ's scale search
 

@@ -18,13 +18,13 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from ..runtime.model.contract import LLM
-from ..runtime.package.loader import choose_artifacts
-from ..runtime.package.manifest import load_manifest
-from .calibrate import Calibration
-from .quantize import QuantizeOptions, selected_nodes
+from ...runtime.model.contract import LLM
+from ...runtime.package.loader import choose_artifacts
+from ...runtime.package.manifest import load_manifest
+from ..collect.calibrate import Calibration
+from ..int8.quantize import QuantizeOptions, selected_nodes
+from ..int8.search import SEARCH_STREAM, _accuracy, _drop
 from .quantize_int4 import Int4Options
-from .search import SEARCH_STREAM, _accuracy, _drop
 
 
 def _llm_bytes(package: Path) -> int:
@@ -42,7 +42,7 @@ def search_int4(
     videos: int,
 ) -> tuple[Int4Options, dict[str, str]]:
     """The INT4 options within ``budget`` points (groups widened); why each was widened."""
-    from .quantize_package import _copy_package, add_int8
+    from ..quantize_package import _copy_package, add_int8
 
     nodes = selected_nodes(package, load_manifest(package), options)[LLM]
     groups = sorted({n.group for n in nodes})

@@ -23,14 +23,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..runtime.errors import UserError
-from ..runtime.model.contract import LLM, ROLES
-from ..runtime.package.files import file_sha256
-from ..runtime.package.loader import choose_artifacts
-from ..runtime.package.manifest import Artifact, FileRef, load_manifest
-from . import kv_int8
-from .block_quant import BLOCK_SIZES, OPSET, BlockScheme, dequantize_node, quantize_weight
-from .quantize import (
+from ...runtime.errors import UserError
+from ...runtime.model.contract import LLM, ROLES
+from ...runtime.package.files import file_sha256
+from ...runtime.package.loader import choose_artifacts
+from ...runtime.package.manifest import Artifact, FileRef, load_manifest
+from ..int8 import kv_int8
+from ..int8.quantize import (
     QuantizeOptions,
     _int8_specs,
     build_record,
@@ -38,10 +37,11 @@ from .quantize import (
     int8_artifact,
     selected_nodes,
 )
-from .recipes import WeightNode, module_path
+from ..recipes import WeightNode, module_path
+from .block_quant import BLOCK_SIZES, OPSET, BlockScheme, dequantize_node, quantize_weight
 
 if TYPE_CHECKING:
-    from .calibrate import Calibration
+    from ..collect.calibrate import Calibration
 
 HEAD_MODULE = "model"  # the LM head's module path (recipes: never a recipe MatMul)
 EMBEDDING_MODULE = "embed_tokens"  # the token embedding's module path ends so

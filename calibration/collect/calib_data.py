@@ -14,9 +14,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runtime.errors import UserError
-from ..runtime.package.files import file_sha256
-from . import synthetic_world as world
+from ...runtime.errors import UserError
+from ...runtime.package.files import file_sha256
+from ..world import synthetic_world as world
 
 # Synthetic calibration scenes: stream 0 trained the model, 1 is eval's held-out
 # stream, 2 validated training; calibration uses 3 so no result is measured on it.
@@ -74,7 +74,7 @@ def select_videos(paths: list[Path], count: int, seed: int) -> list[CalibVideo]:
 
 def synthetic_videos(folder: Path, count: int, num_frames: int) -> list[CalibVideo]:
     """Write ``count`` scenes of the calibration stream; their own questions are asked."""
-    from .evaluate import write_scene_video
+    from ..world.evaluate import write_scene_video
 
     videos = []
     for index in range(count):

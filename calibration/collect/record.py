@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.backends.base import GraphSession
-from ..runtime.errors import UserError
-from ..runtime.model.contract import POOLING, ROLES
+from ...runtime.backends.base import GraphSession
+from ...runtime.errors import UserError
+from ...runtime.model.contract import POOLING, ROLES
 from .activation_stats import (
     ActivationStats,
     StatsSession,
@@ -87,7 +87,7 @@ def record_calibration(
     collects. A video that cannot be decoded is skipped with a warning; the
     videos actually used are returned. Zero usable videos is a ``UserError``.
     """
-    from ..runtime.chat.assistant import RuntimeAssistant
+    from ...runtime.chat.assistant import RuntimeAssistant
 
     assistant = RuntimeAssistant(package_dir, provider="cpu", precision="fp32")
     folder = run.workdir / "tracking-graphs"
@@ -107,8 +107,8 @@ def record_calibration(
 
 def _answer(assistant, video: CalibVideo, run: CalibrationRun) -> bool:
     """Ask ``video``'s questions (and a follow-up); False when it cannot be decoded."""
-    from ..runtime.chat.assistant_types import GenerationOptions
-    from ..runtime.video.decode import load_video
+    from ...runtime.chat.assistant_types import GenerationOptions
+    from ...runtime.video.decode import load_video
 
     options = GenerationOptions(max_new_tokens=4)
     run.bar.set_postfix_str(f"{video.path.name}: decoding")

@@ -1,0 +1,1 @@
+"""Calibration: choosing videos, running the FP32 runtime on them, streaming statistics."""
