@@ -82,16 +82,20 @@ def python_ms_per_step(pipeline: Pipeline, steps: int = 64, past: int = 64) -> f
 
 DECODE_CHILD = """
 import json, sys
-from .ours import decode_run, open_pipeline
-pipeline = open_pipeline(sys.argv[1], int(sys.argv[2]))
+from crosslmm_edge.benchmarks.ours import decode_run, open_pipeline
+pipeline = open_pipeline(sys.argv[1], int(sys.argv[2]), sys.argv[5] or None)
 prompt, new = json.loads(sys.argv[3]), int(sys.argv[4])
 decode_run(pipeline, prompt, 4)  # warm
 print(json.dumps(decode_run(pipeline, prompt, new)))
 """
 
 
-def ours_decode_child(package: Path, threads: int, prompt: list[int], new: int) -> dict:
-    """``decode_run`` in a fresh process (no torch loaded there)."""
+def ours_decode_child(
+    package: Path, threads: int, prompt: list[int], new: int, precision: str | None = None
+) -> dict:
+    """``decode_run`` in a fresh process (no torch loaded there) at ``precision``
+    (None: the runtime's default for the CPU)."""
     args = [sys.executable, "-c", DECODE_CHILD, str(package), str(threads), json.dumps(prompt)]
-    done = subprocess.run([*args, str(new)], check=True, capture_output=True, text=True)
+    args += [str(new), precision or ""]
+    done = subprocess.run(args, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])

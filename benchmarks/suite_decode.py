@@ -8,7 +8,11 @@ the fastest a bandwidth-bound step can be.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from .graph_bytes import weight_bytes_per_step
 from .models import BenchModel
 from .ours import (
     decode_run,
@@ -27,15 +31,17 @@ from .timing import interleaved
 
 def step_bytes(pipeline, past: int, frames: int = 1) -> dict[str, int]:
     """Bytes a decode step reads at ``past`` cached positions: weights, KV, cross K/V."""
-    d = pipeline.dims
-    item = pipeline.shapes.dtype.itemsize
     llm_file = pipeline.package.path(pipeline.artifacts.by_role["llm"], verify=False)
-    weights = sum(
-        (llm_file.parent / r.file).stat().st_size for r in pipeline.artifacts.by_role["llm"].files()
-    )
-    kv = 2 * d.num_layers * past * d.num_kv_heads * d.head_dim * item
-    cross = 2 * d.num_dcal * frames * d.patches_per_frame * d.num_kv_heads * d.head_dim * item
-    return {"weights": weights, "kv": kv, "cross": cross}
+    weights = weight_bytes_per_step(llm_file)["read"]  # a Gather-only table: one row
+    return {"weights": weights, **cache_bytes(pipeline.dims, past, pipeline.shapes.dtype, frames)}
+
+
+def cache_bytes(dims, past: int, dtype, frames: int = 1) -> dict[str, int]:
+    """Bytes of the self-attention KV (``past`` positions) and the DCALs' T2V K/V one step reads."""
+    row = dims.num_kv_heads * dims.head_dim * np.dtype(dtype).itemsize
+    kv = 2 * dims.num_layers * past * row
+    cross = 2 * dims.num_dcal * frames * dims.patches_per_frame * row
+    return {"kv": kv, "cross": cross}
 
 
 def run_decode(model: BenchModel, args, machine: dict) -> dict:
@@ -67,7 +73,7 @@ def run_decode(model: BenchModel, args, machine: dict) -> dict:
     past = 4 + pipeline.dims.tokens_per_frame + len(prompt) + new // 2
     read = sum(step_bytes(pipeline, past).values())
     limit_tok_s = machine["bandwidth_gbs"] * 1e9 / read
-    out = {name: figures for name, figures in medians.items()}
+    out: dict[str, Any] = {name: figures for name, figures in medians.items()}
     out["ours_tok_s"] = medians["ours"]["tok_s"]
     out["transformers_sdpa_tok_s"] = medians["transformers_sdpa"]["tok_s"]
     out["transformers_eager_tok_s"] = medians["transformers_eager"]["tok_s"]

@@ -36,7 +36,7 @@ class Sampler(threading.Thread):  # the load-time peak is not the prefill's: sam
             self.peak = max(self.peak, rss()); time.sleep(0.005)
 if kind == "full_sdpa":
     import torch
-    from .peers import qwen2_from_checkpoint
+    from crosslmm_edge.benchmarks.peers import qwen2_from_checkpoint
     torch.set_num_threads(threads)
     model = qwen2_from_checkpoint(__import__("pathlib").Path(checkpoint), "sdpa")
     n = json.load(open(checkpoint + "/config.json"))["vision_config"]
@@ -49,7 +49,7 @@ if kind == "full_sdpa":
         model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
         seconds = time.perf_counter() - start
 else:
-    from .ours import open_pipeline
+    from crosslmm_edge.benchmarks.ours import open_pipeline
     pipeline = open_pipeline(package, threads)
     d = pipeline.dims
     rng = np.random.default_rng(0)

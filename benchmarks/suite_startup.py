@@ -24,7 +24,7 @@ from ..runtime.backends.ort_cache import ENV_PATH
 CHILD = """
 import json, sys, time
 start = time.perf_counter()
-from ..runtime.chat.assistant import RuntimeAssistant
+from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
 runtime = RuntimeAssistant(sys.argv[1], provider="cpu")
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "loaded_from": runtime.pipeline.backend.loaded_from}))
