@@ -20,7 +20,7 @@ from .models import BenchModel
 from .ours import ours_decode_child
 from .peer_genai import genai_decode, genai_int4_model
 from .peers import random_prompt
-from .suite_decode import cache_bytes
+from .suite_decode import T2V_KEY, cache_bytes
 from .timing import interleaved
 
 PRECISIONS = ("int4", "int8", "fp32")  # ours, as the package holds them
@@ -49,10 +49,12 @@ def run_int4(model: BenchModel, args, machine: dict) -> dict:
         graphs[GENAI] = folder / "model.onnx"
     medians = interleaved(runs, args.repeats)
     past = prefix + len(prompt) + new // 2  # the middle step of the decode
-    cache = cache_bytes(dims, past, "float32")  # every graph here keeps fp32 K/V
     systems = {}
-    for name, graph in graphs.items():  # genai's LLM has no DCAL, so no T2V memory
-        memory = cache["kv"] + (cache["cross"] if name != GENAI else 0)
+    for name, graph in graphs.items():
+        memory = cache_bytes(dims, past, "float32", "float32")["kv"]  # fp32 K/V everywhere
+        if name != GENAI:  # genai's LLM has no DCAL, so no T2V memory
+            cross = next(t.dtype for t in held[name[5:]].inputs if t.name == T2V_KEY)
+            memory += cache_bytes(dims, past, "float32", cross)["cross"]
         systems[name] = figures(
             medians[name], weight_bytes_per_step(graph)["read"] + memory, machine
         )
