@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from crosslmm_edge.benchmarks.graph_bytes import weight_bytes_per_step
 from crosslmm_edge.benchmarks.models import BenchModel
-from crosslmm_edge.benchmarks.suite_context import context_report
+from crosslmm_edge.benchmarks.suite_context import context_report, run_context
 from crosslmm_edge.benchmarks.suite_int4 import run_int4, summary
 from crosslmm_edge.models import embedded_model_dir
 from crosslmm_edge.runtime.package.loader import open_package
@@ -138,3 +138,13 @@ def test_context_report_compares_growth_with_the_bytes() -> None:
     assert out["ratio_over_prediction"] == pytest.approx(1.5 / 1.1)
     assert out["last_over_limit"] == pytest.approx(60.0 / 44.0)
     assert out["kv_read_gbs"] == pytest.approx(0.1e9 / 0.020 / 1e9)
+
+
+def test_context_reports_every_onnx_precision_the_package_holds(model, tmp_path) -> None:
+    args = argparse.Namespace(threads=1, repeats=1, context_steps=2)
+    out = run_context(model, args, MACHINE)
+    assert set(out) == {"fp32"}  # the fixture holds fp32 only
+    report = out["fp32"]
+    first, last = min(report["ms_per_token"]), max(report["ms_per_token"])
+    assert report["bytes_per_token"][last] > report["bytes_per_token"][first]
+    assert report[f"ratio_{last}_over_{first}"] > 0 and report["predicted_ratio"] > 1
