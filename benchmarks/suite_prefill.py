@@ -89,7 +89,7 @@ def _point(kind: str, model: BenchModel, frames: int, threads: int) -> dict:
 def run_prefill(model: BenchModel, args) -> dict:
     """Time and peak RSS per layout and frame count, and the CrossLMM/full ratios."""
     kinds = ("crosslmm_ours", "full_ours", "full_ours_512", "full_sdpa")
-    points = {kind: {} for kind in kinds}
+    points: dict[str, dict[int, dict]] = {kind: {} for kind in kinds}
     for frames in args.prefill_frames:
         for kind in kinds:
             points[kind][frames] = _point(kind, model, frames, args.threads)
