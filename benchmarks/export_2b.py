@@ -50,8 +50,8 @@ import sys, torch, onnxruntime as ort
 from ..export.checkpoint import load_checkpoint
 from ..export.graph_specs import random_inputs
 from ..export.verify import pytorch_reference
-from ..runtime.core.compare import compare
-from ..runtime.core.contract import ExportLimits, graph_specs, llm_sizes
+from ..runtime.inference.compare import compare
+from ..runtime.model.contract import ExportLimits, graph_specs, llm_sizes
 from ..runtime.package.manifest import load_manifest
 model = load_checkpoint(sys.argv[1])
 manifest = load_manifest(sys.argv[2])

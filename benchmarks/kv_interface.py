@@ -1,6 +1,7 @@
 """Decode-step cost of the two KV-cache interfaces an LLM graph can have.
 
-    python3 -m crosslmm_edge.benchmarks.kv_interface [--layers 4] [--past 256 1024 4096] [--repeats 10]
+    python3 -m crosslmm_edge.benchmarks.kv_interface [--layers 4] [--past 256 1024 4096] \
+        [--repeats 10]
 
 "new": the package's interface: the graph returns only the chunk's new K/V
 entries and the runtime writes them into a preallocated cache at
@@ -28,7 +29,7 @@ import numpy as np
 
 def build(layers: int, mlp: int, vocab: int):
     from ..export.model import build_model
-    from ..runtime.core.config import CrossLMMConfig, TextConfig, VisionConfig
+    from ..runtime.model.config import CrossLMMConfig, TextConfig, VisionConfig
 
     vision = VisionConfig(
         hidden_size=64,
@@ -69,7 +70,7 @@ def export_both(model, folder: Path) -> dict[str, Path]:
     from ..export.graph_modules import graph_module
     from ..export.graph_specs import trace_sizes
     from ..export.onnx_export import export_graph
-    from ..runtime.core.contract import ExportLimits, TensorSpec, llm_spec
+    from ..runtime.model.contract import ExportLimits, TensorSpec, llm_spec
 
     config = model.config
     spec = llm_spec(config, ExportLimits(8, 16384), "float32")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.core.contract import LLM
-from ..runtime.core.pipeline import Pipeline
-from ..runtime.core.sampling import Sampler
+from ..runtime.inference.pipeline import Pipeline
+from ..runtime.inference.sampling import Sampler
+from ..runtime.model.contract import LLM
 
 
 class TimedSession:

@@ -36,7 +36,7 @@ def qwen2_from_checkpoint(checkpoint: Path, attention: str):
     import transformers
     from safetensors.torch import load_file
 
-    from ..runtime.core.config import CrossLMMConfig
+    from ..runtime.model.config import CrossLMMConfig
     from ..runtime.package.files import read_json
 
     text = CrossLMMConfig.from_dict(read_json(checkpoint / "config.json")).text_config

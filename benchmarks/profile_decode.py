@@ -15,8 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..runtime.backends.ort_backend import OrtBackend
-from ..runtime.core.contract import LLM
-from ..runtime.core.pipeline import Pipeline
+from ..runtime.inference.pipeline import Pipeline
+from ..runtime.model.contract import LLM
 from .suite_context import decode_steps, filled_cache
 
 

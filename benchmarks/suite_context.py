@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from ..runtime.core.sampling import Sampler
+from ..runtime.inference.sampling import Sampler
 from ..runtime.package.manifest import load_manifest
 from .models import BenchModel
 from .ours import open_pipeline, video_cache

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.core.contract import LLM
+from ..runtime.model.contract import LLM
 from .graph_bytes import weight_bytes_per_step
 from .models import BenchModel
 from .ours import (

@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from ..runtime.core.contract import LLM
+from ..runtime.model.contract import LLM
 from ..runtime.package.loader import open_package
 from .graph_bytes import weight_bytes_per_step
 from .models import BenchModel

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from ..runtime.core.contract import POOLING, VISION_ENCODER
+from ..runtime.model.contract import POOLING, VISION_ENCODER
 from ..runtime.package.manifest import load_manifest
 from .models import BenchModel
 from .ours import open_pipeline, video_cache

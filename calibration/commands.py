@@ -43,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--seed", type=int, default=1, help="stream of videos (default 1)")
     evaluate.add_argument("--frames", type=int, default=8, help="frames per video (default 8)")
     evaluate.add_argument(
-        "--precision", default=None, help="package artifacts: fp32, fp16 or int8 (default: best)"
+        "--precision",
+        default=None,
+        help="package artifacts: fp32, fp16, int8 or int4 (default: best)",
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=run_eval)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.core.contract import POOLING, VISION_ENCODER
 from ..runtime.errors import UserError
+from ..runtime.model.contract import POOLING, VISION_ENCODER
 from ..runtime.package.files import file_sha256
 from ..runtime.package.manifest import PRECISIONS, load_manifest
 from .drift import StageDrift, TokenDrift
@@ -73,10 +73,10 @@ class Side:
         self.pooled: list[dict[str, np.ndarray]] = []
         sessions = self.assistant.pipeline.sessions
         sessions[VISION_ENCODER] = RecordingSession(
-            sessions[VISION_ENCODER], None, lambda out: self.features.append(out["patch_features"])
+            sessions[VISION_ENCODER], lambda out: self.features.append(out["patch_features"])
         )
         sessions[POOLING] = RecordingSession(
-            sessions[POOLING], None, lambda out: self.pooled.append(dict(out))
+            sessions[POOLING], lambda out: self.pooled.append(dict(out))
         )
 
     def cross(self, name: str) -> np.ndarray:
@@ -106,7 +106,8 @@ class ForcedSampler:
     """A ``Sampler`` stand-in that returns given tokens and keeps the logits it saw."""
 
     def __init__(self, tokens: list[int]) -> None:
-        self.tokens, self.logits = list(tokens), []
+        self.tokens = list(tokens)
+        self.logits: list[np.ndarray] = []
 
     def choose(self, logits: np.ndarray, *_: object) -> tuple[int, float]:
         self.logits.append(np.array(logits, dtype=np.float32))

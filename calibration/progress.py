@@ -14,6 +14,9 @@ class _NoBar:
     def update(self, *_: Any) -> None:
         """Nothing to draw."""
 
+    def set_postfix_str(self, *_: Any) -> None:
+        """Nothing to say."""
+
 
 def progress_bar(total: int, desc: str, unit: str) -> AbstractContextManager:
     """A context manager yielding an object with ``update()``."""

@@ -1,19 +1,21 @@
-"""INT8 graphs in explicit Q/DQ form, calibrated on recorded video runs.
+"""INT8 graphs in explicit Q/DQ form, calibrated on video runs.
 
 ``quantize_package`` selects weight MatMuls by module path (``recipes``),
-records the FP32 runtime's feeds on the calibration videos (``record``),
-runs ``onnxruntime.quantization.quantize_static`` per graph (QDQ, per-channel
-symmetric INT8 weights, symmetric per-tensor INT8 activations, min/max
-ranges streamed with ``CalibStridedMinMax``), optionally stores the cross
-K/V in INT8 (``kv_int8``), and adds the graphs to the package as the
-``onnx/int8`` artifact set with a manifest record of how they were made.
+gathers the range of every activation they read while the FP32 runtime
+answers questions on the calibration videos (``calibrate``), runs
+``onnxruntime.quantization.quantize_static`` per graph on those ranges
+(QDQ, per-channel symmetric INT8 weights, symmetric per-tensor INT8
+activations; the ranges reach it as its JSON calibration cache, so it runs
+no calibrator of its own), optionally stores the cross K/V in INT8
+(``kv_int8``), and adds the graphs to the package as the ``onnx/int8``
+artifact set with a manifest record of how they were made.
 
 ONNX Runtime 1.32 facts this follows: the histogram calibrators (Entropy,
 Percentile, Distribution) crash on inputs whose shapes vary between samples
 and Percentile on empty tensors, both normal here (chunks of any length, an
-empty past); ``CalibMaxIntermediateOutputs`` discards collected data; min/max
-over strides gives the same ranges as over everything at once, with memory
-bounded by one stride.
+empty past); its own min/max calibrator needs every feed stored and replayed
+(over 40 GB of temporary files for a 0.5B-shaped model at 64 frames), where
+the streamed min/max is the same range.
 """
 
 from __future__ import annotations
@@ -22,43 +24,21 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
-from ..runtime.core.contract import LLM, POOLING, ROLES, TensorSpec
 from ..runtime.errors import UserError
+from ..runtime.model.contract import LLM, POOLING, ROLES, TensorSpec
 from ..runtime.package.files import file_sha256
 from ..runtime.package.loader import choose_artifacts
 from ..runtime.package.manifest import Artifact, FileRef, Manifest, load_manifest
 from . import kv_int8
-from .calib_data import (
-    CalibVideo,
-    expand_paths,
-    select_videos,
-    selection_hash,
-    synthetic_videos,
-)
-from .progress import progress_bar
 from .recipes import WeightNode, select, weight_nodes
-from .record import CrossRange, FeedStore, record_calibration
 
-STRIDE = 16  # samples per calibration stride: bounds the calibrator's memory
-Log = Callable[[str], None]
-
-
-@dataclass
-class Calibration:
-    """Recorded feeds of every graph and what they were recorded on."""
-
-    store: FeedStore
-    videos: list[CalibVideo]
-    seed: int
-    cross_max: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def sha256(self) -> str:
-        return selection_hash(self.videos, self.seed)
+if TYPE_CHECKING:
+    from .calibrate import Calibration
 
 
 @dataclass(frozen=True)
@@ -72,33 +52,6 @@ class QuantizeOptions:
     search: dict | None = field(default=None, compare=False)  # the search's record, if any
 
 
-def _stride(total: int) -> int:
-    """The largest stride ≤ STRIDE dividing ``total`` (ORT requires an exact division)."""
-    return next(s for s in range(min(STRIDE, total), 0, -1) if total % s == 0)
-
-
-def calibrate(
-    package_dir: Path,
-    workdir: Path,
-    calib: list[str] | None,
-    count: int,
-    seed: int,
-    log: Log,
-) -> Calibration:
-    """Choose the videos (the user's, or synthetic ones) and record every graph's feeds."""
-    manifest = load_manifest(package_dir)
-    frames = int(manifest.model_config.get("num_frames", 8))
-    if calib is not None:
-        videos = select_videos(expand_paths(calib), count, seed)
-    else:
-        (workdir / "videos").mkdir()
-        videos = synthetic_videos(workdir / "videos", count, frames)
-    store, cross = FeedStore(workdir / "feeds"), CrossRange()
-    with progress_bar(len(videos), "calibration runs", "video") as bar:
-        used = record_calibration(package_dir, videos, store, cross, bar.update, log)
-    return Calibration(store, used, seed, cross.max_abs)
-
-
 def quantize_graph(
     source: Path, target: Path, nodes: list[str], calibration: Calibration, role: str
 ) -> None:
@@ -107,24 +60,44 @@ def quantize_graph(
     if not nodes:  # ORT reads an empty selection as "everything": copy the graph instead
         onnx.save(onnx.load(str(source)), str(target), save_as_external_data=external)
         return
-    reader = calibration.store.reader(role)
-    if not len(reader):
-        raise UserError(f"no calibration samples were recorded for graph {role}")
+    table = calibration.stats.by_role.get(role, {})
+    inputs = _matmul_inputs(source, nodes)
+    missing = [name for name in inputs if name not in table]
+    if missing:
+        raise UserError(f"no calibration statistics were gathered for graph {role} ({missing[0]})")
+    cache = target.with_name(target.name + ".ranges.json")
+    _write_ranges(cache, {name: table[name].symmetric_range() for name in inputs})
     root = logging.getLogger()
     level, root.level = root.level, logging.ERROR  # ORT logs advice on pre-processing at WARNING
     try:
-        _quantize_static(source, target, nodes, reader, external)
+        _quantize_static(source, target, nodes, cache, external)
     finally:
         root.setLevel(level)
+        cache.unlink(missing_ok=True)
 
 
-def _quantize_static(source: Path, target: Path, nodes: list[str], reader, external: bool) -> None:
+def _matmul_inputs(source: Path, nodes: list[str]) -> list[str]:
+    wanted = set(nodes)
+    model = onnx.load(str(source), load_external_data=False)
+    return list(dict.fromkeys(n.input[0] for n in model.graph.node if n.name in wanted))
+
+
+def _write_ranges(path: Path, ranges: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """ONNX Runtime's calibration cache (``save_tensors_data``) holding ``ranges``."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
+
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), path)
+
+
+def _quantize_static(
+    source: Path, target: Path, nodes: list[str], cache: Path, external: bool
+) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     quantize_static(
         str(source),
         str(target),
-        reader,
+        None,
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["MatMul"],
         per_channel=True,
@@ -141,8 +114,8 @@ def _quantize_static(source: Path, target: Path, nodes: list[str], reader, exter
             # output keeps q, k and v apart after the fused projection (one per-tensor
             # scale across them cost ~1 dB) and ONNX Runtime runs MatMulIntegerToFloat.
             "OpTypesToExcludeOutputQuantization": ["MatMul"],
-            "CalibStridedMinMax": _stride(len(reader)),
         },
+        calibration_cache_path=str(cache),
     )
 
 
@@ -192,44 +165,70 @@ def int8_artifacts(
     progress: Callable[[], None] = lambda: None,
 ) -> dict[str, Artifact]:
     """Quantize the three FP32 graphs into ``staging``; their manifest records."""
-    manifest = load_manifest(package_dir)
-    fp32 = choose_artifacts(manifest, "onnx", "fp32")
-    chosen = selected_nodes(package_dir, manifest, options)
-    scales = kv_int8.head_scales(calibration.cross_max) if options.int8_cross_kv else {}
     artifacts = {}
     for role in ROLES:
-        source = fp32.by_role[role]
-        target = staging / f"{role}.int8.onnx"
-        quantize_graph(
-            package_dir / source.file, target, [n.name for n in chosen[role]], calibration, role
-        )
-        _apply_cross_kv(role, target, scales)
-        files = [target] + [p for p in [target.with_name(target.name + ".data")] if p.exists()]
-        build = {
-            "recipe": options.recipe,
-            "exclude": list(options.exclude),
-            "kept_float_groups": list(options.skip_groups),
-            "search": options.search,
-            "quantized_modules": sorted({n.module for n in chosen[role]}),
-            "calibration_sha256": calibration.sha256,
-            "calibration_videos": len(calibration.videos),
-            "calibration_samples": len(calibration.store.reader(role)),
-            "source_artifacts": {f.file: f.sha256 for f in source.files()},
-            "base_precision": "fp32",
-            "scheme": "QDQ int8: per-channel symmetric weights, per-tensor symmetric activations",
-            "cross_kv": "int8 per-head" if scales else "float",
-            "cross_kv_scales": {k: v.tolist() for k, v in scales.items()} if scales else {},
-        }
-        cross = set(scales)
-        artifacts[role] = Artifact(
-            backend="onnx",
-            precision="int8",
-            file=target.name,
-            sha256=file_sha256(target),
-            inputs=_int8_specs(source.inputs, cross if role == LLM else set()),
-            outputs=_int8_specs(source.outputs, cross if role == POOLING else set()),
-            external_data=tuple(FileRef(f.name, file_sha256(f)) for f in files[1:]),
-            build=build,
-        )
+        artifacts[role] = int8_artifact(package_dir, staging, calibration, options, role)
         progress()
     return artifacts
+
+
+def int8_artifact(
+    package_dir: Path,
+    staging: Path,
+    calibration: Calibration,
+    options: QuantizeOptions,
+    role: str,
+    precision: str = "int8",
+) -> Artifact:
+    """``role``'s FP32 graph with its recipe's MatMuls in INT8 Q/DQ, as a ``precision``
+    artifact in ``staging`` (``int4`` sets take the vision and pooling graphs from here)."""
+    manifest = load_manifest(package_dir)
+    source = choose_artifacts(manifest, "onnx", "fp32").by_role[role]
+    chosen = selected_nodes(package_dir, manifest, options)[role]
+    scales = kv_int8.head_scales(calibration.cross_max) if options.int8_cross_kv else {}
+    target = staging / f"{role}.{precision}.onnx"
+    quantize_graph(package_dir / source.file, target, [n.name for n in chosen], calibration, role)
+    _apply_cross_kv(role, target, scales)
+    files = [target] + [p for p in [target.with_name(target.name + ".data")] if p.exists()]
+    build = {
+        **build_record(options, calibration, role, source),
+        "quantized_modules": sorted({n.module for n in chosen}),
+        "scheme": "QDQ int8: per-channel symmetric weights, per-tensor symmetric activations",
+        **cross_kv_record(scales),
+    }
+    return Artifact(
+        backend="onnx",
+        precision=precision,
+        file=target.name,
+        sha256=file_sha256(target),
+        inputs=_int8_specs(source.inputs, set(scales) if role == LLM else set()),
+        outputs=_int8_specs(source.outputs, set(scales) if role == POOLING else set()),
+        external_data=tuple(FileRef(f.name, file_sha256(f)) for f in files[1:]),
+        build=build,
+    )
+
+
+def build_record(
+    options: QuantizeOptions, calibration: Calibration, role: str, source: Artifact
+) -> dict:
+    """The manifest's record of a quantized graph: recipe, calibration, source."""
+    return {
+        "recipe": options.recipe,
+        "exclude": list(options.exclude),
+        "kept_float_groups": list(options.skip_groups),
+        "search": options.search,
+        "calibration_sha256": calibration.sha256,
+        "calibration_videos": len(calibration.videos),
+        "calibration_runs": calibration.stats.runs.get(role, 0),
+        "calibration_frames": calibration.frames,
+        "source_artifacts": {f.file: f.sha256 for f in source.files()},
+        "base_precision": "fp32",
+    }
+
+
+def cross_kv_record(scales: dict[str, np.ndarray]) -> dict:
+    """How the cross K/V memory is stored, with its per-head scales."""
+    return {
+        "cross_kv": "int8 per-head" if scales else "float",
+        "cross_kv_scales": {k: v.tolist() for k, v in scales.items()} if scales else {},
+    }

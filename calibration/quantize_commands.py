@@ -30,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--calib-count", type=int, default=16, help="videos to calibrate on (default 16)"
     )
     quantize.add_argument("--seed", type=int, default=0, help="selection seed (default 0)")
+    quantize.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="frames per calibration video (default: the most the package was exported for)",
+    )
     where = quantize.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", default=None, help="write a copy of the package with INT8 added")
     where.add_argument("--in-place", action="store_true", help="add INT8 to PACKAGE itself")
@@ -55,6 +61,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip the INT8 graphs for TensorRT (onnx-trt/int8, on the fp16 graphs)",
     )
+    quantize.add_argument(
+        "--precision",
+        choices=("int8", "int4"),
+        default="int8",
+        help="int8: Q/DQ graphs (onnx/int8); int4: 4-bit LLM weights (onnx/int4)",
+    )
+    _int4_arguments(quantize)
     quantize.add_argument("--json", action="store_true", help="print one JSON object")
     quantize.set_defaults(func=run_quantize)
 
@@ -69,6 +82,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     drift.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
     drift.add_argument("--html", default=None, metavar="FILE", help="write an offline HTML report")
     drift.set_defaults(func=run_drift_command)
+
+
+def _int4_arguments(quantize: argparse.ArgumentParser) -> None:
+    """The ``--precision int4`` options (docs/quantization.md)."""
+    from .quantize_int4 import ALGORITHMS, HEAD_CHOICES, Int4Options
+
+    default = Int4Options()
+    quantize.add_argument(
+        "--block-size",
+        type=int,
+        default=default.block_size,
+        help=f"int4: weights per scale along K, 32, 64 or 128 (default {default.block_size})",
+    )
+    quantize.add_argument(
+        "--asymmetric", action="store_true", help="int4: zero points per block (ONNX Runtime only)"
+    )
+    quantize.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        default=default.algorithm,
+        help=f"int4: rtn (round to nearest) or awq (default {default.algorithm})",
+    )
+    quantize.add_argument(
+        "--head",
+        choices=HEAD_CHOICES,
+        default=default.head,
+        help=f"int4: storage of the LM head (default {default.head})",
+    )
+    quantize.add_argument(
+        "--embedding",
+        choices=HEAD_CHOICES,
+        default=default.embedding,
+        help=f"int4: the token embedding (ONNX Runtime only; default {default.embedding})",
+    )
+
+
+def _int4_options(args: argparse.Namespace):
+    from .quantize_int4 import Int4Options
+
+    if args.precision != "int4":
+        return None
+    return Int4Options(
+        args.block_size, not args.asymmetric, args.algorithm, args.head, args.embedding
+    )
 
 
 def _warn(message: str) -> None:
@@ -92,27 +149,58 @@ def run_quantize(args: argparse.Namespace) -> int:
         args.search_videos,
         _warn,
         trt_int8=not args.no_trt_int8,
+        frames=args.frames,
+        int4=_int4_options(args),
     )
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"wrote INT8 graphs to {summary['package']} (recipe {summary['recipe']})")
+    precision = summary["precision"]
+    print(f"wrote {precision.upper()} graphs to {summary['package']} (recipe {summary['recipe']})")
     for role, modules in summary["quantized_modules"].items():
-        print(f"  {role}: {len(modules)} weight MatMuls in INT8")
+        print(f"  {role}: {len(modules)} weight MatMuls quantized")
+    if precision == "int4":
+        _print_int4(summary["llm_build"])
     for group, reason in summary["kept_float"].items():
-        print(f"  kept in float: {group} ({reason})")
+        wider = precision == "int4" and reason.startswith(("int8:", "float:"))
+        print(f"  kept {'wider' if wider else 'in float'}: {group} ({reason})")
     search = summary.get("search")
-    if search:
+    if precision == "int4":
+        _print_int4_search(summary["llm_build"].get("int4_search"))
+    elif search:
         print(f"  --max-drift {search['max_drift_points']:g}: worst accuracy drop per group alone")
         for group, points in search["sensitivity_points"].items():
             print(f"    {group:<50} {points:5.1f} points")
     print(f"  cross K/V: {summary['cross_kv']}; calibration set {summary['calibration_sha256']}")
     if summary["trt_int8"]:
-        print("  onnx-trt/int8: the same Q/DQ on the fp16 graphs, for `build --precision int8`")
+        print(f"  onnx-trt/{precision}: the same on the fp16 graphs, for TensorRT")
     for frames, sizes in summary["cross_kv_memory_bytes"].items():
         listing = ", ".join(f"{kind} {size / 2**20:.1f} MiB" for kind, size in sizes.items())
         print(f"  cross K/V memory at {frames} frames: {listing}")
     return 0
+
+
+def _print_int4(build: dict) -> None:
+    """What the INT4 LLM holds: algorithm, blocks, storage per module kind."""
+    kind = "symmetric" if build["symmetric"] else "asymmetric"
+    print(
+        f"  llm: {build['algorithm'].upper()}, blocks of {build['block_size']} ({kind}), "
+        f"LM head {build['lm_head']}, embedding {build['embedding']}"
+    )
+    for storage, modules in build["modules_by_storage"].items():
+        print(f"    {storage}: {len(modules)} modules")
+
+
+def _print_int4_search(search: dict | None) -> None:
+    """Where ``--max-drift`` landed: the drop and bytes of each mix it tried."""
+    if not search:
+        return
+    print(f"  --max-drift {search['max_drift_points']:g}: mixes tried (worst drop, LLM bytes)")
+    for trial in search["trials"]:
+        mib = trial["llm_bytes"] / 2**20
+        print(f"    {trial['drop']:5.1f} points  {mib:8.1f} MiB  {trial['mix']}")
+    landed = search["landed"]
+    print(f"  landed on: {landed['drop']:.1f} points, {landed['llm_bytes'] / 2**20:.1f} MiB")
 
 
 def _drift_items(args: argparse.Namespace, workdir: Path):

@@ -28,8 +28,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..runtime.core.contract import LLM, POOLING, ROLES
 from ..runtime.errors import UserError
+from ..runtime.model.contract import LLM, POOLING, ROLES
 from ..runtime.package.files import file_sha256
 from ..runtime.package.loader import choose_artifacts
 from ..runtime.package.manifest import Artifact, FileRef, load_manifest

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import onnx
 
 from ..export.graph_passes import NAME_SCOPES, innermost_module
-from ..runtime.core.contract import LLM, POOLING, VISION_ENCODER
 from ..runtime.errors import UserError
+from ..runtime.model.contract import LLM, POOLING, VISION_ENCODER
 
 DECODER = r"^model\.language_model\.model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj$"
 DCAL_LLM = r"^model\.dcal\.\d+\.((t2v|v2v)_attn|mlp)\.\w+_proj$"

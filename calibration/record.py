@@ -1,93 +1,61 @@
-"""Record the real feeds of every graph while the FP32 runtime answers questions.
+"""Run the FP32 runtime on the calibration videos and gather what quantization needs.
 
 Calibration must see what the graphs see in use: the video-prefix prefill
 with its V2V memory, text-only questions, decode steps, the empty past of a
-first chunk. Rather than synthesising those feeds, ``RecordingSession`` wraps
-each loaded graph's ``run`` and copies every feed to disk as it goes by, one
-``.npz`` per run, so memory stays bounded by one sample whatever the number
-of videos. ``FeedReader`` plays them back to ONNX Runtime's calibrator.
+first chunk. Rather than synthesising those feeds, each graph is loaded in a
+copy that also outputs the activations its selected MatMuls read
+(``activation_stats.StatsSession``), and their statistics are folded in as
+the runtime answers questions: nothing per feed is kept, so disk use is
+independent of the number of videos and memory bounded by the statistics.
+``RecordingSession`` shows a graph's outputs to a hook (the cross K/V ranges,
+``drift``'s stage taps).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..runtime.backends.base import DeviceArray, GraphSession
-from ..runtime.core.contract import POOLING, ROLES
+from ..runtime.backends.base import GraphSession
 from ..runtime.errors import UserError
+from ..runtime.model.contract import POOLING, ROLES
+from .activation_stats import (
+    ActivationStats,
+    StatsSession,
+    remove_tracking_graphs,
+    write_tracking_graph,
+)
 from .calib_data import CalibVideo
 
 OutputHook = Callable[[dict[str, np.ndarray]], None]
 
 
-class RecordingSession(GraphSession):
-    """A ``GraphSession`` that stores every feed (and shows every output) of the real one."""
+@dataclass
+class CalibrationRun:
+    """Where and how a calibration runs: frames per video, a scratch folder, a progress bar."""
 
-    def __init__(
-        self, inner: GraphSession, store: FeedStore | None, on_outputs: OutputHook | None = None
-    ) -> None:
-        self.inner, self.store, self.on_outputs = inner, store, on_outputs
+    frames: int
+    workdir: Path
+    bar: Any
+    warn: Callable[[str], None] = print
+
+
+class RecordingSession(GraphSession):
+    """A ``GraphSession`` that shows every output of the real one to a hook."""
+
+    def __init__(self, inner: GraphSession, on_outputs: OutputHook | None = None) -> None:
+        self.inner, self.on_outputs = inner, on_outputs
         self.name, self.inputs, self.outputs = inner.name, inner.inputs, inner.outputs
 
     def run(self, feeds, write_to=None, fetch=None) -> dict[str, np.ndarray]:
-        if self.store is not None:
-            self.store.add(self.name, feeds, self.inputs)
         result = self.inner.run(feeds, write_to, fetch)
         if self.on_outputs is not None:
             self.on_outputs(result)
         return result
-
-
-class FeedStore:
-    """Samples of each role, written to ``folder/ROLE/NNNNNN.npz`` in run order."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.counts = dict.fromkeys(ROLES, 0)
-
-    def add(self, role: str, feeds: Mapping[str, np.ndarray | DeviceArray], specs: Mapping) -> None:
-        """Copy one run's feeds (device arrays are read back) into a file."""
-        arrays = {}
-        for name, value in feeds.items():
-            array = value.numpy() if isinstance(value, DeviceArray) else value
-            arrays[name] = np.ascontiguousarray(array, dtype=np.dtype(specs[name].dtype))
-        folder = self.folder / role
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / f"{self.counts[role]:06d}.npz", **arrays)
-        self.counts[role] += 1
-
-    def reader(self, role: str) -> FeedReader:
-        return FeedReader(sorted((self.folder / role).glob("*.npz")))
-
-
-class FeedReader:
-    """ONNX Runtime ``CalibrationDataReader`` over stored samples (strided ranges)."""
-
-    def __init__(self, files: list[Path]) -> None:
-        self.files = files
-        self.start, self.end = 0, len(files)
-        self.position = 0
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self.start, self.end = start_index, min(end_index, len(self.files))
-        self.position = start_index
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.position >= self.end:
-            return None
-        with np.load(self.files[self.position]) as data:
-            sample = {name: data[name] for name in data.files}
-        self.position += 1
-        return sample
-
-    def rewind(self) -> None:
-        self.set_range(0, len(self.files))
 
 
 class CrossRange:
@@ -108,40 +76,74 @@ class CrossRange:
 def record_calibration(
     package_dir: Path,
     videos: list[CalibVideo],
-    store: FeedStore,
+    tracked: Mapping[str, list[str]],
+    stats: ActivationStats,
     cross: CrossRange,
-    progress: Callable[[], None] = lambda: None,
-    warn: Callable[[str], None] = print,
+    run: CalibrationRun,
 ) -> list[CalibVideo]:
-    """Answer every video's questions with the FP32 runtime, recording all feeds.
+    """Answer every video's questions with the FP32 runtime, gathering statistics.
 
-    A video that cannot be decoded is skipped with a warning; the videos
-    actually used are returned. Zero usable videos is a ``UserError``.
+    ``tracked``: per graph role, the activations whose statistics ``stats``
+    collects. A video that cannot be decoded is skipped with a warning; the
+    videos actually used are returned. Zero usable videos is a ``UserError``.
     """
     from ..runtime.chat.assistant import RuntimeAssistant
-    from ..runtime.chat.assistant_types import GenerationOptions
-    from ..runtime.video.decode import load_video
 
     assistant = RuntimeAssistant(package_dir, provider="cpu", precision="fp32")
-    sessions = assistant.pipeline.sessions
-    for role in ROLES:
-        hook = cross if role == POOLING else None
-        sessions[role] = RecordingSession(sessions[role], store, hook)
-    dims, used = assistant.dims, []
-    options = GenerationOptions(max_new_tokens=4)
-    for video in videos:
-        try:  # decode fully first, so a corrupt file records nothing
-            pixels = load_video(video.path, dims.num_frames, dims.image_size)
-        except UserError as exc:
-            warn(f"warning: skipping calibration video {video.path}: {exc}")
-            progress()
-            continue
-        assistant.set_frames_from_chunks([pixels], None)
-        for question in video.questions:
-            assistant.ask(question, options)
-        assistant.follow_up(video.questions[0], options)  # a later turn after an answer
-        used.append(video)
-        progress()
+    folder = run.workdir / "tracking-graphs"
+    try:
+        _load_tracking_graphs(assistant.pipeline, tracked, stats, folder)
+        sessions = assistant.pipeline.sessions
+        sessions[POOLING] = RecordingSession(sessions[POOLING], cross)
+        used = [video for video in videos if _answer(assistant, video, run)]
+    finally:
+        # The sessions hold what they loaded; the links to the package's weights must
+        # go before anything reads them with onnx (which refuses hard-linked data).
+        remove_tracking_graphs(folder)
     if not used:
         raise UserError("no usable calibration video: every file failed to decode")
     return used
+
+
+def _answer(assistant, video: CalibVideo, run: CalibrationRun) -> bool:
+    """Ask ``video``'s questions (and a follow-up); False when it cannot be decoded."""
+    from ..runtime.chat.assistant_types import GenerationOptions
+    from ..runtime.video.decode import load_video
+
+    options = GenerationOptions(max_new_tokens=4)
+    run.bar.set_postfix_str(f"{video.path.name}: decoding")
+    try:  # decode fully first, so a corrupt file records nothing
+        pixels = load_video(video.path, run.frames, assistant.dims.image_size)
+    except UserError as exc:
+        run.warn(f"warning: skipping calibration video {video.path}: {exc}")
+        run.bar.update()
+        return False
+    run.bar.set_postfix_str(f"{video.path.name}: encoding {run.frames} frames")
+    assistant.set_frames_from_chunks([pixels], None)
+    for number, question in enumerate(video.questions, 1):
+        run.bar.set_postfix_str(f"{video.path.name}: question {number}/{len(video.questions)}")
+        assistant.ask(question, options)
+    assistant.follow_up(video.questions[0], options)  # a later turn after an answer
+    run.bar.update()
+    return True
+
+
+def _load_tracking_graphs(
+    pipeline, tracked: Mapping[str, list[str]], stats: ActivationStats, folder: Path
+) -> None:
+    """Replace each graph's session by its statistics-reporting copy (one at a time,
+    the old one released first, so the weights are in memory once)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for role in ROLES:
+        names = tracked.get(role, [])
+        if not names:
+            continue
+        artifact = pipeline.artifacts.by_role[role]
+        source = pipeline.package.path(artifact, verify=False)  # checked when first opened
+        target = folder / role / Path(artifact.file).name
+        target.parent.mkdir()
+        write_tracking_graph(source, target, names)
+        del pipeline.sessions[role]
+        dims = pipeline.package.manifest.graphs[role].dims
+        session = pipeline.backend.load(target, role, artifact.inputs, dims)
+        pipeline.sessions[role] = StatsSession(session, role, names, stats)

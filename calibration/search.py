@@ -17,7 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..runtime.package.manifest import load_manifest
-from .quantize import Calibration, QuantizeOptions, selected_nodes
+from .calibrate import Calibration
+from .quantize import QuantizeOptions, selected_nodes
 
 SEARCH_STREAM = 2
 CROSS_KV = "cross_kv"

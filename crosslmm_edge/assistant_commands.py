@@ -38,7 +38,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "int8"),
+        choices=("fp32", "fp16", "int8", "int4"),
         default=None,
         help="packages: which artifacts run (default: the best the package holds for the device)",
     )
@@ -120,12 +120,14 @@ def _open(args: argparse.Namespace) -> Assistant:
     )
     state_in = getattr(args, "video_state", None)
     state_out = getattr(args, "save_video_state", None)
-    if (state_in or state_out) and not hasattr(assistant, "save_video_state"):
-        raise UserError("--video-state/--save-video-state need a model package")
-    if state_in:
-        assistant.set_video(args.video, args.frames, state_file=state_in)
-    else:
+    if not (state_in or state_out):
         assistant.set_video(args.video, args.frames)
+        return assistant
+    from .runtime.chat.assistant import RuntimeAssistant  # a package's runtime keeps states
+
+    if not isinstance(assistant, RuntimeAssistant):
+        raise UserError("--video-state/--save-video-state need a model package")
+    assistant.set_video(args.video, args.frames, state_file=state_in)
     if state_out:
         assistant.save_video_state(state_out)
     return assistant

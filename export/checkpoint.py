@@ -20,11 +20,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..runtime.core.config import CrossLMMConfig
 from ..runtime.errors import UserError
+from ..runtime.model.config import CrossLMMConfig
+from ..runtime.model.limits import check_allocation
 from ..runtime.package.containment import inside
 from ..runtime.package.files import hash_file_into, read_json, staged_folder
-from ..runtime.package.limits import check_allocation
 from .model import CrossLMM
 from .safetensors_header import check_safetensors
 

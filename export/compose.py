@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..runtime.core.config import CrossLMMConfig, TextConfig, VisionConfig
 from ..runtime.errors import UserError
+from ..runtime.model.config import CrossLMMConfig, TextConfig, VisionConfig
 from ..runtime.package.files import read_json
 from .checkpoint import model_from_state_dict, read_weights, save_checkpoint
 from .dcal import DCAL

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..runtime.core.config import CrossLMMConfig
+from ..runtime.model.config import CrossLMMConfig
 from .attention import full_attention
 from .qwen2 import Qwen2MLP, RMSNorm
 

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the package as tensorrt artifacts with an engine record. Runs on the device.",
     )
     build.add_argument("package", help="model package folder")
-    build.add_argument("--precision", choices=("fp16", "int8"), default="fp16")
+    build.add_argument("--precision", choices=("fp16", "int8", "int4"), default="fp16")
     build.add_argument("--max-frames", type=int, help="most frames (default: the package's)")
     build.add_argument("--max-context", type=int, help="most positions (default: the package's)")
     build.add_argument("--timing-cache", type=Path, help="timing cache file, read and updated")
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--device", required=True, help=f"cpu or one of: {', '.join(DEVICES)}")
     plan.add_argument("--frames", type=int, required=True)
     plan.add_argument("--context", type=int, default=None, help="tokens (default: the model's)")
-    plan.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None)
+    plan.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default=None)
     plan.add_argument("--workspace-mb", type=int, default=512)
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=run_plan)

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from ..runtime.core.sampling import Sampler
+from ..runtime.inference.sampling import Sampler
 from .dcal import CrossKV
 from .kv_cache import KVCache
 from .model import CrossLMM, VideoFeatures

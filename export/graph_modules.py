@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..runtime.core.contract import LLM, POOLING, VISION_ENCODER
+from ..runtime.model.contract import LLM, POOLING, VISION_ENCODER
 from .dcal import CrossKV
 from .model import CrossLMM
 from .projector import pooling_matrix

@@ -1,6 +1,6 @@
-"""Export-side companions of the graph contract (runtime/core/contract.py): dummy inputs.
+"""Export-side companions of the graph contract (runtime/model/contract.py): dummy inputs.
 
-The specs themselves are torch-free data in ``crosslmm_edge.runtime.core.contract``;
+The specs themselves are torch-free data in ``crosslmm_edge.runtime.model.contract``;
 here they are filled with torch tensors for tracing and verification.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..runtime.core.config import CrossLMMConfig
-from ..runtime.core.contract import (
+from ..runtime.model.config import CrossLMMConfig
+from ..runtime.model.contract import (
     FILL_POSITIONS,
     FILL_TOKENS,
     LLM,

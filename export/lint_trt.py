@@ -3,7 +3,8 @@
 Every node must be a default-domain op that ``trt_support`` lists, its data
 tensors must have a listed dtype, the opset must be in TensorRT's range, and
 the restrictions a static check can see (axes given as constants, TopK
-sorted, no MaxPool indices, ...) must hold. Runs without TensorRT, in CI.
+sorted, no MaxPool indices, INT4 block quantization's layout: ``lint_trt_blocks``)
+must hold. Runs without TensorRT, in CI.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
 from ..runtime.errors import UserError
+from .lint_trt_blocks import BLOCK_QUANT_OPSET, block_problem, has_blocks, is_blocked
 from .trt_support import OPSET_RANGE, TRT_VERSION, supported_ops
 
 DTYPE_NAMES = {
@@ -133,7 +135,7 @@ def _restriction(
     if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
         return "the Indices output is unsupported"
     if op in ("MaxPool", "AveragePool", "LpPool") and any(
-        d != 1 for d in _attribute(node, "dilations", [])
+        d != 1 for d in list(_attribute(node, "dilations", []))  # type: ignore[call-overload]
     ):
         return "dilations must be all ones"
     if op == "LayerNormalization" and any(node.output[1:]):
@@ -159,11 +161,9 @@ def lint_model(model: onnx.ModelProto, graph_name: str) -> list[LintProblem]:
     """Every TensorRT incompatibility in ``model`` (weights need not be loaded)."""
     problems = []
     table = supported_ops()
+    highest = BLOCK_QUANT_OPSET if has_blocks(model) else OPSET_RANGE[1]
     for opset in model.opset_import:
-        if (
-            opset.domain in ("", "ai.onnx")
-            and not OPSET_RANGE[0] <= opset.version <= OPSET_RANGE[1]
-        ):
+        if opset.domain in ("", "ai.onnx") and not OPSET_RANGE[0] <= opset.version <= highest:
             problems.append(
                 LintProblem(
                     graph_name,
@@ -177,6 +177,10 @@ def lint_model(model: onnx.ModelProto, graph_name: str) -> list[LintProblem]:
     weights = {t.name: t for t in model.graph.initializer}
     constants = set(weights)
     constants |= {out for n in model.graph.node if n.op_type == "Constant" for out in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for used in node.input:
+            readers.setdefault(used, []).append(node)
     for node in model.graph.node:
         name, op = node.name or node.output[0], node.op_type
         if node.domain not in ("", "ai.onnx"):
@@ -201,6 +205,8 @@ def lint_model(model: onnx.ModelProto, graph_name: str) -> list[LintProblem]:
                 )
             )
         broken = _restriction(node, constants, weights)
+        if broken is None and is_blocked(node):
+            broken = block_problem(node, weights, readers)
         if broken:
             problems.append(LintProblem(graph_name, name, op, broken))
     return problems

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..runtime.core.config import CrossLMMConfig
+from ..runtime.model.config import CrossLMMConfig
 from .attention import full_attention
 from .dcal import DCAL, Attend, CrossKV
 from .projector import Projector, pool_tokens

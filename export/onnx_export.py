@@ -31,7 +31,7 @@ import onnx
 import torch
 from torch import nn
 
-from ..runtime.core.contract import GraphSpec
+from ..runtime.model.contract import GraphSpec
 from .graph_passes import fold_weight_transposes, fuse_sibling_matmuls
 from .graph_specs import random_inputs
 

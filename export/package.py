@@ -16,15 +16,15 @@ from pathlib import Path
 
 import torch
 
-from ..runtime.core.config import CrossLMMConfig
-from ..runtime.core.contract import (
+from ..runtime.errors import UserError
+from ..runtime.model.config import CrossLMMConfig
+from ..runtime.model.contract import (
     ROLES,
     ExportLimits,
     GraphSpec,
     default_limits,
     graph_specs,
 )
-from ..runtime.errors import UserError
 from ..runtime.package.files import file_sha256, staged_folder
 from ..runtime.package.loader import add_artifacts
 from ..runtime.package.manifest import (

@@ -110,34 +110,48 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _onnx_files(target: Path) -> list[Path]:
+def _onnx_files(target: Path) -> list[tuple[Path, str | None]]:
+    """Each ONNX graph, with the ``onnx-trt`` label TensorRT builds from instead when the
+    graph is an ONNX Runtime form of a quantized set that has one (else None)."""
     from ..runtime.errors import UserError
     from ..runtime.package.manifest import load_manifest
 
     if target.is_file() and target.suffix == ".onnx":
-        return [target]
+        return [(target, None)]
     manifest = load_manifest(target)
-    files = [
-        target / art.file
-        for graph in manifest.graphs.values()
-        for art in graph.artifacts
-        if art.backend in ("onnx", "onnx-trt")  # onnx-trt: the graphs TensorRT builds INT8 from
-    ]
+    labels = manifest.labels()
+    files: list[tuple[Path, str | None]] = []
+    for graph in manifest.graphs.values():
+        for art in graph.artifacts:
+            twin = f"onnx-trt/{art.precision}"
+            if art.backend == "onnx-trt":  # the graphs TensorRT builds INT8 and INT4 from
+                files.append((target / art.file, None))
+            elif art.backend == "onnx":
+                files.append((target / art.file, twin if twin in labels else None))
     if not files:
         raise UserError(f"{target}: the manifest lists no ONNX graph")
     return files
 
 
 def run_lint(args: argparse.Namespace) -> int:
-    """Lint every ONNX graph of the package; print each problem."""
+    """Lint every ONNX graph of the package; print each problem.
+
+    A quantized ``onnx`` graph whose set has an ``onnx-trt`` twin is ONNX
+    Runtime's form (INT8 blocks, contrib ops): its problems are notes, since
+    ``build`` reads the twin.
+    """
     from .lint_trt import lint_file
     from .trt_support import TRT_VERSION
 
     failed = False
-    for path in _onnx_files(Path(args.package)):
+    for path, twin in _onnx_files(Path(args.package)):
         problems = lint_file(path)
         for problem in problems:
-            print(problem.line())
-        print(f"{path.name}: {'FAIL' if problems else 'ok'} (TensorRT {TRT_VERSION} ONNX support)")
-        failed = failed or bool(problems)
+            print(("note: " if twin else "") + problem.line())
+        if problems and twin:
+            verdict = f"ONNX Runtime form; TensorRT builds from {twin}"
+        else:
+            verdict = "FAIL" if problems else "ok"
+        print(f"{path.name}: {verdict} (TensorRT {TRT_VERSION} ONNX support)")
+        failed = failed or (bool(problems) and not twin)
     return 1 if failed else 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..runtime.core.config import TextConfig
+from ..runtime.model.config import TextConfig
 from .attention import causal_attention
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from ..models import embedded_model_dir
-from ..runtime.core.config import CrossLMMConfig, TextConfig, VisionConfig
 from ..runtime.errors import UserError
+from ..runtime.model.config import CrossLMMConfig, TextConfig, VisionConfig
 from .checkpoint import GENERATION_CONFIG, save_checkpoint
 from .model import CrossLMM
 

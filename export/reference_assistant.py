@@ -17,8 +17,8 @@ from ..runtime.chat.answer_stream import build_answer, collect_tokens
 from ..runtime.chat.assistant_types import Answer, GenerationOptions, TokenCallback
 from ..runtime.chat.prompt import PromptBuilder
 from ..runtime.chat.turns import TurnTaking
-from ..runtime.core.sampling import Sampler
 from ..runtime.errors import UserError
+from ..runtime.inference.sampling import Sampler
 from .checkpoint import load_checkpoint
 from .generate import generate, new_cache, prefill_video_prefix
 from .kv_cache import KVCache

@@ -15,8 +15,8 @@ import struct
 from pathlib import Path
 
 from ..runtime.errors import UserError
+from ..runtime.model.limits import is_count
 from ..runtime.package.files import open_regular
-from ..runtime.package.limits import is_count
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 MAX_FILE_BYTES = 1 << 40

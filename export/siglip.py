@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..runtime.core.config import VisionConfig
+from ..runtime.model.config import VisionConfig
 from .attention import full_attention
 
 

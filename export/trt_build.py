@@ -22,9 +22,9 @@ from ..runtime.backends.engine_record import environment, make_record
 from ..runtime.backends.trt_backend import profile_memory
 from ..runtime.backends.trt_common import capturing_logger, dtype_name, import_tensorrt
 from ..runtime.backends.trt_profiles import FrameSizes, ProfileLimits, derive_profiles
-from ..runtime.core.contract import ROLES, TensorSpec
-from ..runtime.core.generation import largest_visual_piece
 from ..runtime.errors import UserError
+from ..runtime.inference.generation import largest_visual_piece
+from ..runtime.model.contract import ROLES, TensorSpec
 from ..runtime.package.files import file_sha256, write_atomic
 from ..runtime.package.loader import ModelPackage, add_artifacts, open_package
 from ..runtime.package.manifest import Artifact, Manifest
@@ -48,20 +48,25 @@ class BuildSettings:
 
 
 def source_artifact(manifest: Manifest, role: str, precision: str) -> Artifact:
-    """The ONNX artifact an engine of ``precision`` is built from (onnx/fp16, onnx-trt/int8)."""
+    """The ONNX artifact an engine of ``precision`` is built from (onnx/fp16, onnx-trt/int8,
+    onnx-trt/int4)."""
     graph = manifest.graphs[role]
     if precision == "fp16":
         found = graph.find("onnx", "fp16")
         hint = "export it with `crosslmm-edge export CKPT --add --dtype fp16 --out PKG`"
-    elif precision == "int8":
-        # onnx-trt/int8: the fp16 graphs with Q/DQ (onnx/int8 is fp32-based, for ONNX Runtime).
-        found = graph.find("onnx-trt", "int8")
+    elif precision in ("int8", "int4"):
+        # onnx-trt/*: the fp16 graphs with Q/DQ (onnx/int8 and onnx/int4 are fp32-based,
+        # for ONNX Runtime).
+        found = graph.find("onnx-trt", precision)
+        flag = "" if precision == "int8" else " --precision int4"
         hint = (
-            "run `crosslmm-edge quantize PKG --in-place` on a package with fp16 graphs "
-            "(it writes the onnx-trt/int8 set)"
+            f"run `crosslmm-edge quantize PKG --in-place{flag}` on a package with fp16 graphs "
+            f"(it writes the onnx-trt/{precision} set)"
         )
     else:
-        raise UserError(f"--precision {precision}: TensorRT engines are built as fp16 or int8")
+        raise UserError(
+            f"--precision {precision}: TensorRT engines are built as fp16, int8 or int4"
+        )
     if found is None:
         raise UserError(f"{role}: the package has no {precision} ONNX graph to build from; {hint}")
     return found

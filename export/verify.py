@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runtime.core.compare import compare, tolerance_for
-from ..runtime.core.contract import (
+from ..runtime.errors import UserError
+from ..runtime.inference.compare import compare, tolerance_for
+from ..runtime.inference.pipeline import Pipeline
+from ..runtime.model.contract import (
     LLM,
     POOLING,
     VISION_ENCODER,
@@ -27,8 +29,6 @@ from ..runtime.core.contract import (
     graph_specs,
     llm_sizes,
 )
-from ..runtime.core.pipeline import Pipeline
-from ..runtime.errors import UserError
 from ..runtime.package.manifest import Manifest, load_manifest
 from .checkpoint import checkpoint_hash, load_checkpoint
 from .dcal import CrossKV

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..runtime.core.compare import tolerance_for
-from ..runtime.core.contract import is_v2v
-from ..runtime.core.pipeline import Pipeline
+from ..runtime.inference.compare import tolerance_for
+from ..runtime.inference.pipeline import Pipeline
+from ..runtime.model.contract import is_v2v
 from .generate import decode_step, new_cache, prefill, prefill_video_prefix
 from .model import CrossLMM
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
 from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
+from crosslmm_edge.runtime.chat.live import RollingWindow
 from crosslmm_edge.runtime.errors import UserError
-from crosslmm_edge.runtime.video.live import RollingWindow
 
 Frames = Iterator[np.ndarray]  # uint8 RGB [H, W, 3]
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from crosslmm_edge.models import embedded_model_dir
-from crosslmm_edge.runtime.core.config import CrossLMMConfig
-from crosslmm_edge.runtime.core.sampling import Sampler
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.inference.sampling import Sampler
+from crosslmm_edge.runtime.model.config import CrossLMMConfig
 
 BAD_CONFIGS = {
     "zero heads": {"text_config": {"num_attention_heads": 0}},

@@ -21,7 +21,7 @@ from crosslmm_edge.cli import main
 from crosslmm_edge.export.onnx_export import export_graph
 from crosslmm_edge.export.package import export_package
 from crosslmm_edge.export.verify import size_cases, verify_package
-from crosslmm_edge.runtime.core.contract import ExportLimits, graph_specs
+from crosslmm_edge.runtime.model.contract import ExportLimits, graph_specs
 from crosslmm_edge.runtime.package.files import file_sha256
 from crosslmm_edge.runtime.package.manifest import load_manifest
 
@@ -213,7 +213,7 @@ def test_an_all_logits_graph_returns_every_position(tmp_path):
     from crosslmm_edge.export.dcal import CrossKV
     from crosslmm_edge.export.graph_modules import graph_module
     from crosslmm_edge.export.graph_specs import random_inputs, trace_sizes
-    from crosslmm_edge.runtime.core.contract import llm_sizes
+    from crosslmm_edge.runtime.model.contract import llm_sizes
 
     model = tiny_model(tiny_config(layers=2, dcal_every=2))
     config = model.config

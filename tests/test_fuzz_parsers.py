@@ -29,11 +29,11 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from crosslmm_edge.models import embedded_model_dir
-from crosslmm_edge.runtime.core.config import CrossLMMConfig
-from crosslmm_edge.runtime.core.contract import ExportLimits, ModelDims, graph_specs
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.model.config import CrossLMMConfig
+from crosslmm_edge.runtime.model.contract import ExportLimits, ModelDims, graph_specs
+from crosslmm_edge.runtime.model.limits import CONFIG_BOUNDS
 from crosslmm_edge.runtime.package.hash_cache import HashCache
-from crosslmm_edge.runtime.package.limits import CONFIG_BOUNDS
 from crosslmm_edge.runtime.package.loader import ModelPackage
 from crosslmm_edge.runtime.package.manifest import load_manifest
 from crosslmm_edge.runtime.video.state_file import StateSpec

@@ -8,7 +8,7 @@ import pytest
 
 from crosslmm_edge.cli import main
 from crosslmm_edge.models import embedded_model_dir
-from crosslmm_edge.runtime.core.config import CrossLMMConfig
+from crosslmm_edge.runtime.model.config import CrossLMMConfig
 from crosslmm_edge.runtime.planner.memory_fit import Model, largest_frames, predict_cpu, predictor
 from crosslmm_edge.runtime.planner.memory_plan import GIB, Shapes, parameter_counts
 

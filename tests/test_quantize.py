@@ -213,7 +213,7 @@ def test_drift_refuses_another_model(capsys, tmp_path: Path, package: Path) -> N
 
 
 def test_int8_cross_kv_holds_a_quarter_of_fp32(quantized: Path, videos: list[Path]) -> None:
-    from crosslmm_edge.runtime.core.pipeline import Pipeline
+    from crosslmm_edge.runtime.inference.pipeline import Pipeline
     from crosslmm_edge.runtime.video.decode import load_video
 
     sizes = {}
@@ -345,7 +345,7 @@ def test_trt_int8_weights_equal_the_fp32_int8_weights(quantized16: Path) -> None
 
 def _decode_logits(package: Path, backend: str, precision: str) -> np.ndarray:
     """Logits of one decode step after a video prefix (random frames, fixed seed)."""
-    from crosslmm_edge.runtime.core.pipeline import Pipeline
+    from crosslmm_edge.runtime.inference.pipeline import Pipeline
 
     pipeline = Pipeline(package, provider="cpu", backend=backend, precision=precision)
     pixels = np.random.default_rng(0).uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32)

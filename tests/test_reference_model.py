@@ -18,7 +18,7 @@ from crosslmm_edge.export.generate import (
     prefill_video_prefix,
 )
 from crosslmm_edge.export.projector import pool_tokens, pooling_matrix
-from crosslmm_edge.runtime.core.sampling import Sampler
+from crosslmm_edge.runtime.inference.sampling import Sampler
 
 TOL = 1e-5
 

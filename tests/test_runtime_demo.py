@@ -45,7 +45,7 @@ def test_embedded_package_matches_reference_for_50_tokens(demo_run) -> None:
     from crosslmm_edge.export.generate import generate
     from crosslmm_edge.export.reference_assistant import ReferenceAssistant
     from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
-    from crosslmm_edge.runtime.core.sampling import Sampler
+    from crosslmm_edge.runtime.inference.sampling import Sampler
 
     folder, _ = demo_run
     video = str(next(folder.glob("scene-*.mp4")))

@@ -23,9 +23,9 @@ from crosslmm_edge.export.package import export_package
 from crosslmm_edge.export.reference_assistant import ReferenceAssistant
 from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
 from crosslmm_edge.runtime.chat.assistant_types import GenerationOptions
-from crosslmm_edge.runtime.core.generation import largest_visual_piece
-from crosslmm_edge.runtime.core.sampling import Sampler
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.inference.generation import largest_visual_piece
+from crosslmm_edge.runtime.inference.sampling import Sampler
 
 QUESTIONS = ["What colour is the small dot?", "Which way does it move?", "Say more."]
 GREEDY = GenerationOptions(max_new_tokens=60, logprobs=True)
@@ -224,8 +224,8 @@ def test_missing_video_raises_user_error_in_the_api(models):
 
 @pytest.mark.parametrize("scope", ["video", "frame"])
 def test_rolling_window_equals_a_fresh_start_on_its_last_frames(models, scope):
+    from crosslmm_edge.runtime.chat.live import RollingWindow
     from crosslmm_edge.runtime.video.decode import preprocess
-    from crosslmm_edge.runtime.video.live import RollingWindow
 
     package = models[scope][1]
     frames = np.random.default_rng(0).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from crosslmm_edge.runtime.backends.base import HostArray, open_backend, resolve_provider
-from crosslmm_edge.runtime.core.kv_cache import KVCache, cache_from_prefix
-from crosslmm_edge.runtime.core.sampling import Sampler, log_softmax
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.inference.kv_cache import KVCache, cache_from_prefix
+from crosslmm_edge.runtime.inference.sampling import Sampler, log_softmax
 from crosslmm_edge.runtime.video.video_state import StateKey, VideoState, load_state, save_state
 
 # -- KV cache ---------------------------------------------------------------

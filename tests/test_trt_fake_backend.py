@@ -18,8 +18,8 @@ from tiny_models import write_test_video
 from crosslmm_edge.cli import main
 from crosslmm_edge.models import embedded_model_dir
 from crosslmm_edge.runtime.backends import trt_backend
-from crosslmm_edge.runtime.core.pipeline import Pipeline
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.inference.pipeline import Pipeline
 from crosslmm_edge.runtime.package.manifest import load_manifest
 
 QUESTION = "what colour is the small dot?"
@@ -75,7 +75,7 @@ def _decode_tokens(package: Path, backend: str, steps: int = 24) -> list[int]:
     """Video prefix, then ``steps`` greedy tokens with no stop: prefill and many decodes."""
     import numpy as np
 
-    from crosslmm_edge.runtime.core.sampling import Sampler
+    from crosslmm_edge.runtime.inference.sampling import Sampler
 
     pipeline = Pipeline(package, provider="cpu", backend=backend, precision="fp16")
     pixels = np.random.default_rng(0).uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32)
@@ -169,7 +169,7 @@ def test_visual_profile_is_sized_to_the_runtime_pieces(tmp_path, monkeypatch):
     frames than the video), and a whole 100-frame prefill runs through it in pieces."""
     import numpy as np
 
-    from crosslmm_edge.runtime.core.generation import largest_visual_piece
+    from crosslmm_edge.runtime.inference.generation import largest_visual_piece
 
     package = tmp_path / "pkg"
     export = ["export", str(embedded_model_dir()), "--out", str(package), "--dtype", "fp16"]

@@ -23,8 +23,8 @@ from crosslmm_edge.runtime.backends.trt_profiles import (
     select_profile,
     trt_profile_options,
 )
-from crosslmm_edge.runtime.core.contract import ExportLimits, llm_spec
 from crosslmm_edge.runtime.errors import UserError
+from crosslmm_edge.runtime.model.contract import ExportLimits, llm_spec
 
 
 @pytest.fixture(params=["video", "frame"])

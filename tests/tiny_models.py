@@ -17,7 +17,7 @@ import torch
 
 from crosslmm_edge.export.checkpoint import save_checkpoint
 from crosslmm_edge.export.model import CrossLMM, build_model
-from crosslmm_edge.runtime.core.config import CrossLMMConfig, TextConfig, VisionConfig
+from crosslmm_edge.runtime.model.config import CrossLMMConfig, TextConfig, VisionConfig
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|video_pad|>")
 BYTE_VOCAB = 256

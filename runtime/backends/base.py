@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.contract import DimSpec, TensorSpec
 from ..errors import UserError
+from ..model.contract import DimSpec, TensorSpec
 
 # Short names accepted by --provider, best first for the automatic choice.
 # TensorRT is never chosen automatically: its first run builds engines for

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.contract import DimSpec, TensorSpec
 from ..errors import UserError
+from ..model.contract import DimSpec, TensorSpec
 from . import ort_cache, trt_profiles
 from .base import (
     PROVIDER_NAMES,

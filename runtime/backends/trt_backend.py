@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.contract import DimSpec, TensorSpec
 from ..errors import UserError
+from ..model.contract import DimSpec, TensorSpec
 from ..package.manifest import Artifact, load_manifest
 from .base import Backend, DeviceArray, GraphSession
 from .cuda_runtime import (

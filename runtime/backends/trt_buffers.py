@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..core.contract import DimSpec, TensorSpec
+from ..model.contract import DimSpec, TensorSpec
 from .base import DeviceArray
 from .cuda_runtime import DEVICE_TO_HOST, HOST_TO_DEVICE, CudaRuntime
 

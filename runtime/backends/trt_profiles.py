@@ -31,8 +31,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..core.contract import DimSpec, TensorSpec
 from ..errors import UserError
+from ..model.contract import DimSpec, TensorSpec
 
 POINTS = ("min", "opt", "max")
 ENCODE_CHUNK_FRAMES = 8  # runtime.video_state.DEFAULT_CHUNK_FRAMES: frames per encoder call

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.contract import LLM
-from ..core.kv_cache import KVCache, cache_from_prefix
-from ..core.pipeline import Pipeline
-from ..core.sampling import Sampler
 from ..errors import UserError
-from ..package.limits import check_allocation, kv_cache_bytes
+from ..inference.kv_cache import KVCache, cache_from_prefix
+from ..inference.pipeline import Pipeline
+from ..inference.sampling import Sampler
+from ..model.contract import LLM
+from ..model.limits import check_allocation, kv_cache_bytes
 from ..video.state_file import StateSpec
 from ..video.video_state import (
     DEFAULT_CHUNK_FRAMES,

@@ -10,17 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..inference.sampling import GenerationOptions
 
-@dataclass
-class GenerationOptions:
-    """Decoding settings; greedy when ``temperature == 0``."""
-
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    logprobs: bool = False
+__all__ = ["Answer", "Assistant", "GenerationOptions", "TokenCallback"]
 
 
 @dataclass

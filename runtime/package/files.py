@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import UserError
-from .limits import MAX_JSON_BYTES
+from ..model.limits import MAX_JSON_BYTES
 from .staging import clean_stale, replace_folder, temp_name
 
 BLOCK = 1 << 20

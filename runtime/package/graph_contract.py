@@ -2,7 +2,7 @@
 
 Two checks, both before a graph first runs. ``check_manifest_contract``:
 every artifact's recorded inputs and outputs carry exactly the names and
-dims that ``runtime/core/contract.py`` gives its role for the package's config and
+dims that ``runtime/model/contract.py`` gives its role for the package's config and
 limits, and the limits fit the config. ``check_session``: a loaded graph's
 real inputs and outputs (as the backend reports them) equal what the
 manifest recorded, so a vision graph saved under the pooling name, or a
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..core.config import CrossLMMConfig
-from ..core.contract import LLM, ROLES, ExportLimits, TensorSpec, graph_specs
 from ..errors import UserError
+from ..model.config import CrossLMMConfig
+from ..model.contract import LLM, ROLES, ExportLimits, TensorSpec, graph_specs
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8")  # int8: quantized K/V
 

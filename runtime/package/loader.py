@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.config import CrossLMMConfig
-from ..core.contract import ROLES, ModelDims
 from ..errors import UserError
+from ..model.config import CrossLMMConfig
+from ..model.contract import ROLES, ModelDims
 from .containment import inside, name_problem, relative_to_graph
 from .files import share_files, write_text_atomic
 from .graph_contract import check_manifest_contract

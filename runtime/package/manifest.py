@@ -9,7 +9,7 @@ Schema (format_version 2)::
      "files": {"config": "config.json", "generation_config": ..., "tokenizer": [...]},
      "graphs": {ROLE: {"dims": {NAME: {"min": a, "max": b, "expr": null | "frames*4"}},
                        "artifacts": [ARTIFACT, ...]}}}
-    ARTIFACT = {"backend": "onnx" | "tensorrt", "precision": "fp32" | "fp16" | "int8",
+    ARTIFACT = {"backend": "onnx" | "tensorrt", "precision": "fp32" | "fp16" | "int8" | "int4",
                 "file": "llm.onnx", "sha256": HEX,
                 "external_data": [{"file": ..., "sha256": HEX}],
                 "inputs": [TENSOR], "outputs": [TENSOR],
@@ -17,7 +17,7 @@ Schema (format_version 2)::
     TENSOR   = {"name": ..., "dtype": "float32" | "float16" | "int64" | ..., "dims": [int | NAME]}
 
 Roles are ``vision_encoder``, ``pooling`` and ``llm``. Tensor names and dims
-are the role's contract (``runtime/core/contract.py``); dtypes belong to each
+are the role's contract (``runtime/model/contract.py``); dtypes belong to each
 artifact, so fp32, fp16 and INT8 graphs and TensorRT engines of one role sit
 side by side, each telling exactly what it takes and returns.
 """
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..core.contract import ROLES, DimSpec, TensorSpec
 from ..errors import UserError
+from ..model.contract import ROLES, DimSpec, TensorSpec
 from .containment import inside
 from .files import read_json
 from .manifest_fields import (
@@ -53,7 +53,7 @@ FORMAT_VERSION = 2
 # onnx-trt: ONNX graphs meant for TensorRT's builder (fp16 with INT8 Q/DQ); ONNX Runtime
 # does not run them (``choose_artifacts`` matches the backend, never picks them for onnx).
 BACKENDS = ("onnx", "tensorrt", "onnx-trt")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.contract import DimSpec, TensorSpec
+from ..model.contract import DimSpec, TensorSpec
+from ..model.limits import MAX_CONTEXT, MAX_FRAMES, is_count
 from .containment import name_problem
-from .limits import MAX_CONTEXT, MAX_FRAMES, is_count
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8")

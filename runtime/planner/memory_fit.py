@@ -12,14 +12,14 @@ from ..backends.trt_profiles import (
     PREFIX_TEXT_MAX,
     TEXT_CHUNK_MAX,
 )
-from ..core.config import CrossLMMConfig
-from ..core.generation import (
+from ..errors import UserError
+from ..inference.generation import (
     DEFAULT_MAX_CHUNK_TOKENS,
     DEFAULT_MAX_SCORE_BYTES,
     largest_visual_piece,
     piece_tokens,
 )
-from ..errors import UserError
+from ..model.config import CrossLMMConfig
 from ..package.files import read_json
 from ..package.manifest import MANIFEST_NAME, load_manifest
 from .memory_plan import (

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.config import CrossLMMConfig
+from ..model.config import CrossLMMConfig
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -49,7 +49,10 @@ DEVICES = {
     "rtx-4090-24gb": Device("GeForce RTX 4090 24 GB", 24 * GIB, 300 * MIB, False),
     "a100-40gb": Device("A100 40 GB", 40 * GIB, 0, False),
 }
-PRECISION_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+PRECISION_BYTES = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 1}  # int4: INT8 cross K/V
+# Bytes per LLM matrix weight at int4 (LM head included): 4 bits plus an fp16 scale
+# per block of 32 (docs/quantization.md); the vision side is the INT8 recipe's.
+INT4_MATRIX_BYTES = 0.5 + 2 / 32
 
 
 @dataclass(frozen=True)
@@ -126,10 +129,14 @@ def weight_bytes(s: Shapes, precision: str, file_sizes: dict[str, int] | None = 
     sizes = {
         role: c["matrix"] * matrix_bytes + c["other"] * other_bytes for role, c in counts.items()
     }
+    if precision == "int4":  # 4-bit decoder, DCAL and head weights
+        sizes["llm"] = int(counts["llm"]["matrix"] * INT4_MATRIX_BYTES)
+        sizes["llm"] += counts["llm"]["other"] * other_bytes
     if file_sizes:
         sizes.update(file_sizes)
     if s.tied:  # ONNX Runtime folds Transpose(embedding); TensorRT keeps a GEMM copy
-        sizes["llm_head_copy"] = s.vocab * s.hidden * matrix_bytes
+        head_bytes = INT4_MATRIX_BYTES if precision == "int4" else matrix_bytes
+        sizes["llm_head_copy"] = int(s.vocab * s.hidden * head_bytes)
     return sizes
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.contract import cross_names
-from ..package.limits import MAX_FRAMES, MAX_TOKEN_ID, is_count
+from ..model.contract import cross_names
+from ..model.limits import MAX_FRAMES, MAX_TOKEN_ID, is_count
 from .state_file import BadStateError, StateSpec, check_finite
 
 

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..core.contract import ModelDims
+from ..model.contract import ModelDims
 
 MEMBER = re.compile(
     r"^(meta|visual_embeds|cross/[tv]2v_(key|value)\.\d+|prefix_(key|value)/\d+)\.npy$"

@@ -23,8 +23,8 @@ import numpy as np
 
 from ..backends.base import GraphSession
 from ..errors import UserError
+from ..model.limits import check_allocation
 from ..package.files import open_regular, write_atomic
-from ..package.limits import check_allocation
 from .state_arrays import state_parts
 from .state_file import (
     HARD_MAX_BYTES,

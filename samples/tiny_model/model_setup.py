@@ -13,7 +13,7 @@ from crosslmm_edge.calibration import synthetic_world as world
 from crosslmm_edge.export.dcal import CrossKV
 from crosslmm_edge.export.model import CrossLMM
 from crosslmm_edge.export.projector import pool_tokens
-from crosslmm_edge.runtime.core.config import CrossLMMConfig, TextConfig, VisionConfig
+from crosslmm_edge.runtime.model.config import CrossLMMConfig, TextConfig, VisionConfig
 
 NUM_FRAMES = 8
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..chat.assistant import RuntimeAssistant
 from ..errors import UserError
-from .decode import preprocess
+from ..video.decode import preprocess
+from .assistant import RuntimeAssistant
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
-from ..package.limits import (
+from .limits import (
     MAX_TOKEN_ID,
     is_count,
     positive_float_problems,

@@ -7,7 +7,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..chat.assistant_types import GenerationOptions
+
+@dataclass
+class GenerationOptions:
+    """Decoding settings of a request (the assistants' protocol takes them); greedy at 0."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    logprobs: bool = False
 
 
 @dataclass

@@ -14,10 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backends.base import Backend, DeviceArray, GraphSession, open_backend
-from ..package.graph_contract import check_session
-from ..package.loader import ArtifactSet, choose_artifacts, open_package
-from ..video.video_state import encode_chunks, encode_frames
-from .contract import (
+from ..model.contract import (
     LLM,
     POOLING,
     ROLES,
@@ -25,6 +22,9 @@ from .contract import (
     is_v2v,
     past_names,
 )
+from ..package.graph_contract import check_session
+from ..package.loader import ArtifactSet, choose_artifacts, open_package
+from ..video.video_state import encode_chunks, encode_frames
 from .generation import (
     DEFAULT_MAX_CHUNK_TOKENS,
     DEFAULT_MAX_SCORE_BYTES,

@@ -1,1 +1,0 @@
-"""The inference core: graph contract, config, pipeline, KV cache, generation and sampling."""

@@ -1,0 +1,1 @@
+"""Running the graphs: the pipeline, prefill pieces, the KV cache and sampling."""

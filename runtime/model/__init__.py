@@ -1,0 +1,1 @@
+"""What a CrossLMM is to the runtime: the graph contract, the config and the size limits."""

@@ -1,0 +1,175 @@
+"""``quantize --precision int4`` on the embedded model: artifacts, fusion, lint, drift, TensorRT.
+
+One export (fp32 and fp16 graphs) and one quantization (AWQ and an INT4 embedding, the
+defaults, with an INT8 LM head, which TensorRT's graph stores per channel; two
+calibration videos) serve every test but the search, which runs with the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from crosslmm_edge.calibration.evaluate import write_scene_video
+from crosslmm_edge.cli import main
+from crosslmm_edge.models import embedded_model_dir
+from crosslmm_edge.runtime.package.manifest import load_manifest
+
+pytestmark = pytest.mark.skipif(
+    not (embedded_model_dir() / "config.json").is_file(), reason="embedded model not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def int4_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded model (fp32 + fp16 graphs) with onnx/int4 and onnx-trt/int4 added."""
+    from crosslmm_edge.export.package import export_package
+
+    folder = tmp_path_factory.mktemp("int4") / "pkg"
+    export_package(embedded_model_dir(), folder, precisions=("fp32", "fp16"))
+    videos = [folder.parent / f"v{i}.mp4" for i in range(2)]
+    for i, path in enumerate(videos):
+        write_scene_video(path, 5, i, 8)
+    args = ["quantize", str(folder), "--in-place", "--precision", "int4", "--head", "int8"]
+    assert main([*args, "--calib", *map(str, videos)]) == 0
+    return folder
+
+
+def _blocked(model: onnx.ModelProto) -> dict[str, int]:
+    """Weight name -> bits of every blocked (or per-channel weight) DequantizeLinear."""
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.INT8: 8}
+    return {
+        n.input[0]: bits[inits[n.input[0]]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) in bits and "_q" in n.input[0]
+    }
+
+
+def test_int4_set_records_how_it_was_made(int4_package: Path) -> None:
+    manifest = load_manifest(int4_package)
+    assert {"onnx/int4", "onnx-trt/int4"} <= set(manifest.labels())
+    llm = manifest.graphs["llm"].find("onnx", "int4")
+    build = llm.build
+    assert build["algorithm"] == "awq" and build["block_size"] == 32 and build["symmetric"]
+    assert build["lm_head"] == "int8" and build["embedding"] == "int4"
+    assert len(build["calibration_sha256"]) == 64
+    assert build["calibration_frames"] == 8 and build["awq_activations"] > 0
+    assert {t.name: t.dtype for t in llm.inputs}["t2v_key.0"] == "int8"  # INT8 memory kept
+    model = onnx.load(str(int4_package / llm.file))
+    assert [o.version for o in model.opset_import if o.domain == ""] == [21]
+    blocked = _blocked(model)
+    assert sorted(blocked.values()).count(4) == len(build["modules_by_storage"]["int4"]) == 24
+    assert list(blocked.values()).count(8) == 1  # the LM head
+    assert "GatherBlockQuantized" in [n.op_type for n in model.graph.node]  # the embedding
+
+
+def test_onnx_runtime_fuses_every_block_into_matmulnbits(int4_package: Path, tmp_path) -> None:
+    import onnxruntime as ort
+
+    llm = load_manifest(int4_package).graphs["llm"].find("onnx", "int4")
+    expected = len(_blocked(onnx.load(str(int4_package / llm.file))))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(int4_package / llm.file), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert expected == 25 and ops.count("MatMulNBits") == expected and "MatMul" not in ops
+
+
+def test_the_tensorrt_int4_graphs_pass_lint_trt(int4_package: Path) -> None:
+    from crosslmm_edge.export.lint_trt import lint_file
+
+    manifest = load_manifest(int4_package)
+    for graph in manifest.graphs.values():
+        artifact = graph.find("onnx-trt", "int4")
+        assert lint_file(int4_package / artifact.file) == [], artifact.file
+    llm = manifest.graphs["llm"].find("onnx-trt", "int4")
+    assert set(_blocked(onnx.load(str(int4_package / llm.file))).values()) == {4, 8}
+
+
+def test_int4_answers_like_fp32(int4_package: Path, tmp_path: Path) -> None:
+    report = tmp_path / "d.json"
+    args = [f"{int4_package}@fp32", f"{int4_package}@int4", "--synthetic", "2", "--json"]
+    assert main(["drift", *args, str(report)]) == 0
+    e2e = json.loads(report.read_text())["end_to_end"]
+    assert e2e["top1_agreement"] >= 0.95 and e2e["greedy_exact_match"] >= 0.95
+
+
+def test_build_int4_takes_the_onnx_trt_graphs(int4_package, tmp_path, monkeypatch, capsys):
+    """`build --precision int4` on the TensorRT double, then `ask` on its engines."""
+    from fake_trt import install
+    from tiny_models import write_test_video
+
+    package = tmp_path / "pkg"
+    shutil.copytree(int4_package, package)
+    install(monkeypatch)
+    assert main(["build", str(package), "--precision", "int4"]) == 0
+    for graph in load_manifest(package).graphs.values():
+        source = graph.find("onnx-trt", "int4")
+        record = graph.find("tensorrt", "int4").build
+        assert record["source"] == {"file": source.file, "sha256": source.sha256}
+    video = write_test_video(tmp_path / "clip.mp4", frames=8, size=32)
+    capsys.readouterr()
+    args = ["ask", str(package), "--video", str(video), "--question", "what colour is the dot?"]
+    assert main([*args, "--backend", "tensorrt", "--precision", "int4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["answers"][0]["token_ids"]
+
+
+def _outlier_copy(package: Path, target: Path, module: str) -> Path:
+    """A copy whose ``module`` MatMul has one 50x row per block of 32 (function unchanged).
+
+    Row ``c`` of the weight is multiplied by 50 and channel ``c`` of the RMSNorm
+    weight before it divided by 50: FP32 computes the same, but each block's
+    INT4 scale is set by the big row and the other 31 rows lose their precision.
+    """
+    from onnx import numpy_helper
+
+    from crosslmm_edge.calibration.recipes import weight_nodes
+    from crosslmm_edge.runtime.package.files import file_sha256
+
+    shutil.copytree(package, target)
+    model = onnx.load(str(target / "llm.onnx"))
+    name = next(n.name for n in weight_nodes(model, "llm") if n.module == module)
+    matmul = next(n for n in model.graph.node if n.name == name)
+    norm = next(n for n in model.graph.node if matmul.input[0] in n.output)
+    inits = {t.name: t for t in model.graph.initializer}
+    gamma_name = next(i for i in norm.input if i in inits)
+    gamma = numpy_helper.to_array(inits[gamma_name]).copy()
+    weight = numpy_helper.to_array(inits[matmul.input[1]]).copy()
+    rows = list(range(0, weight.shape[0], 32))
+    gamma[rows] /= 50
+    weight[rows] *= 50
+    inits[gamma_name].CopyFrom(numpy_helper.from_array(gamma, gamma_name))
+    inits[matmul.input[1]].CopyFrom(numpy_helper.from_array(weight, matmul.input[1]))
+    onnx.save(model, str(target / "llm.onnx"))
+    manifest = json.loads((target / "manifest.json").read_text())
+    for artifact in manifest["graphs"]["llm"]["artifacts"]:
+        if artifact["file"] == "llm.onnx":
+            artifact["sha256"] = file_sha256(target / "llm.onnx")
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+@pytest.mark.slow
+def test_max_drift_widens_the_group_that_really_exceeds_the_budget(
+    int4_package: Path, tmp_path: Path, capsys
+) -> None:
+    """Round to nearest on a layer with outlier rows costs real accuracy; the search keeps
+    that layer wider and every other group in INT4, and lands within the budget."""
+    layer = "model.language_model.model.layers.0"
+    broken = _outlier_copy(int4_package, tmp_path / "outliers", f"{layer}.self_attn.q_k_v_proj")
+    out = tmp_path / "mixed"
+    args = ["quantize", str(broken), "--out", str(out), "--precision", "int4", "--no-trt-int8"]
+    args += ["--algorithm", "rtn", "--max-drift", "1", "--search-videos", "6", "--calib-count", "2"]
+    assert main(args) == 0
+    build = load_manifest(out).graphs["llm"].find("onnx", "int4").build
+    search = build["int4_search"]
+    assert search["trials"][0]["mix"] == "all INT4" and search["trials"][0]["drop"] > 1
+    assert set(build["wider_groups"]) == {f"llm:{layer}"}
+    assert search["landed"]["drop"] <= 1
+    assert search["landed"]["llm_bytes"] < max(t["llm_bytes"] for t in search["trials"])
+    assert "kept wider: llm:" + layer in capsys.readouterr().out
