@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.backends.ort_backend import OrtSession
 from ..runtime.inference.pipeline import Pipeline
 from ..runtime.inference.sampling import Sampler
 from ..runtime.model.contract import LLM
@@ -32,12 +33,22 @@ class TimedSession:
         return getattr(self._session, name)
 
 
-def open_pipeline(package: Path, threads: int, precision: str | None = None) -> Pipeline:
-    """A CPU pipeline whose LLM session's backend time is measured."""
-    pipeline = Pipeline(package, provider="cpu", precision=precision, threads=threads)
-    llm = pipeline.sessions[LLM]
-    llm.session = TimedSession(llm.session)  # type: ignore[attr-defined]
+def open_pipeline(
+    package: Path, threads: int, precision: str | None = None, provider: str = "cpu"
+) -> Pipeline:
+    """A pipeline (CPU unless ``provider`` says) whose LLM session's backend time is measured."""
+    pipeline = Pipeline(package, provider=provider, precision=precision, threads=threads)
+    llm = _ort_llm(pipeline)
+    llm.session = TimedSession(llm.session)
     return pipeline
+
+
+def _ort_llm(pipeline: Pipeline) -> OrtSession:
+    """The LLM graph's ONNX Runtime session (these benchmarks run ORT on the CPU)."""
+    llm = pipeline.sessions[LLM]
+    if not isinstance(llm, OrtSession):
+        raise TypeError(f"the LLM runs in {type(llm).__name__}, not an ONNX Runtime session")
+    return llm
 
 
 def video_cache(pipeline: Pipeline, frames: int, capacity: int, seed: int = 0):
@@ -66,7 +77,7 @@ def decode_run(pipeline: Pipeline, prompt: list[int], new_tokens: int, frames: i
 def python_ms_per_step(pipeline: Pipeline, steps: int = 64, past: int = 64) -> float:
     """Milliseconds per decode step spent outside ``run_with_iobinding``."""
     cache, text = video_cache(pipeline, 1, 4 + pipeline.dims.tokens_per_frame + past + steps + 2)
-    timed = pipeline.sessions[LLM].session  # type: ignore[attr-defined]
+    timed = _ort_llm(pipeline).session  # the TimedSession of open_pipeline
     sampler = Sampler()
     no_visual = pipeline.shapes.no_visual()
     prompt = [4 + i % (pipeline.dims.vocab_size - 4) for i in range(past)]  # plain tokens
@@ -80,22 +91,30 @@ def python_ms_per_step(pipeline: Pipeline, steps: int = 64, past: int = 64) -> f
     return (total - timed.seconds) / steps * 1000
 
 
+# A separate program (python -c): its imports are absolute.
 DECODE_CHILD = """
 import json, sys
 from crosslmm_edge.benchmarks.ours import decode_run, open_pipeline
-pipeline = open_pipeline(sys.argv[1], int(sys.argv[2]), sys.argv[5] or None)
-prompt, new = json.loads(sys.argv[3]), int(sys.argv[4])
+package, threads, provider, precision = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+pipeline = open_pipeline(package, threads, precision or None, provider)
+prompt, new = json.loads(sys.argv[5]), int(sys.argv[6])
 decode_run(pipeline, prompt, 4)  # warm
 print(json.dumps(decode_run(pipeline, prompt, new)))
 """
 
 
 def ours_decode_child(
-    package: Path, threads: int, prompt: list[int], new: int, precision: str | None = None
+    package: Path,
+    threads: int,
+    prompt: list[int],
+    new: int,
+    provider: str = "cpu",
+    precision: str | None = None,
 ) -> dict:
-    """``decode_run`` in a fresh process (no torch loaded there) at ``precision``
-    (None: the runtime's default for the CPU)."""
-    args = [sys.executable, "-c", DECODE_CHILD, str(package), str(threads), json.dumps(prompt)]
-    args += [str(new), precision or ""]
-    done = subprocess.run(args, check=True, capture_output=True, text=True)
+    """``decode_run`` in a fresh process (no torch loaded there)."""
+    args = [sys.executable, "-c", DECODE_CHILD, str(package), str(threads), provider]
+    args += [precision or "", json.dumps(prompt), str(new)]
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"ours on {provider}: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -8,7 +8,6 @@ the fastest a bandwidth-bound step can be.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -78,7 +77,7 @@ def run_decode(model: BenchModel, args, machine: dict) -> dict:
     past = 4 + pipeline.dims.tokens_per_frame + len(prompt) + new // 2
     read = sum(step_bytes(pipeline, past).values())
     limit_tok_s = machine["bandwidth_gbs"] * 1e9 / read
-    out: dict[str, Any] = {name: figures for name, figures in medians.items()}
+    out: dict[str, object] = {name: figures for name, figures in medians.items()}
     out["ours_tok_s"] = medians["ours"]["tok_s"]
     out["transformers_sdpa_tok_s"] = medians["transformers_sdpa"]["tok_s"]
     out["transformers_eager_tok_s"] = medians["transformers_eager"]["tok_s"]

@@ -36,7 +36,9 @@ def run_int4(model: BenchModel, args, machine: dict) -> dict:
     prefix = 4 + dims.tokens_per_frame  # ours decodes after a 1-frame video prefix
     prompt = random_prompt(args.prompt_tokens, dims.vocab_size)
     runs = {
-        f"ours_{p}": partial(ours_decode_child, model.package, args.threads, prompt, new, p)
+        f"ours_{p}": partial(
+            ours_decode_child, model.package, args.threads, prompt, new, precision=p
+        )
         for p in held
     }
     graphs = {f"ours_{p}": package.path(a, verify=False) for p, a in held.items()}
