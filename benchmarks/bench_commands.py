@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-SUITES = ("decode", "roofline", "reuse", "prefill", "context", "int8", "startup")
+SUITES = ("decode", "roofline", "reuse", "prefill", "context", "int8", "int4", "startup")
 GPU_SUITES = ("prefill-cuda",)  # PyTorch on a CUDA GPU; not in the default list
 CUDA_SUITES = ("decode", "prefill", "prefill-cuda")  # those --provider cuda runs
 
@@ -57,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--optimum-python", help="python of a venv with optimum-onnx installed")
     bench.add_argument("--optimum-model", help="ORTModelForCausalLM export of the same LLM")
+    bench.add_argument(
+        "--genai-python", help="int4: python of a venv with onnxruntime-genai (skipped without)"
+    )
+    bench.add_argument(
+        "--genai-model", help="int4: its int4 model of the same LLM (default: built in --workdir)"
+    )
     bench.set_defaults(func=run_bench)
 
 
@@ -141,6 +147,10 @@ def _run_suite(suite: str, model, args, machine: dict) -> dict:
         from .suite_context import run_context
 
         return run_context(model, args, machine)
+    if suite == "int4":
+        from .suite_int4 import run_int4
+
+        return run_int4(model, args, machine)
     if suite == "startup":
         from .suite_startup import run_startup
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from ..runtime.model.contract import LLM
+from .graph_bytes import weight_bytes_per_step
 from .models import BenchModel
 from .ours import (
     decode_run,
@@ -24,18 +28,24 @@ from .peers import (
 )
 from .timing import interleaved
 
+T2V_KEY = "t2v_key.0"  # the first DCAL's text-to-video memory (``contract.cross_names``)
+
 
 def step_bytes(pipeline, past: int, frames: int = 1) -> dict[str, int]:
     """Bytes a decode step reads at ``past`` cached positions: weights, KV, cross K/V."""
-    d = pipeline.dims
-    item = pipeline.shapes.dtype.itemsize
     llm_file = pipeline.package.path(pipeline.artifacts.by_role["llm"], verify=False)
-    weights = sum(
-        (llm_file.parent / r.file).stat().st_size for r in pipeline.artifacts.by_role["llm"].files()
-    )
-    kv = 2 * d.num_layers * past * d.num_kv_heads * d.head_dim * item
-    cross = 2 * d.num_dcal * frames * d.patches_per_frame * d.num_kv_heads * d.head_dim * item
-    return {"weights": weights, "kv": kv, "cross": cross}
+    weights = weight_bytes_per_step(llm_file)["read"]  # a Gather-only table: one row
+    cross_dtype = pipeline.sessions[LLM].inputs[T2V_KEY].dtype  # INT8 in quantized packages
+    memory = cache_bytes(pipeline.dims, past, pipeline.shapes.dtype, cross_dtype, frames)
+    return {"weights": weights, **memory}
+
+
+def cache_bytes(dims, past: int, kv_dtype, cross_dtype, frames: int = 1) -> dict[str, int]:
+    """Bytes of the self-attention KV (``past`` positions) and the DCALs' T2V K/V one step reads."""
+    row = dims.num_kv_heads * dims.head_dim
+    kv = 2 * dims.num_layers * past * row * np.dtype(kv_dtype).itemsize
+    cross = 2 * dims.num_dcal * frames * dims.patches_per_frame * row
+    return {"kv": kv, "cross": cross * np.dtype(cross_dtype).itemsize}
 
 
 def run_decode(model: BenchModel, args, machine: dict) -> dict:

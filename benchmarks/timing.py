@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 
-def interleaved(runs: dict[str, Callable[[], dict]], repeats: int) -> dict[str, dict]:
+def interleaved(runs: Mapping[str, Callable[[], dict]], repeats: int) -> dict[str, dict]:
     """Run every entry once per round, ``repeats`` rounds after one warm-up round.
 
     Returns, per entry, the median of each figure its function returns.

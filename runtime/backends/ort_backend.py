@@ -164,11 +164,16 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(
-        self, provider: str, threads: int = 0, cache: OptimizedGraphCache | None = None
+        self,
+        provider: str,
+        threads: int = 0,
+        cache: OptimizedGraphCache | None = None,
+        profile_prefix: str | None = None,
     ) -> None:
         self.provider = provider
         self.device = "cpu" if provider == "cpu" else "cuda"
         self.threads = threads
+        self.profile_prefix = profile_prefix  # ONNX Runtime's profiler writes PREFIX_*.json
         self.cache = cache if cache is not None else OptimizedGraphCache.default()
         self.loaded_from: dict[str, str] = {}  # graph name -> "cache", "optimized" or "plain"
         self._cuda_libraries_loaded = False
@@ -239,6 +244,9 @@ class OrtBackend(Backend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.log_severity_level = 3  # warnings about unused initializers are noise here
+        if self.profile_prefix:
+            options.enable_profiling = True
+            options.profile_file_prefix = self.profile_prefix
         if from_cache:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if save_to is not None:
