@@ -27,7 +27,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> BenchModel:
     """The embedded model exported in FP32 (its checkpoint is the source)."""
     if not (embedded_model_dir() / "config.json").is_file():
         pytest.skip("embedded model not installed")
-    from crosslmm_edge.export.package import export_package
+    from crosslmm_edge.export.graphs.package import export_package
 
     folder = tmp_path_factory.mktemp("int4bench") / "pkg"
     export_package(embedded_model_dir(), folder)
