@@ -21,7 +21,7 @@ def int8_step(
     from ..runtime.chat.assistant_types import GenerationOptions
     from ..runtime.package.manifest import load_manifest
     from .drift.drift_run import DriftItem, run_drift
-    from .int4.quantize_int4 import Int4Options
+    from .int4.options import Int4Options
     from .int8.quantize import QuantizeOptions
     from .quantize_commands import print_summary
     from .quantize_package import quantize_package

@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _int4_arguments(quantize: argparse.ArgumentParser) -> None:
     """The ``--precision int4`` options (docs/quantization.md)."""
-    from .int4.quantize_int4 import ALGORITHMS, HEAD_CHOICES, Int4Options
+    from .int4.options import ALGORITHMS, HEAD_CHOICES, Int4Options
 
     default = Int4Options()
     quantize.add_argument(
@@ -127,7 +127,7 @@ def _int4_arguments(quantize: argparse.ArgumentParser) -> None:
 
 
 def _int4_options(args: argparse.Namespace):
-    from .int4.quantize_int4 import Int4Options
+    from .int4.options import Int4Options
 
     if args.precision != "int4":
         return None

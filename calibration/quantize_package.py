@@ -23,7 +23,8 @@ from ..runtime.package.manifest import load_manifest
 from ..runtime.package.staging import clean_stale, temp_name
 from .collect.calibrate import Calibration, calibrate, calibration_frames, disk_error
 from .collect.progress import progress_bar
-from .int4.quantize_int4 import Int4Options, int4_artifacts
+from .int4.options import Int4Options
+from .int4.quantize_int4 import int4_artifacts
 from .int8.quantize import QuantizeOptions, int8_artifacts, selected_nodes
 from .int8.quantize_fp16 import trt_int8_artifacts
 
@@ -125,9 +126,7 @@ def quantize_package(
         if max_drift is not None and int4 is not None:
             from .int4.search_int4 import search_int4
 
-            int4, kept = search_int4(
-                package, calibration, options, int4, max_drift, search_videos
-            )
+            int4, kept = search_int4(package, calibration, options, int4, max_drift, search_videos)
         elif max_drift is not None:
             from .int8.search import search_recipe
 

@@ -42,9 +42,7 @@ def _loss(rows: np.ndarray, weights: list[np.ndarray], schemes: list[BlockScheme
     total = 0.0
     for weight, scheme in zip(weights, schemes, strict=True):
         exact = rows @ weight
-        approx = scaled @ quantize_weight(weight * s[:, None], scheme).dequantize(
-            scheme.block_size
-        )
+        approx = scaled @ quantize_weight(weight * s[:, None], scheme).dequantize(scheme.block_size)
         total += float(np.square(exact - approx).sum() / max(np.square(exact).sum(), 1e-30))
     return total
 
@@ -118,9 +116,7 @@ FOLDED_KEY = "crosslmm.awq_folded"
 
 
 def _folded_inputs(model: onnx.ModelProto) -> set[str]:
-    return {
-        p.value for n in model.graph.node for p in n.metadata_props if p.key == FOLDED_KEY
-    }
+    return {p.value for n in model.graph.node for p in n.metadata_props if p.key == FOLDED_KEY}
 
 
 def apply_factors(

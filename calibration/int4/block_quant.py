@@ -21,7 +21,6 @@ import numpy as np
 import numpy.typing as npt
 from onnx import NodeProto, TensorProto, helper, numpy_helper
 
-BLOCK_SIZES = (32, 64, 128)
 OPSET = 21  # the first opset with blocked DequantizeLinear and int4 tensors
 
 

@@ -26,8 +26,8 @@ from ..int8 import kv_int8
 from ..int8.quantize import _int8_specs
 from ..int8.quantize_fp16 import BACKEND, FP16_TINY, paired_names, trt_int8_graph
 from .block_quant import OPSET, BlockScheme
+from .options import Int4Options
 from .quantize_int4 import (
-    Int4Options,
     Int4Set,
     block_quantize_model,
     head_matmul,

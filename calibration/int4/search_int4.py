@@ -24,7 +24,7 @@ from ...runtime.package.manifest import load_manifest
 from ..collect.calibrate import Calibration
 from ..int8.quantize import QuantizeOptions, selected_nodes
 from ..int8.search import SEARCH_STREAM, _accuracy, _drop
-from .quantize_int4 import Int4Options
+from .options import Int4Options
 
 
 def _llm_bytes(package: Path) -> int:
