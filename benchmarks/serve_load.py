@@ -257,14 +257,8 @@ def main() -> int:
             report = {"frames": args.frames, "threads": args.threads, "cpu_count": os.cpu_count()}
             report["reuse"] = asyncio.run(measure_reuse(url, names[args.videos :]))
             print(json.dumps(report["reuse"], indent=1), flush=True)
-            work = workload(names[: args.videos], args.questions, args.rounds)
-            with RssSampler(server.pid) as sampler:
-                sampler.phase = "first half"
-                report["load"] = asyncio.run(load(url, args.clients, work, sampler))
-            peaks = sampler.peaks
-            report["rss_peak_mib"] = {k: v / 2**20 for k, v in peaks.items()}
-            first, second = peaks.get("first half", 0), peaks.get("second half", 0)
-            report["rss_second_over_first_half"] = second / first if first else None
+            if args.rounds > 0:  # --rounds 0: the reuse measurement only
+                report.update(_load_report(url, args, names[: args.videos], server.pid))
             report["health"] = httpx.get(f"{url}/health", timeout=10).json()
         finally:
             server.terminate()
@@ -273,6 +267,19 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
+
+
+def _load_report(url: str, args: argparse.Namespace, videos: list[str], pid: int) -> dict:
+    """The load test and the server's peak RSS in each half of it."""
+    work = workload(videos, args.questions, args.rounds)
+    with RssSampler(pid) as sampler:
+        sampler.phase = "first half"
+        report: dict[str, object] = {"load": asyncio.run(load(url, args.clients, work, sampler))}
+    peaks = sampler.peaks
+    first, second = peaks.get("first half", 0), peaks.get("second half", 0)
+    report["rss_peak_mib"] = {k: v / 2**20 for k, v in peaks.items()}
+    report["rss_second_over_first_half"] = second / first if first else None
+    return report
 
 
 if __name__ == "__main__":
