@@ -19,12 +19,15 @@ import numpy as np
 import onnx
 
 from ...runtime.model.contract import LLM, ROLES
-from ...runtime.package.files import file_sha256
 from ...runtime.package.loader import choose_artifacts
-from ...runtime.package.manifest import Artifact, FileRef, load_manifest
+from ...runtime.package.manifest import Artifact, load_manifest
 from ..int8 import kv_int8
-from ..int8.quantize import _int8_specs
-from ..int8.quantize_fp16 import BACKEND, FP16_TINY, paired_names, trt_int8_graph
+from ..int8.quantize_fp16 import (
+    FP16_TINY,
+    paired_names,
+    trt_int8_graph,
+    trt_twin_artifact,
+)
 from .block_quant import OPSET, BlockScheme
 from .options import Int4Options
 from .quantize_int4 import (
@@ -109,27 +112,11 @@ def trt_int4_artifacts(
             files = trt_int4_llm(package_dir, base, int4, int4_set.factors, target)
         else:
             files = trt_int8_graph(package_dir, role, base, int4_dir, target)
-        cross = {t.name for t in (*base.inputs, *base.outputs) if t.dtype == "int8"}
-        build = {
-            **base.build,
-            "base_precision": "fp16",
-            "opset": OPSET if role == LLM else base.build.get("opset", 19),
-            "source_artifacts": {f.file: f.sha256 for f in source.files()},
-            "scales_from": {f.file: f.sha256 for f in base.files()},
-        }
+        build = {"opset": OPSET if role == LLM else base.build.get("opset", 19)}
         if role == LLM:
             build["scheme"] = (
                 "weight-only int4 blocks, symmetric, fp16 scales (INT8 groups per-channel); "
                 "TensorRT strongly typed"
             )
-        artifacts[role] = Artifact(
-            backend=BACKEND,
-            precision="int4",
-            file=target.name,
-            sha256=file_sha256(target),
-            inputs=_int8_specs(source.inputs, cross),
-            outputs=_int8_specs(source.outputs, cross),
-            external_data=tuple(FileRef(p.name, file_sha256(p)) for p in files[1:]),
-            build=build,
-        )
+        artifacts[role] = trt_twin_artifact("int4", source, base, target, files, build)
     return artifacts

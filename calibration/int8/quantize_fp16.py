@@ -247,25 +247,39 @@ def trt_int8_artifacts(
         source, base = fp16.by_role[role], int8[role]
         target = staging / f"{role}.fp16.int8.onnx"
         files = trt_int8_graph(package_dir, role, base, int8_dir, target)
-        cross = {t.name for t in (*base.inputs, *base.outputs) if t.dtype == "int8"}
-        sources = {f.file: f.sha256 for f in source.files()}
-        build = {
+        scheme = (
+            "QDQ int8 with fp16 scales: per-channel symmetric weights, "
+            "per-tensor symmetric activations (TensorRT strongly typed)"
+        )
+        build = {"opset": OPSET, "scheme": scheme}
+        artifacts[role] = trt_twin_artifact("int8", source, base, target, files, build)
+    return artifacts
+
+
+def trt_twin_artifact(
+    precision: str,
+    source: Artifact,
+    base: Artifact,
+    target: Path,
+    files: list[Path],
+    build: dict,
+) -> Artifact:
+    """The ``onnx-trt`` artifact of ``target``: the fp16 ``source`` graph carrying the
+    quantization of the ONNX Runtime artifact ``base`` (``files``: graph, then data)."""
+    cross = {t.name for t in (*base.inputs, *base.outputs) if t.dtype == "int8"}
+    return Artifact(
+        backend=BACKEND,
+        precision=precision,
+        file=target.name,
+        sha256=file_sha256(target),
+        inputs=_int8_specs(source.inputs, cross),
+        outputs=_int8_specs(source.outputs, cross),
+        external_data=tuple(FileRef(p.name, file_sha256(p)) for p in files[1:]),
+        build={
             **base.build,
             "base_precision": "fp16",
-            "opset": OPSET,
-            "source_artifacts": sources,
+            "source_artifacts": {f.file: f.sha256 for f in source.files()},
             "scales_from": {f.file: f.sha256 for f in base.files()},
-            "scheme": "QDQ int8 with fp16 scales: per-channel symmetric weights, "
-            "per-tensor symmetric activations (TensorRT strongly typed)",
-        }
-        artifacts[role] = Artifact(
-            backend=BACKEND,
-            precision="int8",
-            file=target.name,
-            sha256=file_sha256(target),
-            inputs=_int8_specs(source.inputs, cross),
-            outputs=_int8_specs(source.outputs, cross),
-            external_data=tuple(FileRef(p.name, file_sha256(p)) for p in files[1:]),
-            build=build,
-        )
-    return artifacts
+            **build,
+        },
+    )
