@@ -208,6 +208,47 @@ def test_int8_cross_kv_holds_a_quarter_of_fp32(quantized: Path, videos: list[Pat
     assert sizes["fp32"] == 4 * sizes["int8"]
 
 
+def test_calibration_encodes_frames_in_the_runtime_chunks(
+    monkeypatch, package: Path, tmp_path: Path
+) -> None:
+    """The vision encoder sees at most ``chunk_frames`` frames per call, as in ``ask``:
+    one call over every frame held all their activations (3.7 GiB more for the 2B shape
+    at 32 frames). The ranges do not depend on the chunking."""
+    from functools import partial
+
+    from crosslmm_edge.calibration.collect.calibrate import calibrate
+    from crosslmm_edge.calibration.int8.quantize import QuantizeOptions
+    from crosslmm_edge.runtime.chat import assistant
+    from crosslmm_edge.runtime.video import video_state
+
+    encoded: list[int] = []
+    real_encode = video_state.encode_frames
+
+    def recording(vision, pooling, pixels):
+        encoded.append(len(pixels))
+        return real_encode(vision, pooling, pixels)
+
+    monkeypatch.setattr(video_state, "encode_frames", recording)
+    runtime_assistant = assistant.RuntimeAssistant
+    ranges = []
+    for chunk in (3, 8):
+        monkeypatch.setattr(
+            assistant, "RuntimeAssistant", partial(runtime_assistant, chunk_frames=chunk)
+        )
+        work = tmp_path / str(chunk)
+        work.mkdir()
+        found = calibrate(package, work, (None, 1, 0), QuantizeOptions(), lambda _: None, 8)
+        ranges.append(
+            {
+                (role, name): (stats.low, stats.high)
+                for role, table in found.stats.by_role.items()
+                for name, stats in table.items()
+            }
+        )
+    assert encoded == [3, 3, 2, 8]
+    assert ranges[0] == ranges[1] and ranges[0]
+
+
 def test_max_drift_search_keeps_the_costly_group_in_float(monkeypatch, package: Path) -> None:
     """The greedy search on a fake accuracy: DCAL 1 costs 3 points, layer 0 half a point."""
     from crosslmm_edge.calibration import quantize_package

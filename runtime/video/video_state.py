@@ -39,6 +39,12 @@ SAMPLING_RULE = "segment-centres"  # spec section 2: frame i = floor((i + 0.5) n
 DEFAULT_CHUNK_FRAMES = 8
 
 
+def frame_chunks(pixels: np.ndarray, chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> list[np.ndarray]:
+    """Preprocessed frames [T, 3, S, S] as the encoder sees them in use: chunks of at
+    most ``chunk_frames`` (one call over every frame would hold all their activations)."""
+    return [pixels[i : i + chunk_frames] for i in range(0, len(pixels), chunk_frames)]
+
+
 @dataclass(frozen=True)
 class StateKey:
     """What a video state is valid for."""
