@@ -253,3 +253,31 @@ def test_a_tied_head_gets_its_own_quantized_weight() -> None:
     embeds, logits = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "ids": [3]})
     np.testing.assert_array_equal(embeds, before[0])
     assert np.linalg.norm(logits - before[1]) < 0.02 * np.linalg.norm(before[1])
+
+
+def test_a_graph_left_float_keeps_its_external_weights(tmp_path: Path) -> None:
+    """A graph the recipe leaves float (the 2B shape's vision encoder, weights beside it)
+    is copied with its weights in ``<graph>.data``, the file its artifact lists; before,
+    onnx named them at random and the package lost them."""
+    from crosslmm_edge.calibration.int8.quantize import quantize_graph
+    from crosslmm_edge.runtime.package.onnx_refs import external_data_locations
+
+    weight = np.arange(64 * 32, dtype=np.float32).reshape(64, 32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], "proj")],
+        "float_graph",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    source = tmp_path / "pkg" / "vision_encoder.onnx"
+    source.parent.mkdir()
+    data_name = source.name + ".data"
+    onnx.save(helper.make_model(graph), str(source), save_as_external_data=True, location=data_name)
+    target = tmp_path / "staging" / "vision_encoder.int4.onnx"
+    target.parent.mkdir()
+    quantize_graph(source, target, [], None, "vision_encoder")  # type: ignore[arg-type]
+    assert external_data_locations(target) == {target.name + ".data"}
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name, target.name + ".data"]
+    stored = onnx.load(str(target)).graph.initializer[0]
+    np.testing.assert_array_equal(numpy_helper.to_array(stored), weight)

@@ -58,7 +58,12 @@ def quantize_graph(
     """Write ``source`` with ``nodes`` in INT8 Q/DQ form to ``target`` (any graph size)."""
     external = (source.with_name(source.name + ".data")).exists()
     if not nodes:  # ORT reads an empty selection as "everything": copy the graph instead
-        onnx.save(onnx.load(str(source)), str(target), save_as_external_data=external)
+        # Named as the artifact lists it: without a location onnx picks a random name,
+        # which the package never listed (a 2B-shaped vision encoder lost its weights).
+        data = target.with_name(target.name + ".data")
+        onnx.save(
+            onnx.load(str(source)), str(target), save_as_external_data=external, location=data.name
+        )
         return
     table = calibration.stats.by_role.get(role, {})
     inputs = _matmul_inputs(source, nodes)
