@@ -65,6 +65,7 @@ def test_int4_set_records_how_it_was_made(int4_package: Path) -> None:
     assert sorted(blocked.values()).count(4) == len(build["modules_by_storage"]["int4"]) == 24
     assert list(blocked.values()).count(8) == 1  # the LM head
     assert "GatherBlockQuantized" in [n.op_type for n in model.graph.node]  # the embedding
+    assert build["ort_fusions"]["rotary_embedding"] == 8  # ONNX Runtime-only graph: fused
 
 
 def test_onnx_runtime_fuses_every_block_into_matmulnbits(int4_package: Path, tmp_path) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ...export.graphs.ort_fusions import fuse_for_onnx_runtime, rope_tables
 from ...runtime.errors import UserError
 from ...runtime.model.contract import LLM, ROLES
 from ...runtime.package.files import file_sha256
@@ -198,6 +199,7 @@ def int4_llm(
     scales = kv_int8.head_scales(calibration.cross_max) if options.int8_cross_kv else {}
     if scales:
         kv_int8.dequantize_inputs(model, scales, np.dtype(np.float32))
+    fusions = fuse_for_onnx_runtime(model, rope_tables(manifest))
     files = save_graph(model, target, bool(source.external_data))
     storage: dict[str, list[str]] = {}
     for node, scheme in plan.values():
@@ -217,6 +219,7 @@ def int4_llm(
         "int4_search": int4.search,
         **awq_record,
         **cross_kv_record(scales),
+        "ort_fusions": fusions,
     }
     return files, record, factors
 
