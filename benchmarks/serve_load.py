@@ -8,7 +8,10 @@ file as its live source) and measures, all through HTTP with streamed answers:
 
 1. reuse: for ``--reuse-videos`` fresh videos, the time to first token of a
    first question (decode, encode, prefix prefill) and of a second question
-   about the same video from a new connection; medians and their ratio.
+   about the same video from a new connection; medians and their ratio. The
+   time to first token is when the stream's first chunk arrives: the server
+   sends it once the first token is sampled, even if that token has no text
+   yet (the time to the first text is reported too).
 2. load: ``--clients`` concurrent clients ask ``--questions`` questions about
    ``--videos`` videos (every eighth about the live source), ``--rounds``
    times; errors, deliberate 503s (retried after Retry-After), p50/p95 time
@@ -114,22 +117,32 @@ def body(video: str, question: str) -> dict:
 
 
 async def ask(client, video: str, question: str) -> dict:
-    """One streamed question: status, time to first content (client and server side), reuse."""
+    """One streamed question: status, reuse, and the times to first token (client side:
+    the first chunk, which the server sends once the first token is sampled; server side:
+    ``x_crosslmm.ttft_s``) and to first text (the first chunk with non-empty content)."""
     started = time.perf_counter()
-    first, server_ttft = None, None
+    first = first_text = server_ttft = None
     async with client.stream("POST", "/v1/chat/completions", json=body(video, question)) as reply:
         if reply.status_code != 200:
             await reply.aread()
             return {"status": reply.status_code, "retry_after": reply.headers.get("Retry-After")}
         async for line in reply.aiter_lines():
-            wanted = first is None and line.startswith("data: {") and '"content":"' in line
-            if wanted and json.loads(line[6:])["choices"][0]["delta"].get("content"):
-                first = time.perf_counter() - started
-            if '"x_crosslmm"' in line:
-                server_ttft = json.loads(line[6:])["x_crosslmm"]["ttft_s"]
+            if not line.startswith("data: {"):
+                continue
+            now = time.perf_counter() - started
+            event = json.loads(line[6:])
+            choices = event.get("choices") or [{}]
+            if first is None and event.get("choices"):
+                first = now
+            if first_text is None and (choices[0].get("delta") or {}).get("content"):
+                first_text = now
+            if "ttft_s" in event.get("x_crosslmm", {}):
+                server_ttft = event["x_crosslmm"]["ttft_s"]
+        ended = time.perf_counter() - started
         return {
             "status": 200,
-            "ttft_s": first if first is not None else time.perf_counter() - started,
+            "ttft_s": first if first is not None else ended,
+            "text_s": first_text if first_text is not None else ended,
             "server_ttft_s": server_ttft,
             "reused": reply.headers.get("X-Video-Reused") == "true",
         }
@@ -139,7 +152,7 @@ async def measure_reuse(url: str, videos: list[str]) -> dict:
     """First vs second question TTFT per fresh video; the second from a new connection."""
     import httpx
 
-    firsts, seconds, server_firsts, server_seconds = [], [], [], []
+    firsts, seconds, server_firsts, server_seconds, text_seconds = [], [], [], [], []
     for video in videos:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
             first = await ask(client, video, "what kind of shape is it?")
@@ -151,6 +164,7 @@ async def measure_reuse(url: str, videos: list[str]) -> dict:
         seconds.append(second["ttft_s"])
         server_firsts.append(first["server_ttft_s"])
         server_seconds.append(second["server_ttft_s"])
+        text_seconds.append(second["text_s"])
     first_s, second_s = statistics.median(firsts), statistics.median(seconds)
     server_first, server_second = (
         statistics.median(server_firsts),
@@ -165,6 +179,7 @@ async def measure_reuse(url: str, videos: list[str]) -> dict:
         "server_side_first_ms_median": server_first * 1000,
         "server_side_second_ms_median": server_second * 1000,
         "server_side_ratio": server_second / server_first,
+        "second_first_text_ms_median": statistics.median(text_seconds) * 1000,
     }
 
 

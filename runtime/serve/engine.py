@@ -31,7 +31,8 @@ from .turn_watch import TurnWatch
 
 LOG = logging.getLogger("crosslmm_edge.serve")
 IDLE_POLL_S = 0.02  # how often an idle worker looks at the live source
-Event = tuple[str, object]  # ("start", info) ("delta", text) ("done", result) ("error", ApiError)
+# ("start", info) ("token", first token id) ("delta", text) ("done", result) ("error", ApiError)
+Event = tuple[str, object]
 
 
 @dataclass
@@ -162,7 +163,10 @@ class Engine:
             reused = self._use_video(job)
             job.send(("start", {"video_reused": reused, "video_id": job.video.video_id}))
             watch = TurnWatch(
-                lambda text: job.send(("delta", text)), job.cancelled, job.request.stop
+                lambda text: job.send(("delta", text)),
+                job.cancelled,
+                job.request.stop,
+                lambda token: job.send(("token", token)),
             )
             answer = self.assistant.respond(job.request, watch)
         except UserError as exc:
