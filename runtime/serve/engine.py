@@ -3,8 +3,10 @@
 Requests wait in a bounded queue (a full queue is a 503 with Retry-After);
 each turn installs its video (from the state cache when it was seen before,
 by any client), answers and streams events back through ``Job.send``.
-Between turns, and before a turn about it, frames of the live source enter
-the rolling window, each encoded once.
+Frames of the live source enter the rolling window, each encoded once, a
+batch at a time while no request waits (a queued request goes before the
+next batch, so live encoding does not delay questions), and all at once
+before a question about the live source.
 """
 
 from __future__ import annotations
@@ -128,17 +130,16 @@ class Engine:
 
     # -- the worker -------------------------------------------------------
     def _run(self) -> None:
+        while (job := self._next_job()) is not None:
+            self._serve(job)
+
+    def _next_job(self) -> Job | None:
+        """The next queued job (None: stop); while none waits, live frames are encoded."""
         while True:
             try:
-                job = self.jobs.get(timeout=IDLE_POLL_S if self.live else None)
+                return self.jobs.get(timeout=IDLE_POLL_S if self.live else None)
             except queue.Empty:
                 self._feed_live()
-                continue
-            if job is None:
-                return
-            if self.jobs.empty():
-                self._feed_live()
-            self._serve(job)
 
     @property
     def alive(self) -> bool:
@@ -273,12 +274,35 @@ class Engine:
         return True
 
     def _take_live_frames(self, flush: bool = False) -> bool:
-        """Encode the live frames that arrived into the window; whether it changed."""
+        """Encode the live frames that arrived into the window; whether it changed.
+
+        Between turns the frames go in one encode batch at a time, and only while
+        no request waits; with ``flush`` (a question about the live source) all go in.
+        """
         if self.live is None or self.window is None:
             return False
-        frames = self.live.drain()
-        if not frames and not (flush and self.window.pending):
-            return False
+        if flush:
+            frames = self.live.drain()
+            if not frames and not self.window.pending:
+                return False
+            self._push_live(frames, flush=True)
+            return True
+        changed = False
+        while self.jobs.empty():
+            frames = self.live.drain(self.window.batch_frames)
+            if not frames:
+                break
+            self._push_live(frames)
+            changed = True
+        return changed
+
+    def _push_live(self, frames: list, flush: bool = False) -> None:
+        """Push ``frames`` into the window, installing its state first (encoding them)."""
+        assert self.window is not None  # only called with a live source
+        if not flush and len(self.window.pending) + len(frames) < self.window.batch_frames:
+            for rgb in frames:  # held until a batch is full: nothing to encode, keep the video
+                self.window.push(rgb)
+            return
         if self.window.started and not self._enter_live():
             self.window.started = False  # its state was lost to a failed turn: start afresh
         if not self.window.started:
@@ -290,4 +314,3 @@ class Engine:
             self.window.flush()
         if self.window.started:
             self.assistant.current, self.assistant.turns = self._live_key(), []
-        return True

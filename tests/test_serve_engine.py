@@ -1,0 +1,68 @@
+"""The serve worker's order of work: queued requests go before live-window encoding.
+
+The engine runs its real worker thread and queue; only the model work is
+replaced by a log (``_push_live`` would encode a batch, ``_serve`` answer).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from types import SimpleNamespace
+
+import numpy as np
+
+from crosslmm_edge.runtime.serve.engine import Engine, Job
+from crosslmm_edge.runtime.serve.settings import ServeSettings
+
+FRAMES = 6  # waiting live frames: three batches of two
+
+
+class FakeFeed:
+    """A live feed whose frames are all waiting already (the camera ran ahead)."""
+
+    sample_fps = 2.0
+
+    def __init__(self, count: int) -> None:
+        self.frames = deque(np.full((2, 2, 3), i, dtype=np.uint8) for i in range(count))
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def drain(self, limit: int | None = None) -> list[np.ndarray]:
+        count = len(self.frames) if limit is None else min(limit, len(self.frames))
+        return [self.frames.popleft() for _ in range(count)]
+
+
+class LoggedEngine(Engine):
+    """An engine whose model work is a log; a request arrives during the first live batch."""
+
+    def __init__(self) -> None:
+        assistant = SimpleNamespace(pipeline=SimpleNamespace(package=SimpleNamespace(max_frames=8)))
+        super().__init__(assistant, ServeSettings(), FakeFeed(FRAMES))  # type: ignore[arg-type]
+        self.log: list[str] = []
+        self.idle = threading.Event()
+
+    def _push_live(self, frames: list, flush: bool = False) -> None:
+        self.log.append(f"live {[int(f[0, 0, 0]) for f in frames]}")
+        if len(self.log) == 1:  # a client asks while the first batch is being encoded
+            self.submit(Job(None, None, lambda event: None))  # type: ignore[arg-type]
+        if not self.live.frames:  # type: ignore[union-attr]
+            self.idle.set()
+
+    def _serve(self, job: Job) -> None:
+        self.log.append("request")
+
+
+def test_a_queued_request_goes_before_the_next_live_batch() -> None:
+    engine = LoggedEngine()
+    engine.start()
+    try:
+        assert engine.idle.wait(10), engine.log
+    finally:
+        engine.stop()
+    # The batch under way finishes; the request is next; live encoding then resumes.
+    assert engine.log == ["live [0, 1]", "request", "live [2, 3]", "live [4, 5]"]
