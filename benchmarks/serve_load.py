@@ -121,7 +121,7 @@ async def ask(client, video: str, question: str) -> dict:
     the first chunk, which the server sends once the first token is sampled; server side:
     ``x_crosslmm.ttft_s``) and to first text (the first chunk with non-empty content)."""
     started = time.perf_counter()
-    first = first_text = server_ttft = None
+    first = first_text = server_ttft = server_queue = None
     async with client.stream("POST", "/v1/chat/completions", json=body(video, question)) as reply:
         if reply.status_code != 200:
             await reply.aread()
@@ -138,12 +138,14 @@ async def ask(client, video: str, question: str) -> dict:
                 first_text = now
             if "ttft_s" in event.get("x_crosslmm", {}):
                 server_ttft = event["x_crosslmm"]["ttft_s"]
+                server_queue = event["x_crosslmm"]["queue_s"]
         ended = time.perf_counter() - started
         return {
             "status": 200,
             "ttft_s": first if first is not None else ended,
             "text_s": first_text if first_text is not None else ended,
             "server_ttft_s": server_ttft,
+            "server_queue_s": server_queue,
             "reused": reply.headers.get("X-Video-Reused") == "true",
         }
 
@@ -152,7 +154,8 @@ async def measure_reuse(url: str, videos: list[str]) -> dict:
     """First vs second question TTFT per fresh video; the second from a new connection."""
     import httpx
 
-    firsts, seconds, server_firsts, server_seconds, text_seconds = [], [], [], [], []
+    firsts, seconds, server_firsts, server_seconds = [], [], [], []
+    text_seconds, queue_seconds = [], []
     for video in videos:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
             first = await ask(client, video, "what kind of shape is it?")
@@ -165,6 +168,7 @@ async def measure_reuse(url: str, videos: list[str]) -> dict:
         server_firsts.append(first["server_ttft_s"])
         server_seconds.append(second["server_ttft_s"])
         text_seconds.append(second["text_s"])
+        queue_seconds.append(second["server_queue_s"])
     first_s, second_s = statistics.median(firsts), statistics.median(seconds)
     server_first, server_second = (
         statistics.median(server_firsts),
@@ -179,6 +183,7 @@ async def measure_reuse(url: str, videos: list[str]) -> dict:
         "server_side_first_ms_median": server_first * 1000,
         "server_side_second_ms_median": server_second * 1000,
         "server_side_ratio": server_second / server_first,
+        "second_queued_ms_median": statistics.median(queue_seconds) * 1000,
         "second_first_text_ms_median": statistics.median(text_seconds) * 1000,
     }
 

@@ -21,7 +21,7 @@ from crosslmm_edge.runtime.serve.settings import ServeSettings
 from crosslmm_edge.runtime.video.decode import preprocess
 from crosslmm_edge.runtime.video.video_state import StateKey
 
-FRAMES = 6  # waiting live frames: three batches of two
+FRAMES = 4  # waiting live frames: four batches of one
 
 
 class FakeFeed:
@@ -73,13 +73,13 @@ def test_a_queued_request_goes_before_the_next_live_batch() -> None:
     finally:
         engine.stop()
     # The batch under way finishes; the request is next; live encoding then resumes.
-    assert engine.log == ["live [0, 1]", "request", "live [2, 3]", "live [4, 5]"]
+    assert engine.log == ["live [0]", "request", "live [1]", "live [2]", "live [3]"]
 
 
 def test_live_window_holds_the_last_frames_encoded_once_each() -> None:
     pipeline = Pipeline(embedded_package(log=lambda message: None))
     key = StateKey("live", 0, pipeline.dims.image_size, "onnx/fp32", "x")
-    window = LiveWindow(pipeline, window_frames=3, key=key)
+    window = LiveWindow(pipeline, window_frames=3, key=key, batch_frames=2)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(7)]
     assert not window.push(frames[:1])  # a batch is two frames: nothing encoded yet
