@@ -2,6 +2,7 @@
 
     python3 -m crosslmm_edge.benchmarks.serve_load [--package PKG] [--frames 32]
         [--clients 32] [--videos 4] [--questions 200] [--rounds 2] [--threads N]
+        [--precision int4]
 
 Starts the server as a child process (127.0.0.1, a free port, a looping live
 file as its live source) and measures, all through HTTP with streamed answers:
@@ -81,7 +82,13 @@ class RssSampler:
 
 
 def start_server(
-    package: Path, media: Path, live: Path, frames: int, port: int, threads: int
+    package: Path,
+    media: Path,
+    live: Path,
+    frames: int,
+    port: int,
+    threads: int,
+    precision: str | None = None,
 ) -> subprocess.Popen:
     """``crosslmm-edge serve`` as a child process; returns once /health answers."""
     import httpx
@@ -92,6 +99,8 @@ def start_server(
         "--window", "4", "--live-fps", "2", "--queue-size", "16", "--log-level", "warning",
         "--max-new-tokens", "8", "--threads", str(threads),
     ]  # fmt: skip
+    if precision:
+        command += ["--precision", precision]
     process = subprocess.Popen(command)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -253,6 +262,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="the run is this many x questions")
     parser.add_argument("--reuse-videos", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="the server's intra-op threads")
+    parser.add_argument("--precision", help="the server's --precision (default: the best)")
     parser.add_argument("--json", help="write the report here too")
     args = parser.parse_args()
     import httpx
@@ -272,9 +282,12 @@ def main() -> int:
         write_scene_video(folder / "live.mp4", 99, 0, args.frames)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = start_server(package, media, folder / "live.mp4", args.frames, port, args.threads)
+        live = folder / "live.mp4"
+        server = start_server(package, media, live, args.frames, port, args.threads, args.precision)
         try:
             report = {"frames": args.frames, "threads": args.threads, "cpu_count": os.cpu_count()}
+            served = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]
+            report["artifacts"] = served["artifacts"]
             report["reuse"] = asyncio.run(measure_reuse(url, names[args.videos :]))
             print(json.dumps(report["reuse"], indent=1), flush=True)
             if args.rounds > 0:  # --rounds 0: the reuse measurement only
