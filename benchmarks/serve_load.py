@@ -12,7 +12,8 @@ file as its live source) and measures, all through HTTP with streamed answers:
    about the same video from a new connection; medians and their ratio. The
    time to first token is when the stream's first chunk arrives: the server
    sends it once the first token is sampled, even if that token has no text
-   yet (the time to the first text is reported too).
+   yet (the time to the first text is reported too). A ``GET /health`` on a
+   new connection gives the floor that loopback HTTP adds.
 2. load: ``--clients`` concurrent clients ask ``--questions`` questions about
    ``--videos`` videos (every eighth about the live source), ``--rounds``
    times; errors, deliberate 503s (retried after Retry-After), p50/p95 time
@@ -164,8 +165,12 @@ async def measure_reuse(url: str, videos: list[str]) -> dict:
     import httpx
 
     firsts, seconds, server_firsts, server_seconds = [], [], [], []
-    text_seconds, queue_seconds = [], []
+    text_seconds, queue_seconds, floors = [], [], []
     for video in videos:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            started = time.perf_counter()  # the HTTP floor: a trivial GET, a new connection
+            (await client.get("/health")).raise_for_status()
+            floors.append(time.perf_counter() - started)
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
             first = await ask(client, video, "what kind of shape is it?")
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -193,6 +198,7 @@ async def measure_reuse(url: str, videos: list[str]) -> dict:
         "server_side_second_ms_median": server_second * 1000,
         "server_side_ratio": server_second / server_first,
         "second_queued_ms_median": statistics.median(queue_seconds) * 1000,
+        "health_new_connection_ms_median": statistics.median(floors) * 1000,
         "second_first_text_ms_median": statistics.median(text_seconds) * 1000,
     }
 
