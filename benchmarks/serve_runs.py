@@ -78,7 +78,9 @@ def ask(engine: Engine, media: MediaStore, settings: ServeSettings, question: st
         if event[0] in ("done", "error"):
             done.set()
 
-    engine.submit(Job(chat, media.resolve(chat.video_url), send))
+    video = media.resolve(chat.video_url)
+    assert video is not None  # a file of the media folder
+    engine.submit(Job(chat, video, send))
     done.wait(600)
     times = {kind: at for at, (kind, _) in reversed(events)}
     result = events[-1][1][1]

@@ -213,8 +213,8 @@ def test_live_source_answers_about_its_window(client, server, media) -> None:
 
 
 def test_stream_opens_with_the_first_token_before_any_text(server) -> None:
-    body = {"messages": [video_message("scene-1.mp4", "which shape is moving?")]}
-    body.update(stream=True, max_tokens=4)
+    messages = [video_message("scene-1.mp4", "which shape is moving?")]
+    body = {"messages": messages, "stream": True, "max_tokens": 4}
     with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=30) as reply:
         events = [json.loads(line[6:]) for line in reply.iter_lines() if line[:7] == "data: {"]
     first, last = events[0], [e for e in events if "x_crosslmm" in e][-1]
