@@ -31,6 +31,7 @@ from ..runtime.serve.media import MediaStore
 from ..runtime.serve.schemas import parse_chat_request
 from ..runtime.serve.served_assistant import ServedAssistant
 from ..runtime.serve.settings import ServeSettings
+from .serve_load import body
 
 QUESTIONS = ("what kind of shape is it?", "what colour is the small dot?")
 
@@ -57,19 +58,7 @@ class TimedSession(GraphSession):
 
 def ask(engine: Engine, media: MediaStore, settings: ServeSettings, question: str) -> dict:
     """One streamed question through the worker; its events with their times."""
-    body = {
-        "messages": [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "video_url", "video_url": {"url": "video.mp4"}},
-                    {"type": "text", "text": question},
-                ],
-            }
-        ],
-        "stream": True,
-    }
-    chat = parse_chat_request(body, settings)
+    chat = parse_chat_request(body("video.mp4", question), settings)
     events: list[tuple[float, Event]] = []
     done = threading.Event()
 
