@@ -2,13 +2,18 @@
 
     python3 -m crosslmm_edge.benchmarks.serve_load [--package PKG] [--frames 32]
         [--clients 32] [--videos 4] [--questions 200] [--rounds 2] [--threads N]
+        [--precision int4]
 
 Starts the server as a child process (127.0.0.1, a free port, a looping live
 file as its live source) and measures, all through HTTP with streamed answers:
 
 1. reuse: for ``--reuse-videos`` fresh videos, the time to first token of a
    first question (decode, encode, prefix prefill) and of a second question
-   about the same video from a new connection; medians and their ratio.
+   about the same video from a new connection; medians and their ratio. The
+   time to first token is when the stream's first chunk arrives: the server
+   sends it once the first token is sampled, even if that token has no text
+   yet (the time to the first text is reported too). A ``GET /health`` on a
+   new connection gives the floor that loopback HTTP adds.
 2. load: ``--clients`` concurrent clients ask ``--questions`` questions about
    ``--videos`` videos (every eighth about the live source), ``--rounds``
    times; errors, deliberate 503s (retried after Retry-After), p50/p95 time
@@ -78,7 +83,13 @@ class RssSampler:
 
 
 def start_server(
-    package: Path, media: Path, live: Path, frames: int, port: int, threads: int
+    package: Path,
+    media: Path,
+    live: Path,
+    frames: int,
+    port: int,
+    threads: int,
+    precision: str | None = None,
 ) -> subprocess.Popen:
     """``crosslmm-edge serve`` as a child process; returns once /health answers."""
     import httpx
@@ -89,6 +100,8 @@ def start_server(
         "--window", "4", "--live-fps", "2", "--queue-size", "16", "--log-level", "warning",
         "--max-new-tokens", "8", "--threads", str(threads),
     ]  # fmt: skip
+    if precision:
+        command += ["--precision", precision]
     process = subprocess.Popen(command)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -114,23 +127,35 @@ def body(video: str, question: str) -> dict:
 
 
 async def ask(client, video: str, question: str) -> dict:
-    """One streamed question: status, time to first content (client and server side), reuse."""
+    """One streamed question: status, reuse, and the times to first token (client side:
+    the first chunk, which the server sends once the first token is sampled; server side:
+    ``x_crosslmm.ttft_s``) and to first text (the first chunk with non-empty content)."""
     started = time.perf_counter()
-    first, server_ttft = None, None
+    first = first_text = server_ttft = server_queue = None
     async with client.stream("POST", "/v1/chat/completions", json=body(video, question)) as reply:
         if reply.status_code != 200:
             await reply.aread()
             return {"status": reply.status_code, "retry_after": reply.headers.get("Retry-After")}
         async for line in reply.aiter_lines():
-            wanted = first is None and line.startswith("data: {") and '"content":"' in line
-            if wanted and json.loads(line[6:])["choices"][0]["delta"].get("content"):
-                first = time.perf_counter() - started
-            if '"x_crosslmm"' in line:
-                server_ttft = json.loads(line[6:])["x_crosslmm"]["ttft_s"]
+            if not line.startswith("data: {"):
+                continue
+            now = time.perf_counter() - started
+            event = json.loads(line[6:])
+            choices = event.get("choices") or [{}]
+            if first is None and event.get("choices"):
+                first = now
+            if first_text is None and (choices[0].get("delta") or {}).get("content"):
+                first_text = now
+            if "ttft_s" in event.get("x_crosslmm", {}):
+                server_ttft = event["x_crosslmm"]["ttft_s"]
+                server_queue = event["x_crosslmm"]["queue_s"]
+        ended = time.perf_counter() - started
         return {
             "status": 200,
-            "ttft_s": first if first is not None else time.perf_counter() - started,
+            "ttft_s": first if first is not None else ended,
+            "text_s": first_text if first_text is not None else ended,
             "server_ttft_s": server_ttft,
+            "server_queue_s": server_queue,
             "reused": reply.headers.get("X-Video-Reused") == "true",
         }
 
@@ -140,7 +165,12 @@ async def measure_reuse(url: str, videos: list[str]) -> dict:
     import httpx
 
     firsts, seconds, server_firsts, server_seconds = [], [], [], []
+    text_seconds, queue_seconds, floors = [], [], []
     for video in videos:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            started = time.perf_counter()  # the HTTP floor: a trivial GET, a new connection
+            (await client.get("/health")).raise_for_status()
+            floors.append(time.perf_counter() - started)
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
             first = await ask(client, video, "what kind of shape is it?")
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -151,6 +181,8 @@ async def measure_reuse(url: str, videos: list[str]) -> dict:
         seconds.append(second["ttft_s"])
         server_firsts.append(first["server_ttft_s"])
         server_seconds.append(second["server_ttft_s"])
+        text_seconds.append(second["text_s"])
+        queue_seconds.append(second["server_queue_s"])
     first_s, second_s = statistics.median(firsts), statistics.median(seconds)
     server_first, server_second = (
         statistics.median(server_firsts),
@@ -165,6 +197,9 @@ async def measure_reuse(url: str, videos: list[str]) -> dict:
         "server_side_first_ms_median": server_first * 1000,
         "server_side_second_ms_median": server_second * 1000,
         "server_side_ratio": server_second / server_first,
+        "second_queued_ms_median": statistics.median(queue_seconds) * 1000,
+        "health_new_connection_ms_median": statistics.median(floors) * 1000,
+        "second_first_text_ms_median": statistics.median(text_seconds) * 1000,
     }
 
 
@@ -233,6 +268,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="the run is this many x questions")
     parser.add_argument("--reuse-videos", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="the server's intra-op threads")
+    parser.add_argument("--precision", help="the server's --precision (default: the best)")
     parser.add_argument("--json", help="write the report here too")
     args = parser.parse_args()
     import httpx
@@ -252,9 +288,12 @@ def main() -> int:
         write_scene_video(folder / "live.mp4", 99, 0, args.frames)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = start_server(package, media, folder / "live.mp4", args.frames, port, args.threads)
+        live = folder / "live.mp4"
+        server = start_server(package, media, live, args.frames, port, args.threads, args.precision)
         try:
             report = {"frames": args.frames, "threads": args.threads, "cpu_count": os.cpu_count()}
+            served = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]
+            report["artifacts"] = served["artifacts"]
             report["reuse"] = asyncio.run(measure_reuse(url, names[args.videos :]))
             print(json.dumps(report["reuse"], indent=1), flush=True)
             if args.rounds > 0:  # --rounds 0: the reuse measurement only

@@ -110,7 +110,10 @@ def _int4_arguments(quantize: argparse.ArgumentParser) -> None:
         "--algorithm",
         choices=ALGORITHMS,
         default=default.algorithm,
-        help=f"int4: rtn (round to nearest) or awq (default {default.algorithm})",
+        help=(
+            "int4: rtn (round to nearest), awq (activation-aware) or hqq (ONNX Runtime's "
+            f"half-quadratic solver; onnx/int4 only) (default {default.algorithm})"
+        ),
     )
     quantize.add_argument(
         "--head",

@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -65,6 +66,7 @@ def test_int4_set_records_how_it_was_made(int4_package: Path) -> None:
     assert sorted(blocked.values()).count(4) == len(build["modules_by_storage"]["int4"]) == 24
     assert list(blocked.values()).count(8) == 1  # the LM head
     assert "GatherBlockQuantized" in [n.op_type for n in model.graph.node]  # the embedding
+    assert build["ort_fusions"]["rotary_embedding"] == 8  # ONNX Runtime-only graph: fused
 
 
 def test_onnx_runtime_fuses_every_block_into_matmulnbits(int4_package: Path, tmp_path) -> None:
@@ -172,3 +174,47 @@ def test_max_drift_widens_the_group_that_really_exceeds_the_budget(
     assert search["landed"]["drop"] <= 1
     assert search["landed"]["llm_bytes"] < max(t["llm_bytes"] for t in search["trials"])
     assert "kept wider: llm:" + layer in capsys.readouterr().out
+
+
+def test_hqq_writes_blocks_with_zero_points_and_a_round_to_nearest_twin(
+    embedded_fp16_package: Path, tmp_path: Path
+) -> None:
+    """`--algorithm hqq`: HQQ's solver, uint4 blocks with zero points; TensorRT's twin is RTN."""
+    from crosslmm_edge.calibration.int4.block_quant import BlockScheme, quantize_weight
+    from crosslmm_edge.calibration.int4.hqq import hqq_weight
+    from crosslmm_edge.export.tensorrt.lint_trt import lint_file
+
+    folder = tmp_path / "pkg"
+    shutil.copytree(embedded_fp16_package, folder)
+    videos = [tmp_path / f"v{i}.mp4" for i in range(2)]
+    for i, path in enumerate(videos):
+        write_scene_video(path, 5, i, 8)
+    args = ["quantize", str(folder), "--in-place", "--precision", "int4", "--algorithm", "hqq"]
+    assert main([*args, "--calib", *map(str, videos)]) == 0
+    manifest = load_manifest(folder)
+    llm = manifest.graphs["llm"].find("onnx", "int4")
+    assert llm.build["algorithm"] == "hqq" and not llm.build["symmetric"]
+    model = onnx.load(str(folder / llm.file))
+    inits = {t.name: t for t in model.graph.initializer}
+    blocked = [
+        n for n in model.graph.node if n.op_type == "DequantizeLinear" and "_q4" in n.input[0]
+    ]
+    assert len(blocked) == len(llm.build["modules_by_storage"]["int4"])
+    for node in blocked:  # values and zero points on the uint4 grid ONNX Runtime fuses
+        assert (
+            inits[node.input[0]].data_type
+            == inits[node.input[2]].data_type
+            == onnx.TensorProto.UINT4
+        )
+    twin = manifest.graphs["llm"].find("onnx-trt", "int4")
+    assert twin.build["algorithm"] == "rtn"
+    assert lint_file(folder / twin.file) == []
+    # The solver's blocks rebuild a heavy-tailed weight about as well as round-to-nearest
+    # on the same grid (a zero point off by a block or a transposed scale would not).
+    weight = np.random.default_rng(0).standard_t(3, (256, 64)).astype(np.float32)
+    scheme = BlockScheme(4, 32, symmetric=False)
+    hqq, rtn = (
+        np.abs(q(weight, scheme).dequantize(32) - weight).mean()
+        for q in (hqq_weight, quantize_weight)
+    )
+    assert hqq < 1.05 * rtn

@@ -281,3 +281,30 @@ def test_a_graph_left_float_keeps_its_external_weights(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name, target.name + ".data"]
     stored = onnx.load(str(target)).graph.initializer[0]
     np.testing.assert_array_equal(numpy_helper.to_array(stored), weight)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_the_quantized_embedding_gives_back_its_rows(bits: int, symmetric: bool) -> None:
+    """`--asymmetric` applies to weights; the table's blocks stay symmetric, which both of
+    its stored forms assume (an asymmetric table was read as noise)."""
+    from crosslmm_edge.calibration.int4.embedding_quant import quantize_embedding
+    from crosslmm_edge.export.graphs.graph_passes import NAME_SCOPES
+
+    table = np.random.default_rng(11).standard_normal((50, 64)).astype(np.float32)
+    gather = helper.make_node("Gather", ["table", "ids"], ["embeds"], "embed")
+    gather.metadata_props.add(key=NAME_SCOPES, value="['model', 'model.embed_tokens', 'emb']")
+    graph = helper.make_graph(
+        [gather],
+        "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
+        [helper.make_tensor_value_info("embeds", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(table, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    quantize_embedding(model, BlockScheme(bits, 32, symmetric))
+    assert [n.op_type for n in model.graph.node] == ["GatherBlockQuantized"]
+    ids = np.array([[0, 7, 49]], np.int64)
+    (embeds,) = ort.InferenceSession(model.SerializeToString()).run(None, {"ids": ids})
+    step = np.abs(table).max() / (7 if bits == 4 else 127)
+    assert np.abs(embeds[0] - table[ids[0]]).max() <= step / 2 + 1e-6

@@ -212,6 +212,16 @@ def test_live_source_answers_about_its_window(client, server, media) -> None:
     assert reply.model_extra["x_crosslmm"]["video_id"] == "live"
 
 
+def test_stream_opens_with_the_first_token_before_any_text(server) -> None:
+    messages = [video_message("scene-1.mp4", "which shape is moving?")]
+    body = {"messages": messages, "stream": True, "max_tokens": 4}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=30) as reply:
+        events = [json.loads(line[6:]) for line in reply.iter_lines() if line[:7] == "data: {"]
+    first, last = events[0], [e for e in events if "x_crosslmm" in e][-1]
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert first["x_crosslmm"]["first_token_id"] == last["x_crosslmm"]["token_ids"][0]
+
+
 def test_models_and_health(client, server) -> None:
     assert [model.id for model in client.models.list()] == [MODEL]
     health = httpx.get(f"{server}/health").json()
@@ -248,6 +258,16 @@ def test_turn_watch_never_shows_part_of_a_stop_string() -> None:
         watch.on_text(delta)
     watch.finish()
     assert "".join(shown) == "abcENxy" == watch.answer and watch.cut is not None
+
+
+def test_turn_watch_announces_the_first_token_even_without_text() -> None:
+    seen: list[tuple[str, object]] = []
+    watch = TurnWatch(lambda text: seen.append(("text", text)))
+    watch.first_token = lambda token: seen.append(("token", token))
+    for token, _ in watch.watched(iter([(7, 0.0), (8, 0.0)])):
+        seen.append(("step", token))
+        watch.on_text("" if token == 7 else "x")  # token 7 decodes to no text yet
+    assert seen == [("token", 7), ("step", 7), ("step", 8), ("text", "x")]
 
 
 def test_turn_watch_stops_generation_once_cancelled() -> None:

@@ -73,7 +73,7 @@ class BlockWeight:
         return values * scales
 
 
-def _blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
+def blocked_rows(weight: np.ndarray, block_size: int) -> np.ndarray:
     """[K, N] -> [blocks, block_size, N], zero-padded along K."""
     rows, cols = weight.shape
     blocks = -(-rows // block_size)
@@ -85,7 +85,7 @@ def _blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
 def quantize_weight(weight: np.ndarray, scheme: BlockScheme) -> BlockWeight:
     """Round-to-nearest block quantization of ``weight [K, N]``."""
     rows = weight.shape[0]
-    blocks = _blocks(np.asarray(weight, np.float32), scheme.block_size)
+    blocks = blocked_rows(np.asarray(weight, np.float32), scheme.block_size)
     low, high = scheme.levels
     if scheme.symmetric:
         scales = np.abs(blocks).max(axis=1) / high

@@ -39,6 +39,9 @@ def quantize_embedding(model: onnx.ModelProto, scheme: BlockScheme) -> int:
     if not nodes:
         raise UserError("the LLM graph has no token-embedding Gather to quantize")
     inits = {t.name: t for t in model.graph.initializer}
+    # Symmetric whatever the weights' blocks: both stored forms below (signed int4, and
+    # uint8 around 128) assume a zero point of 0, so an asymmetric table would be misread.
+    scheme = BlockScheme(scheme.bits, scheme.block_size, symmetric=True)
     saved = 0
     for node in nodes:
         table = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)

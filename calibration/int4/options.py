@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 BLOCK_SIZES = (32, 64, 128)  # weights per scale along K
 HEAD_CHOICES = ("float", "int8", "int4")
-ALGORITHMS = ("rtn", "awq")
+ALGORITHMS = ("rtn", "awq", "hqq")
 
 
 @dataclass(frozen=True)
@@ -47,3 +47,11 @@ class Int4Options:
         from .block_quant import BlockScheme  # onnx: imported only when quantizing
 
         return BlockScheme(bits, self.block_size, self.symmetric)
+
+    def weight_scheme(self, bits: int) -> BlockScheme:
+        """The scheme of a MatMul weight: as ``scheme``, but HQQ's 4-bit blocks carry zero
+        points (the embedding table keeps ``scheme``)."""
+        from .block_quant import BlockScheme  # onnx: imported only when quantizing
+
+        hqq = self.algorithm == "hqq" and bits == 4
+        return BlockScheme(bits, self.block_size, self.symmetric and not hqq)

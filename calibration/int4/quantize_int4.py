@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ...export.graphs.ort_fusions import fuse_for_onnx_runtime, rope_tables
 from ...runtime.errors import UserError
 from ...runtime.model.contract import LLM, ROLES
 from ...runtime.package.files import file_sha256
@@ -38,7 +39,7 @@ from ..int8.quantize import (
     selected_nodes,
 )
 from ..recipes import WeightNode, module_path
-from .block_quant import OPSET, BlockScheme, dequantize_node, quantize_weight
+from .block_quant import OPSET, BlockScheme, BlockWeight, dequantize_node, quantize_weight
 from .options import Int4Options
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def llm_plan(
     for node in chosen:
         storage = wider.get(node.group, "int4")
         if storage != "float":
-            plan[node.name] = (node, int4.scheme(8 if storage == "int8" else 4))
+            plan[node.name] = (node, int4.weight_scheme(8 if storage == "int8" else 4))
     if int4.head != "float":
         fp32 = choose_artifacts(manifest, "onnx", "fp32").by_role[LLM]
         model = onnx.load(str(package_dir / fp32.file), load_external_data=False)
@@ -67,7 +68,7 @@ def llm_plan(
         if head is None:
             raise UserError(f"--head {int4.head}: the LLM graph has no LM head MatMul")
         node = WeightNode(LLM, head.name, HEAD_MODULE)
-        plan[head.name] = (node, int4.scheme(8 if int4.head == "int8" else 4))
+        plan[head.name] = (node, int4.weight_scheme(8 if int4.head == "int8" else 4))
     return plan
 
 
@@ -106,11 +107,13 @@ def block_quantize_model(
     plan: dict[str, BlockScheme],
     scale_dtype: np.dtype,
     weights: Callable[[onnx.NodeProto, np.ndarray], np.ndarray] | None = None,
+    quantize: Callable[[np.ndarray, BlockScheme], BlockWeight] = quantize_weight,
 ) -> None:
     """Replace the weight of every MatMul in ``plan`` by blocked DQ (in place, opset 21).
 
     ``weights(node, W)`` may transform a weight before it is quantized (AWQ's
-    scaling, whose inverse the caller has folded upstream).
+    scaling, whose inverse the caller has folded upstream); ``quantize`` turns
+    it into blocks (round to nearest unless told otherwise).
     """
     inits = {t.name: t for t in model.graph.initializer}
     nodes, new_inits = [], []
@@ -122,7 +125,7 @@ def block_quantize_model(
                 raise UserError(f"MatMul {node.name}: weight of rank {weight.ndim}, expected 2")
             if weights is not None:
                 weight = weights(node, weight)
-            block = quantize_weight(weight, scheme)
+            block = quantize(weight, scheme)
             tensors, dq, output = dequantize_node(node.name, block, scheme, scale_dtype)
             new_inits += tensors
             nodes.append(dq)
@@ -159,6 +162,37 @@ def save_graph(model: onnx.ModelProto, target: Path, external: bool) -> list[Pat
     return [target, *([data] if external else [])]
 
 
+def _quantize_weights(
+    model: onnx.ModelProto, schemes: dict[str, BlockScheme], int4: Int4Options, calibration
+) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """Store every planned weight in blocks, in place: AWQ-scaled or plain, rounded to
+    nearest or (``hqq``, 4-bit blocks) by HQQ's solver. The AWQ factors and record."""
+    factors: dict[str, np.ndarray] = {}
+    transform, record = None, dict[str, object]()
+    if int4.algorithm == "awq":
+        from .awq import awq_weights
+
+        stats = calibration.stats.by_role.get(LLM, {})
+        factors, transform, record = awq_weights(model, schemes, stats)
+    quantize = quantize_weight
+    if int4.algorithm == "hqq":
+        from .hqq import hqq_weight
+
+        def quantize(weight: np.ndarray, scheme: BlockScheme) -> BlockWeight:
+            return (
+                hqq_weight(weight, scheme) if scheme.bits == 4 else quantize_weight(weight, scheme)
+            )
+
+    block_quantize_model(model, schemes, np.dtype(np.float32), transform, quantize)
+    return factors, record
+
+
+def _describe(int4: Int4Options) -> str:
+    if int4.algorithm == "hqq":
+        return f"HQQ {int4.weight_scheme(4).describe()}"
+    return int4.scheme(4).describe()
+
+
 @dataclass
 class Int4Set:
     """The ``onnx/int4`` artifacts and the AWQ factors per LLM MatMul (for ``onnx-trt``)."""
@@ -183,14 +217,7 @@ def int4_llm(
     head = head_matmul(model)
     if head is not None and head.name in schemes:
         untie_head(model, head)
-    factors: dict[str, np.ndarray] = {}
-    transform, awq_record = None, dict[str, object]()
-    if int4.algorithm == "awq":
-        from .awq import awq_weights
-
-        stats = calibration.stats.by_role.get(LLM, {})
-        factors, transform, awq_record = awq_weights(model, schemes, stats)
-    block_quantize_model(model, schemes, np.dtype(np.float32), transform)
+    factors, awq_record = _quantize_weights(model, schemes, int4, calibration)
     if int4.embedding != "float":
         from .embedding_quant import quantize_embedding
 
@@ -198,16 +225,17 @@ def int4_llm(
     scales = kv_int8.head_scales(calibration.cross_max) if options.int8_cross_kv else {}
     if scales:
         kv_int8.dequantize_inputs(model, scales, np.dtype(np.float32))
+    fusions = fuse_for_onnx_runtime(model, rope_tables(manifest))
     files = save_graph(model, target, bool(source.external_data))
     storage: dict[str, list[str]] = {}
     for node, scheme in plan.values():
         storage.setdefault(f"int{scheme.bits}", []).append(node.module)
     record = {
         **build_record(options, calibration, LLM, source),
-        "scheme": f"weight-only {int4.scheme(4).describe()}; activations float",
+        "scheme": f"weight-only {_describe(int4)}; activations float",
         "algorithm": int4.algorithm,
         "block_size": int4.block_size,
-        "symmetric": int4.symmetric,
+        "symmetric": int4.weight_scheme(4).symmetric,
         "opset": OPSET,
         "lm_head": int4.head,
         "embedding": int4.embedding,
@@ -217,6 +245,7 @@ def int4_llm(
         "int4_search": int4.search,
         **awq_record,
         **cross_kv_record(scales),
+        "ort_fusions": fusions,
     }
     return files, record, factors
 

@@ -41,8 +41,11 @@ from .quantize_int4 import (
 
 
 def _trt_scheme(scheme: BlockScheme, rows: int) -> BlockScheme:
-    """INT4 blocks as they are; INT8 as one block per column (per-channel)."""
-    return scheme if scheme.bits == 4 else BlockScheme(8, rows, True)
+    """INT4 blocks of the same size, symmetric (TensorRT takes no zero points, so an
+    ``--asymmetric`` or HQQ set's twin is symmetric RTN); INT8 as one block per column."""
+    return (
+        BlockScheme(4, scheme.block_size, True) if scheme.bits == 4 else BlockScheme(8, rows, True)
+    )
 
 
 def trt_int4_llm(
@@ -113,6 +116,9 @@ def trt_int4_artifacts(
         else:
             files = trt_int8_graph(package_dir, role, base, int4_dir, target)
         build = {"opset": OPSET if role == LLM else base.build.get("opset", 19)}
+        if role == LLM and base.build.get("algorithm") == "hqq":
+            build["algorithm"] = "rtn"  # HQQ's zero points have no TensorRT form
+            build["symmetric"] = True
         if role == LLM:
             build["scheme"] = (
                 "weight-only int4 blocks, symmetric, fp16 scales (INT8 groups per-channel); "

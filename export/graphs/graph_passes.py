@@ -35,7 +35,7 @@ def fold_weight_transposes(graph: ir.Graph) -> int:
             continue
         perm = node.attributes["perm"].as_ints()
         array = np.ascontiguousarray(source.const_value.numpy().transpose(perm))
-        weight = _initializer(graph, f"{source.name}.T", array)
+        weight = add_initializer(graph, f"{source.name}.T", array)
         node.outputs[0].replace_all_uses_with(weight)
         graph.remove(node, safe=True)
         _drop_initializer(graph, source)
@@ -135,14 +135,15 @@ def _fused_nodes(
     if f"{module}.weight" in graph.initializers:  # a block applied to two inputs (DCAL MLP)
         module = f"{module}.{name}"
     arrays = [_array(w) for w in weights]  # [D, n_i]
-    weight = _initializer(graph, f"{module}.weight", np.concatenate(arrays, axis=1))  # [D, sum n_i]
+    merged = np.concatenate(arrays, axis=1)  # [D, sum n_i]
+    weight = add_initializer(graph, f"{module}.weight", merged)
     new = [ir.node("MatMul", [x, weight], name=name, metadata_props=meta)]
     if biases:
         bias = np.concatenate([_array(b) for b in biases])  # [sum n_i]
-        added = [new[-1].outputs[0], _initializer(graph, f"{module}.bias", bias)]
+        added = [new[-1].outputs[0], add_initializer(graph, f"{module}.bias", bias)]
         new.append(ir.node("Add", added, name=f"{name}.add"))
     widths = np.array([a.shape[1] for a in arrays], np.int64)
-    parts = [new[-1].outputs[0], _initializer(graph, f"{module}.split", widths)]
+    parts = [new[-1].outputs[0], add_initializer(graph, f"{module}.split", widths)]
     new.append(ir.node("Split", parts, {"axis": -1}, num_outputs=len(arrays), name=f"{name}.split"))
     for i, node in enumerate(new):
         for j, value in enumerate(node.outputs):
@@ -191,7 +192,7 @@ def _fused_metadata(matmuls: list[ir.Node], name: str) -> dict[str, str]:
     return meta
 
 
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     """Register ``array`` as a graph initializer named ``name``."""
     value = ir.Value(name=name, const_value=ir.tensor(array))
     value.shape = ir.Shape(array.shape)

@@ -163,22 +163,32 @@ class ServeApp:
     async def stream(
         self, request: Request, chat: ChatRequest, job: Job, events: asyncio.Queue[Event]
     ) -> Response:
-        """Server-sent events; headers go once the video is ready (they say if it was reused)."""
+        """Server-sent events; headers go once the video is ready (they say if it was reused).
+
+        The first chunk (OpenAI's ``role: "assistant"`` delta with empty content)
+        goes out as soon as the first token is sampled, even when that token
+        decodes to no text yet; its ``x_crosslmm.first_token_id`` names it.
+        """
         info = await self.wait_for(request, job, events, ("start",))
         assert isinstance(info, dict)
         cid, model = fmt.completion_id(), self.settings.model_name
 
         async def chunks() -> AsyncIterator[bytes]:
+            opened = False  # whether the first chunk (role, first token id) went out
             try:
-                yield fmt.sse(fmt.chunk(cid, model, {"role": "assistant", "content": ""}))
                 while True:
                     kind, value = await events.get()
-                    if kind == "delta":
-                        yield fmt.sse(fmt.chunk(cid, model, {"content": value}))
-                    elif kind == "error":
+                    if kind == "error":
                         assert isinstance(value, ApiError)
                         yield fmt.sse(value.body())
                         break
+                    if not opened:  # the first token was sampled, whatever its text
+                        opened = True
+                        token = value if kind == "token" else None
+                        assert token is None or isinstance(token, int)
+                        yield fmt.sse(fmt.first_chunk(cid, model, token))
+                    if kind == "delta":
+                        yield fmt.sse(fmt.chunk(cid, model, {"content": value}))
                     elif kind == "done":
                         assert isinstance(value, TurnResult)
                         for event in self.final_chunks(cid, model, value, chat, info["video_id"]):

@@ -3,8 +3,10 @@
 Requests wait in a bounded queue (a full queue is a 503 with Retry-After);
 each turn installs its video (from the state cache when it was seen before,
 by any client), answers and streams events back through ``Job.send``.
-Between turns, and before a turn about it, frames of the live source enter
-the rolling window, each encoded once.
+Frames of the live source enter the rolling window (``live_window.py``),
+each encoded once, a batch at a time while no request waits (a queued
+request goes before the next batch), and all at once before a question about
+the live source, which alone prefills the window's LLM prefix.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..chat.assistant_types import Answer
-from ..chat.live import RollingWindow
 from ..errors import UserError
 from ..video.video_state import VideoState
 from .api_error import ApiError
 from .live_source import LiveFeed
+from .live_window import LiveWindow
 from .media import VideoRef
 from .schemas import ChatRequest
 from .served_assistant import LIVE_SHA, ServedAssistant
@@ -31,7 +35,8 @@ from .turn_watch import TurnWatch
 
 LOG = logging.getLogger("crosslmm_edge.serve")
 IDLE_POLL_S = 0.02  # how often an idle worker looks at the live source
-Event = tuple[str, object]  # ("start", info) ("delta", text) ("done", result) ("error", ApiError)
+# ("start", info) ("token", first token id) ("delta", text) ("done", result) ("error", ApiError)
+Event = tuple[str, object]
 
 
 @dataclass
@@ -73,13 +78,12 @@ class Engine:
             max(1, settings.state_cache_bytes // 4)
         )
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=settings.queue_size)
-        self.window: RollingWindow | None = None
+        self.window: LiveWindow | None = None
         if live is not None:
-            # The feed keeps every stride-th frame already: the window takes all it is given.
-            rate = live.sample_fps
-            self.window = RollingWindow(assistant, settings.live_window_s, rate, rate)
-        # The live window's state while another video is installed.
-        self.live_state: VideoState | None = None
+            # The feed keeps sample_fps frames a second already: the window takes all it is given.
+            frames = max(1, round(settings.live_window_s * live.sample_fps))
+            self.window = LiveWindow(assistant.pipeline, frames, self._live_key().state)
+        self.live_version = -1  # the window version whose prefix is installed (-1: none)
         self.served = self.failed = 0
         self._thread = threading.Thread(target=self._run, name="serve-worker", daemon=True)
 
@@ -127,17 +131,16 @@ class Engine:
 
     # -- the worker -------------------------------------------------------
     def _run(self) -> None:
+        while (job := self._next_job()) is not None:
+            self._serve(job)
+
+    def _next_job(self) -> Job | None:
+        """The next queued job (None: stop); while none waits, live frames are encoded."""
         while True:
             try:
-                job = self.jobs.get(timeout=IDLE_POLL_S if self.live else None)
+                return self.jobs.get(timeout=IDLE_POLL_S if self.live else None)
             except queue.Empty:
                 self._feed_live()
-                continue
-            if job is None:
-                return
-            if self.jobs.empty():
-                self._feed_live()
-            self._serve(job)
 
     @property
     def alive(self) -> bool:
@@ -147,12 +150,11 @@ class Engine:
     def _feed_live(self) -> None:
         """Take the live frames; a failure restarts the window instead of ending the worker."""
         try:
-            self._take_live_frames()
+            self._feed_live_batches()
         except Exception:  # e.g. frames of a new resolution in one batch
             LOG.exception("live frames dropped")
             if self.window is not None:
-                self.window.started, self.window.pending = False, []
-            self.live_state, self.assistant.current = None, None
+                self.window.reset()
 
     def _serve(self, job: Job) -> None:
         if job.cancelled.is_set():
@@ -162,7 +164,10 @@ class Engine:
             reused = self._use_video(job)
             job.send(("start", {"video_reused": reused, "video_id": job.video.video_id}))
             watch = TurnWatch(
-                lambda text: job.send(("delta", text)), job.cancelled, job.request.stop
+                lambda text: job.send(("delta", text)),
+                job.cancelled,
+                job.request.stop,
+                lambda token: job.send(("token", token)),
             )
             answer = self.assistant.respond(job.request, watch)
         except UserError as exc:
@@ -214,12 +219,10 @@ class Engine:
         if history:
             conversation = self.conversations.pop((key, tuple(history)))
             if conversation is not None:
-                self._leave_live()
                 assistant.resume(key, conversation)
                 return True
         if assistant.current == key:
             return True  # the history is replayed after the installed prefix
-        self._leave_live()
         state = self.states.get(key)
         if state is not None:
             assistant.install(key, state)
@@ -244,46 +247,34 @@ class Engine:
         return self.assistant.cache_key(LIVE_SHA, None, self.settings.system)
 
     def _use_live(self, system: str | None) -> bool:
+        """Install the window as it is now (its prefix prefilled once per change); reused?"""
         if system != self.settings.system:
             raise UserError("questions about the live source use the server's system prompt")
-        changed = self._take_live_frames(flush=True)
-        if not self._enter_live():
+        assert self.live is not None and self.window is not None  # a "live" url needs --live
+        self.window.push(self.live.drain())
+        self.window.flush()
+        state, key = self.window.state, self._live_key()
+        if state is None:
             raise ApiError(503, "the live source has no frames yet", headers={"Retry-After": "1"})
-        return not changed
-
-    def _leave_live(self) -> None:
-        """Keep the live window's state before another video replaces it."""
-        if self.assistant.current == self._live_key():
-            self.live_state = self.assistant.snapshot()
-
-    def _enter_live(self) -> bool:
-        """Install the live window's state; False when the window has not started."""
-        key = self._live_key()
-        if self.assistant.current == key:
+        if self.assistant.current == key and self.live_version == self.window.version:
             return True
-        if self.live_state is None:
-            return False
         self._keep_conversation()
-        self.assistant.install(key, self.live_state, live=True)
-        self.live_state = None
-        return True
+        self.live_version = -1  # until the install below succeeds
+        self.assistant.install(key, state)
+        self.live_version = self.window.version
+        return False
 
-    def _take_live_frames(self, flush: bool = False) -> bool:
-        """Encode the live frames that arrived into the window; whether it changed."""
+    def _feed_live_batches(self) -> None:
+        """Encode the live frames that arrived, one batch at a time while no request waits."""
         if self.live is None or self.window is None:
-            return False
-        frames = self.live.drain()
-        if not frames and not (flush and self.window.pending):
-            return False
-        if self.window.started and not self._enter_live():
-            self.window.started = False  # its state was lost to a failed turn: start afresh
-        if not self.window.started:
-            self._keep_conversation()  # the window's first frames replace the current video
-        self.assistant.system = self.settings.system
-        for rgb in frames:
-            self.window.push(rgb)
-        if flush:
-            self.window.flush()
-        if self.window.started:
-            self.assistant.current, self.assistant.turns = self._live_key(), []
-        return True
+            return
+        while self.jobs.empty():
+            frames = self.live.drain(self.window.batch_frames)
+            if not frames:
+                return
+            self._push_live(frames)
+
+    def _push_live(self, frames: list[np.ndarray]) -> None:
+        """Offer ``frames`` to the window (a full batch is encoded; the LLM does not run)."""
+        assert self.window is not None  # only called with a live source
+        self.window.push(frames)

@@ -64,12 +64,11 @@ class LiveFeed:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def drain(self) -> list[np.ndarray]:
-        """The frames that arrived since the last call, oldest first."""
+    def drain(self, limit: int | None = None) -> list[np.ndarray]:
+        """The oldest ``limit`` frames waiting (all of them when None), oldest first."""
         with self._lock:
-            frames = list(self.frames)
-            self.frames.clear()
-        return frames
+            count = len(self.frames) if limit is None else min(limit, len(self.frames))
+            return [self.frames.popleft() for _ in range(count)]
 
     def status(self) -> dict:
         """What ``/health`` reports of the source."""

@@ -104,6 +104,15 @@ def chunk(
     }
 
 
+def first_chunk(cid: str, model: str, token: int | None) -> dict:
+    """The stream's first chunk, sent when the first token is sampled: OpenAI's role
+    delta with empty content, and the token's id in ``x_crosslmm.first_token_id``."""
+    first = chunk(cid, model, {"role": "assistant", "content": ""})
+    if token is not None:
+        first["x_crosslmm"] = {"first_token_id": token}
+    return first
+
+
 def sse(data: dict | str) -> bytes:
     """One server-sent event."""
     text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))

@@ -53,9 +53,10 @@ class ServedAssistant(RuntimeAssistant):
         self._now_current(key)
         return self.snapshot()
 
-    def install(self, key: CacheKey, state: VideoState, live: bool = False) -> None:
-        """Make a cached ``state`` current (its prefix cache is copied, not recomputed)."""
-        self.current, self.system, self.keep_v2v = None, key.system, live
+    def install(self, key: CacheKey, state: VideoState) -> None:
+        """Make ``state`` current: its prefix cache is copied, or prefilled when it has none
+        (the live window); ``state`` itself is left as it was."""
+        self.current, self.system, self.keep_v2v = None, key.system, False
         self._install(dataclasses.replace(state, cross=dict(state.cross)), time.perf_counter())
         self._now_current(key)
 

@@ -1,6 +1,8 @@
 """Watch one served turn token by token: stream text, honour stop strings, stop when told.
 
-Text is held back while its end could still be the start of a stop string,
+The first token is announced as soon as it is sampled (``first_token``), even
+when it decodes to no text yet, so a client's time to first token is the
+model's. Text is held back while its end could still be the start of a stop string,
 so a client never sees part of a stop string; the cut text is what the turn
 answered.
 """
@@ -12,6 +14,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+FirstToken = Callable[[int], None]  # receives the first sampled token id
+
 
 @dataclass
 class TurnWatch:
@@ -20,6 +24,7 @@ class TurnWatch:
     emit: Callable[[str], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
     stop: list[str] = field(default_factory=list)
+    first_token: FirstToken | None = None  # told the first token id once it is sampled
     text: str = ""  # everything generated so far (stop strings included)
     shown: int = 0  # characters of ``text`` already emitted
     cut: int | None = None  # where a stop string starts, once one appeared
@@ -42,6 +47,8 @@ class TurnWatch:
         for step in steps:
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
+                if self.first_token is not None:
+                    self.first_token(step[0])
             yield step
             if self.stopped_early:
                 return
