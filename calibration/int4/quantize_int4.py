@@ -163,7 +163,10 @@ def save_graph(model: onnx.ModelProto, target: Path, external: bool) -> list[Pat
 
 
 def _quantize_weights(
-    model: onnx.ModelProto, schemes: dict[str, BlockScheme], int4: Int4Options, calibration
+    model: onnx.ModelProto,
+    schemes: dict[str, BlockScheme],
+    int4: Int4Options,
+    calibration: Calibration,
 ) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     """Store every planned weight in blocks, in place: AWQ-scaled or plain, rounded to
     nearest or (``hqq``, 4-bit blocks) by HQQ's solver. The AWQ factors and record."""
@@ -185,12 +188,6 @@ def _quantize_weights(
 
     block_quantize_model(model, schemes, np.dtype(np.float32), transform, quantize)
     return factors, record
-
-
-def _describe(int4: Int4Options) -> str:
-    if int4.algorithm == "hqq":
-        return f"HQQ {int4.weight_scheme(4).describe()}"
-    return int4.scheme(4).describe()
 
 
 @dataclass
@@ -218,6 +215,7 @@ def int4_llm(
     if head is not None and head.name in schemes:
         untie_head(model, head)
     factors, awq_record = _quantize_weights(model, schemes, int4, calibration)
+    hqq = "HQQ " if int4.algorithm == "hqq" else ""
     if int4.embedding != "float":
         from .embedding_quant import quantize_embedding
 
@@ -232,7 +230,7 @@ def int4_llm(
         storage.setdefault(f"int{scheme.bits}", []).append(node.module)
     record = {
         **build_record(options, calibration, LLM, source),
-        "scheme": f"weight-only {_describe(int4)}; activations float",
+        "scheme": f"weight-only {hqq}{int4.weight_scheme(4).describe()}; activations float",
         "algorithm": int4.algorithm,
         "block_size": int4.block_size,
         "symmetric": int4.weight_scheme(4).symmetric,
