@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..runtime.backends.ort_backend import OrtBackend
 from ..runtime.inference.pipeline import Pipeline
-from .suite_context import decode_steps, filled_cache
+from .suite_context import step_ms
 
 
 def median_steps_ms(pipelines: dict[str, Pipeline], past: int, steps: int, rounds: int) -> dict:
@@ -24,9 +24,7 @@ def median_steps_ms(pipelines: dict[str, Pipeline], past: int, steps: int, round
     per_round: dict[str, list[float]] = {name: [] for name in pipelines}
     for _ in range(rounds):
         for name, pipeline in pipelines.items():
-            cache, text, logits = filled_cache(pipeline, past, steps)
-            seconds = decode_steps(pipeline, cache, text, logits, steps)[2:]  # 2 warm steps
-            per_round[name].append(1000 * statistics.median(seconds))
+            per_round[name].append(step_ms(pipeline, past, steps))
     return per_round
 
 

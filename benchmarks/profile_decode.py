@@ -1,7 +1,7 @@
 """Where a decode step's time goes: ONNX Runtime's profiler at several past lengths.
 
 ``python -m crosslmm_edge.benchmarks.profile_decode PKG --past 128 4086`` prints,
-per past length, the median step (``model_run``) time and the kernel time per
+per past length, the median step (``model_run``) time, the nodes run and the kernel time per
 op type and of the slowest nodes, per step, over the last ``--steps`` steps.
 """
 
@@ -33,11 +33,13 @@ def profile_past(package: Path, precision: str | None, past: int, steps: int, th
 
 
 def summarize(events: list[dict], steps: int) -> dict:
-    """Per-step kernel ms by op type and the 12 slowest nodes, over the last ``steps`` runs."""
+    """Per-step kernel ms by op type, nodes run and the 12 slowest nodes, over the last
+    ``steps`` runs."""
     runs = [e for e in events if e.get("name") == "model_run"][-steps:]
     windows = [(e["ts"], e["ts"] + e["dur"]) for e in runs]
     by_op: dict[str, float] = defaultdict(float)
     by_node: dict[str, float] = defaultdict(float)
+    kernels = 0  # kernel launches in the windows: nodes run per step, times the runs
     for event in events:
         if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
             continue
@@ -45,10 +47,12 @@ def summarize(events: list[dict], steps: int) -> dict:
             ms = event["dur"] / 1000 / len(runs)
             by_op[event["args"]["op_name"]] += ms
             by_node[event["name"].removesuffix("_kernel_time")] += ms
+            kernels += 1
     slowest = sorted(by_node.items(), key=lambda item: -item[1])[:12]
     return {
         "step_ms": statistics.median(e["dur"] for e in runs) / 1000,
         "kernel_ms": sum(by_op.values()),
+        "nodes_per_step": kernels / len(runs),
         "by_op_ms": dict(sorted(by_op.items(), key=lambda item: -item[1])),
         "slowest_nodes_ms": dict(slowest),
     }

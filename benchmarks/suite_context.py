@@ -41,7 +41,7 @@ def decode_steps(pipeline, cache, text, logits, steps: int) -> list[float]:
     return times
 
 
-def _step_ms(pipeline, past: int, steps: int) -> float:
+def step_ms(pipeline, past: int, steps: int) -> float:
     """Median ms of ``steps`` decode steps after ``past`` cached positions (random K/V)."""
     cache, text, logits = filled_cache(pipeline, past, steps)
     return statistics.median(decode_steps(pipeline, cache, text, logits, steps)) * 1000
@@ -62,7 +62,7 @@ def run_context(model: BenchModel, args, machine: dict) -> dict:
     for _ in range(args.repeats):
         for past in pasts:
             for name, pipeline in pipelines.items():
-                rounds[name, past].append(_step_ms(pipeline, past, args.context_steps))
+                rounds[name, past].append(step_ms(pipeline, past, args.context_steps))
     bandwidth = machine["bandwidth_gbs"] * 1e9
     return {
         name: context_report(

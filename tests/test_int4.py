@@ -207,7 +207,7 @@ def test_hqq_writes_blocks_with_zero_points_and_a_round_to_nearest_twin(
             == onnx.TensorProto.UINT4
         )
     twin = manifest.graphs["llm"].find("onnx-trt", "int4")
-    assert twin.build["algorithm"] == "rtn"
+    assert twin.build["algorithm"] == "rtn" and twin.build["symmetric"]
     assert lint_file(folder / twin.file) == []
     # The solver's blocks rebuild a heavy-tailed weight about as well as round-to-nearest
     # on the same grid (a zero point off by a block or a transposed scale would not).

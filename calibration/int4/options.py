@@ -43,14 +43,8 @@ class Int4Options:
             raise UserError(f"--embedding {self.embedding}: choose one of {HEAD_CHOICES}")
 
     def scheme(self, bits: int) -> BlockScheme:
-        """The block scheme of a tensor stored at ``bits`` under these options."""
-        from .block_quant import BlockScheme  # onnx: imported only when quantizing
-
-        return BlockScheme(bits, self.block_size, self.symmetric)
-
-    def weight_scheme(self, bits: int) -> BlockScheme:
-        """The scheme of a MatMul weight: as ``scheme``, but HQQ's 4-bit blocks carry zero
-        points (the embedding table keeps ``scheme``)."""
+        """The block scheme of a weight stored at ``bits`` under these options (HQQ's
+        4-bit blocks carry zero points; the embedding table makes its own symmetric)."""
         from .block_quant import BlockScheme  # onnx: imported only when quantizing
 
         hqq = self.algorithm == "hqq" and bits == 4

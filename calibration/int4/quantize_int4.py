@@ -60,7 +60,7 @@ def llm_plan(
     for node in chosen:
         storage = wider.get(node.group, "int4")
         if storage != "float":
-            plan[node.name] = (node, int4.weight_scheme(8 if storage == "int8" else 4))
+            plan[node.name] = (node, int4.scheme(8 if storage == "int8" else 4))
     if int4.head != "float":
         fp32 = choose_artifacts(manifest, "onnx", "fp32").by_role[LLM]
         model = onnx.load(str(package_dir / fp32.file), load_external_data=False)
@@ -68,7 +68,7 @@ def llm_plan(
         if head is None:
             raise UserError(f"--head {int4.head}: the LLM graph has no LM head MatMul")
         node = WeightNode(LLM, head.name, HEAD_MODULE)
-        plan[head.name] = (node, int4.weight_scheme(8 if int4.head == "int8" else 4))
+        plan[head.name] = (node, int4.scheme(8 if int4.head == "int8" else 4))
     return plan
 
 
@@ -230,10 +230,10 @@ def int4_llm(
         storage.setdefault(f"int{scheme.bits}", []).append(node.module)
     record = {
         **build_record(options, calibration, LLM, source),
-        "scheme": f"weight-only {hqq}{int4.weight_scheme(4).describe()}; activations float",
+        "scheme": f"weight-only {hqq}{int4.scheme(4).describe()}; activations float",
         "algorithm": int4.algorithm,
         "block_size": int4.block_size,
-        "symmetric": int4.weight_scheme(4).symmetric,
+        "symmetric": int4.scheme(4).symmetric,
         "opset": OPSET,
         "lm_head": int4.head,
         "embedding": int4.embedding,

@@ -116,10 +116,12 @@ def trt_int4_artifacts(
         else:
             files = trt_int8_graph(package_dir, role, base, int4_dir, target)
         build = {"opset": OPSET if role == LLM else base.build.get("opset", 19)}
-        if role == LLM and base.build.get("algorithm") == "hqq":
-            build["algorithm"] = "rtn"  # HQQ's zero points have no TensorRT form
-            build["symmetric"] = True
         if role == LLM:
+            # _trt_scheme: symmetric blocks whatever the ONNX Runtime set's (TensorRT takes
+            # no zero points), so an HQQ set's twin is plain round-to-nearest.
+            build["symmetric"] = True
+            if base.build.get("algorithm") == "hqq":
+                build["algorithm"] = "rtn"
             build["scheme"] = (
                 "weight-only int4 blocks, symmetric, fp16 scales (INT8 groups per-channel); "
                 "TensorRT strongly typed"
