@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _int4_arguments(quantize: argparse.ArgumentParser) -> None:
     """The ``--precision int4`` options (docs/quantization.md)."""
-    from .int4.options import ALGORITHMS, HEAD_CHOICES, Int4Options
+    from .int4.options import ALGORITHMS, ATTENTION_CHOICES, HEAD_CHOICES, Int4Options
 
     default = Int4Options()
     quantize.add_argument(
@@ -127,6 +127,16 @@ def _int4_arguments(quantize: argparse.ArgumentParser) -> None:
         default=default.embedding,
         help=f"int4: the token embedding (ONNX Runtime only; default {default.embedding})",
     )
+    quantize.add_argument(
+        "--attention",
+        choices=ATTENTION_CHOICES,
+        default=default.attention,
+        help=(
+            "int4: onnx/int4's decoder attention, ONNX Runtime's fused GroupQueryAttention "
+            "(CPU provider; its CUDA kernel is fp16-only) or the exported standard ops "
+            f"(default {default.attention})"
+        ),
+    )
 
 
 def _int4_options(args: argparse.Namespace):
@@ -135,7 +145,12 @@ def _int4_options(args: argparse.Namespace):
     if args.precision != "int4":
         return None
     return Int4Options(
-        args.block_size, not args.asymmetric, args.algorithm, args.head, args.embedding
+        args.block_size,
+        not args.asymmetric,
+        args.algorithm,
+        args.head,
+        args.embedding,
+        args.attention,
     )
 
 

@@ -21,7 +21,7 @@ def test_cache_views_are_the_buffer_and_slots_follow_the_prefix() -> None:
     slots = cache.slot_targets(3)
     slots["present_key.1"].numpy()[...] = 7.0  # what a graph writes in place
     cache.advance(3)
-    past = cache.past_feeds()["past_key.1"].numpy()
+    past = cache.past_feeds(1)["past_key.1"].numpy()
     assert past.shape == (1, 3, 2, 3) and np.all(past == 7.0)
     assert np.shares_memory(past, cache.keys[1].numpy())
     cache.truncate(1)

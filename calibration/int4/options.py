@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 BLOCK_SIZES = (32, 64, 128)  # weights per scale along K
 HEAD_CHOICES = ("float", "int8", "int4")
 ALGORITHMS = ("rtn", "awq", "hqq")
+# Decoder self-attention of onnx/int4: ONNX Runtime's fused GroupQueryAttention with an
+# in-place head-major cache, or the exported standard ops (export/graphs/ort_attention.py).
+ATTENTION_CHOICES = ("gqa", "standard")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Int4Options:
     algorithm: str = "awq"
     head: str = "int4"
     embedding: str = "int4"
+    attention: str = "gqa"
     wider: tuple[tuple[str, str], ...] = ()  # (layer group, "int8" or "float")
     search: dict | None = field(default=None, compare=False)
 
@@ -41,6 +45,8 @@ class Int4Options:
             raise UserError(f"--head {self.head}: choose one of {HEAD_CHOICES}")
         if self.embedding not in HEAD_CHOICES:
             raise UserError(f"--embedding {self.embedding}: choose one of {HEAD_CHOICES}")
+        if self.attention not in ATTENTION_CHOICES:
+            raise UserError(f"--attention {self.attention}: choose one of {ATTENTION_CHOICES}")
 
     def scheme(self, bits: int) -> BlockScheme:
         """The block scheme of a weight stored at ``bits`` under these options (HQQ's

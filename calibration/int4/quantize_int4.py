@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ...export.graphs.ort_attention import AttentionHeads, shared_kv_specs
 from ...export.graphs.ort_fusions import fuse_for_onnx_runtime, rope_tables
 from ...runtime.errors import UserError
 from ...runtime.model.contract import LLM, ROLES
@@ -223,7 +224,13 @@ def int4_llm(
     scales = kv_int8.head_scales(calibration.cross_max) if options.int8_cross_kv else {}
     if scales:
         kv_int8.dequantize_inputs(model, scales, np.dtype(np.float32))
-    fusions = fuse_for_onnx_runtime(model, rope_tables(manifest))
+    heads = AttentionHeads.from_manifest(manifest) if int4.attention == "gqa" else None
+    fusions = fuse_for_onnx_runtime(model, rope_tables(manifest), heads)
+    if heads is not None and fusions["group_query_attention"] != heads.num_layers:
+        raise UserError(
+            f"{source.file}: the decoder attention does not have the exported pattern; "
+            "quantize with --attention standard"
+        )
     files = save_graph(model, target, bool(source.external_data))
     storage: dict[str, list[str]] = {}
     for node, scheme in plan.values():
@@ -244,6 +251,7 @@ def int4_llm(
         **awq_record,
         **cross_kv_record(scales),
         "ort_fusions": fusions,
+        "attention": int4.attention,
     }
     return files, record, factors
 
@@ -269,13 +277,16 @@ def int4_artifacts(
     target = staging / f"{LLM}.int4.onnx"
     files, record, factors = int4_llm(package_dir, target, calibration, options, int4)
     cross = set(record["cross_kv_scales"])
+    inputs, outputs = source.inputs, source.outputs
+    if record["attention"] == "gqa":  # the graph now owns a shared head-major cache
+        inputs, outputs = shared_kv_specs(load_manifest(package_dir))
     artifacts[LLM] = Artifact(
         backend="onnx",
         precision="int4",
         file=target.name,
         sha256=file_sha256(target),
-        inputs=_int8_specs(source.inputs, cross),
-        outputs=source.outputs,
+        inputs=_int8_specs(inputs, cross),
+        outputs=outputs,
         external_data=tuple(FileRef(f.name, file_sha256(f)) for f in files[1:]),
         build=record,
     )

@@ -29,6 +29,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
 from ...runtime.model.config import CrossLMMConfig
 from ...runtime.package.manifest import Manifest
 from .graph_passes import add_initializer
+from .ort_attention import AttentionHeads, fuse_group_query_attention
 
 CONTRIB = "com.microsoft"
 POSITIONS_INPUT = "position_ids"  # [B, L] int64: the LLM graph's RoPE positions
@@ -55,8 +56,14 @@ def rope_tables(manifest: Manifest) -> RopeTables:
     return RopeTables(text.rope_theta, text.head_dim, manifest.limits["max_context"])
 
 
-def fuse_for_onnx_runtime(model: onnx.ModelProto, rope: RopeTables) -> dict[str, int]:
-    """Rewrite ``model`` in place with the fusions above; how many of each were made."""
+def fuse_for_onnx_runtime(
+    model: onnx.ModelProto, rope: RopeTables, heads: AttentionHeads | None = None
+) -> dict[str, int]:
+    """Rewrite ``model`` in place with the fusions above; how many of each were made.
+
+    With ``heads``, the decoder's attention also becomes ``GroupQueryAttention``
+    (``ort_attention``), which changes the graph's cache inputs and outputs.
+    """
     from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
     from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_normalization
 
@@ -67,6 +74,9 @@ def fuse_for_onnx_runtime(model: onnx.ModelProto, rope: RopeTables) -> dict[str,
         "skip_rms_normalization": fuse_skip_rms_normalization(graph_model),
         "rotary_embedding": fuse_rotary_embeddings(graph_model.graph, rope),
     }
+    if heads is not None:
+        RemoveUnusedNodesPass()(graph_model)  # the RoPE's dead views would look like readers
+        counts["group_query_attention"] = fuse_group_query_attention(graph_model.graph, heads)
     RemoveUnusedNodesPass()(graph_model)  # the fused patterns' constants
     model.CopyFrom(ir.to_proto(graph_model))
     return counts

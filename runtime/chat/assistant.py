@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..inference.kv_cache import KVCache, cache_from_prefix
+from ..inference.kv_cache import KVCache
 from ..inference.pipeline import Pipeline
 from ..inference.sampling import Sampler
 from ..model.contract import LLM
@@ -171,8 +171,8 @@ class RuntimeAssistant(TurnTaking[KVCache]):
         self._upload_text_cross(state)
         if reusable:
             assert state.prefix_keys is not None and state.prefix_values is not None
-            self.cache = cache_from_prefix(
-                state.prefix_keys, state.prefix_values, self.max_context, self.pipeline.upload
+            self.cache = self.pipeline.cache_from_prefix(
+                state.prefix_keys, state.prefix_values, self.max_context
             )
         else:
             self.cache = self._prefill_prefix(state, prefix_ids)

@@ -89,7 +89,7 @@ def run_chunk(
         "input_ids": np.asarray(input_ids, dtype=np.int64).reshape(1, -1),  # [1, S]
         "visual_embeds": visual_embeds,  # [1, Nv, D]
         "position_ids": np.arange(start, start + length, dtype=np.int64)[None],  # [1, S+Nv]
-        **cache.past_feeds(),
+        **cache.past_feeds(length),
         **cross,
     }
     logits = llm.run(feeds, write_to=cache.slot_targets(length), fetch=["logits"])["logits"]

@@ -5,6 +5,12 @@ the backend's memory (numpy arrays on CPU). A chunk reads the views of the
 valid prefix and writes its new entries into the slots right after it, so
 nothing is ever copied; forking a question off the cached video prefix is
 ``truncate(prefix_len)``.
+
+A shared-cache graph (``llm_spec(shared_kv=True)``, ONNX Runtime's
+GroupQueryAttention) wants head-major buffers [1, kvh, max_len, hd], bound
+whole as both its past and its present: it writes the chunk in place itself.
+Host copies (``prefix_arrays``, ``cache_from_prefix``) are sequence-major in
+both layouts, so a saved video state does not depend on the graph.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ..backends.base import DeviceArray, HostArray
+from ..model.contract import SEQLENS_INPUT, TOTAL_LENGTH_INPUT
 
 Allocate = Callable[[Sequence[int], np.dtype], DeviceArray]
 
@@ -27,9 +34,17 @@ def host_zeros(shape: Sequence[int], dtype: np.dtype) -> DeviceArray:
 class KVCache:
     """Per-layer K/V buffers; ``length`` leading positions are valid."""
 
-    def __init__(self, keys: list[DeviceArray], values: list[DeviceArray], length: int = 0) -> None:
-        self.keys, self.values = keys, values  # per layer [1, max_len, kvh, hd]
-        self.capacity = keys[0].shape[1]
+    def __init__(
+        self,
+        keys: list[DeviceArray],
+        values: list[DeviceArray],
+        length: int = 0,
+        head_major: bool = False,
+    ) -> None:
+        # per layer [1, max_len, kvh, hd], or head-major [1, kvh, max_len, hd]
+        self.keys, self.values = keys, values
+        self.head_major = head_major
+        self.capacity = keys[0].shape[2 if head_major else 1]
         self.length = length
 
     @classmethod
@@ -41,33 +56,50 @@ class KVCache:
         head_dim: int,
         dtype: DTypeLike = np.float32,
         allocate: Allocate = host_zeros,
+        head_major: bool = False,
     ) -> KVCache:
         """A cache with room for ``max_len`` positions and no valid entry."""
-        shape, kind = (1, max_len, num_kv_heads, head_dim), np.dtype(dtype)
+        kind = np.dtype(dtype)
+        shape = (
+            (1, num_kv_heads, max_len, head_dim)
+            if head_major
+            else (1, max_len, num_kv_heads, head_dim)
+        )
         keys = [allocate(shape, kind) for _ in range(num_layers)]
-        return cls(keys, [allocate(shape, kind) for _ in range(num_layers)])
+        return cls(keys, [allocate(shape, kind) for _ in range(num_layers)], 0, head_major)
 
     @property
     def num_layers(self) -> int:
         return len(self.keys)
 
-    def past_feeds(self) -> dict[str, DeviceArray]:
-        """``past_key.{i}`` / ``past_value.{i}``: views of the valid prefix."""
-        feeds = {}
+    def past_feeds(self, chunk_len: int) -> dict[str, DeviceArray | np.ndarray]:
+        """The cache inputs of a run of ``chunk_len`` positions.
+
+        ``past_key.{i}`` / ``past_value.{i}``: views of the valid prefix, or the
+        whole head-major buffers with ``seqlens_k`` and ``total_sequence_length``.
+        """
+        feeds: dict[str, DeviceArray | np.ndarray] = {}
         for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            feeds[f"past_key.{i}"] = k.rows(0, self.length)
-            feeds[f"past_value.{i}"] = v.rows(0, self.length)
+            feeds[f"past_key.{i}"] = k if self.head_major else k.rows(0, self.length)
+            feeds[f"past_value.{i}"] = v if self.head_major else v.rows(0, self.length)
+        if self.head_major:
+            total = self.length + chunk_len
+            feeds[SEQLENS_INPUT] = np.array([total - 1], dtype=np.int32)  # [1]
+            feeds[TOTAL_LENGTH_INPUT] = np.array(total, dtype=np.int32)  # []
         return feeds
 
     def slot_targets(self, chunk_len: int) -> dict[str, DeviceArray]:
-        """``present_key.{i}`` / ``present_value.{i}``: where a chunk's new entries go."""
+        """``present_key.{i}`` / ``present_value.{i}``: where a chunk's new entries go.
+
+        Head-major: the whole buffers, which the graph writes in place.
+        """
         end = self.length + chunk_len
         if end > self.capacity:
             raise ValueError(f"KV cache full: {self.length} + {chunk_len} > {self.capacity}")
         targets = {}
         for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            targets[f"present_key.{i}"] = k.rows(self.length, end)
-            targets[f"present_value.{i}"] = v.rows(self.length, end)
+            targets[f"present_key.{i}"] = k if self.head_major else k.rows(self.length, end)
+            targets[f"present_value.{i}"] = v if self.head_major else v.rows(self.length, end)
         return targets
 
     def advance(self, chunk_len: int) -> None:
@@ -84,9 +116,12 @@ class KVCache:
 
     def prefix_arrays(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Host copies of the valid entries, per layer: keys, values [1, length, kvh, hd]."""
-        keys = [np.array(k.numpy()[:, : self.length]) for k in self.keys]
-        values = [np.array(v.numpy()[:, : self.length]) for v in self.values]
-        return keys, values
+        return [self._host_rows(k) for k in self.keys], [self._host_rows(v) for v in self.values]
+
+    def _host_rows(self, buffer: DeviceArray) -> np.ndarray:
+        if self.head_major:  # [1, kvh, max_len, hd] -> [1, length, kvh, hd]
+            return np.ascontiguousarray(buffer.numpy()[:, :, : self.length].transpose(0, 2, 1, 3))
+        return np.array(buffer.numpy()[:, : self.length])
 
 
 def cache_from_prefix(
@@ -94,15 +129,23 @@ def cache_from_prefix(
     values: Sequence[np.ndarray],
     max_len: int,
     upload: Callable[[np.ndarray], DeviceArray] = HostArray,
+    head_major: bool = False,
 ) -> KVCache:
-    """A cache of capacity ``max_len`` whose first entries are the given prefix."""
+    """A cache of capacity ``max_len`` whose first entries are the given prefix.
+
+    keys, values: per layer [1, length, kvh, hd] (``prefix_arrays``' layout).
+    """
     _, length, kvh, hd = keys[0].shape
     if length > max_len:
         raise ValueError(f"a prefix of {length} positions does not fit {max_len}")
 
     def filled(prefix: np.ndarray) -> DeviceArray:
-        buffer = np.zeros((1, max_len, kvh, hd), dtype=prefix.dtype)  # [1, max_len, kvh, hd]
-        buffer[:, :length] = prefix
+        if head_major:
+            buffer = np.zeros((1, kvh, max_len, hd), dtype=prefix.dtype)  # [1, kvh, max_len, hd]
+            buffer[:, :, :length] = prefix.transpose(0, 2, 1, 3)
+        else:
+            buffer = np.zeros((1, max_len, kvh, hd), dtype=prefix.dtype)  # [1, max_len, kvh, hd]
+            buffer[:, :length] = prefix
         return upload(buffer)
 
-    return KVCache([filled(k) for k in keys], [filled(v) for v in values], length)
+    return KVCache([filled(k) for k in keys], [filled(v) for v in values], length, head_major)

@@ -18,6 +18,7 @@ from ..model.contract import (
     LLM,
     POOLING,
     ROLES,
+    SEQLENS_INPUT,
     VISION_ENCODER,
     is_v2v,
     past_names,
@@ -34,7 +35,7 @@ from .generation import (
     run_chunk,
     stream_tokens,
 )
-from .kv_cache import KVCache
+from .kv_cache import KVCache, cache_from_prefix
 from .sampling import Sampler
 
 
@@ -76,6 +77,8 @@ class Pipeline:
             checked = [ref.sha256 for ref in artifact.files()] if verify_hashes else []
             self.sessions[role] = self.backend.load(path, role, artifact.inputs, dims, checked)
             check_session(role, artifact, self.sessions[role])  # the right graph for the role
+        llm_inputs = {t.name for t in self.artifacts.by_role[LLM].inputs}
+        self.shared_kv = SEQLENS_INPUT in llm_inputs  # GroupQueryAttention: head-major cache
         past = self.sessions[LLM].inputs[past_names(0)[0]]
         self.shapes = ChunkShapes(
             self.dims.hidden_size, self.dims.num_kv_heads, self.dims.head_dim, np.dtype(past.dtype)
@@ -101,7 +104,14 @@ class Pipeline:
             d.head_dim,
             self.shapes.dtype,
             self.backend.zeros,
+            self.shared_kv,
         )
+
+    def cache_from_prefix(
+        self, keys: Sequence[np.ndarray], values: Sequence[np.ndarray], capacity: int
+    ) -> KVCache:
+        """A cache of ``capacity`` positions holding the host prefix (``prefix_arrays``' layout)."""
+        return cache_from_prefix(keys, values, capacity, self.backend.upload, self.shared_kv)
 
     def upload(self, array: np.ndarray) -> DeviceArray:
         return self.backend.upload(array)

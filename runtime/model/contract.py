@@ -22,6 +22,9 @@ ROLES = (VISION_ENCODER, POOLING, LLM)
 FILL_NORMAL, FILL_TOKENS, FILL_POSITIONS = "normal", "tokens", "positions"
 
 CROSS_PARTS = ("v2v_key", "v2v_value", "t2v_key", "t2v_value")
+# A shared-cache LLM graph (ONNX Runtime's GroupQueryAttention) also reads these:
+# the index of the chunk's last position, and the positions valid after the chunk.
+SEQLENS_INPUT, TOTAL_LENGTH_INPUT = "seqlens_k", "total_sequence_length"
 
 
 def past_names(layer: int) -> tuple[str, str]:
@@ -174,9 +177,20 @@ def pooling_spec(config: CrossLMMConfig, limits: ExportLimits, dtype: str) -> Gr
 
 
 def llm_spec(
-    config: CrossLMMConfig, limits: ExportLimits, dtype: str, all_logits: bool = False
+    config: CrossLMMConfig,
+    limits: ExportLimits,
+    dtype: str,
+    all_logits: bool = False,
+    shared_kv: bool = False,
 ) -> GraphSpec:
-    """The LLM chunk graph; ``all_logits`` returns every position's logits, not the last."""
+    """The LLM chunk graph; ``all_logits`` returns every position's logits, not the last.
+
+    ``shared_kv``: the graph takes the whole head-major cache ``[1, kvh,
+    cache_len, hd]`` as ``past_*``, writes the chunk into it in place and
+    returns the same buffer as ``present_*`` (ONNX Runtime's
+    GroupQueryAttention); the sequence-major default reads ``past_len``
+    valid positions and returns only the chunk's ``seq_len`` new ones.
+    """
     t = config.text_config
     n, p = config.vision_config.num_patches, config.tokens_per_frame
     kv = (t.num_key_value_heads, t.head_dim)
@@ -187,9 +201,11 @@ def llm_spec(
     ]
     logits_dims = (1, "seq_len", t.vocab_size) if all_logits else (1, t.vocab_size)
     outputs = [TensorSpec("logits", "float32", logits_dims)]
+    past_dims = (1, kv[0], "cache_len", kv[1]) if shared_kv else (1, "past_len", *kv)
+    present_dims = past_dims if shared_kv else (1, "seq_len", *kv)
     for i in range(t.num_hidden_layers):
-        inputs += [TensorSpec(name, dtype, (1, "past_len", *kv)) for name in past_names(i)]
-        outputs += [TensorSpec(name, dtype, (1, "seq_len", *kv)) for name in present_names(i)]
+        inputs += [TensorSpec(name, dtype, past_dims) for name in past_names(i)]
+        outputs += [TensorSpec(name, dtype, present_dims) for name in present_names(i)]
     for name in cross_names(config.num_dcal):
         inputs.append(
             TensorSpec(name, dtype, (1, "v2v_len" if is_v2v(name) else "memory_len", *kv))
@@ -208,6 +224,11 @@ def llm_spec(
         ),
         DimSpec("memory_len", 0, n * limits.max_frames),
     ]
+    if shared_kv:
+        inputs += [
+            TensorSpec(SEQLENS_INPUT, "int32", (1,)),
+            TensorSpec(TOTAL_LENGTH_INPUT, "int32", ()),
+        ]
     return GraphSpec(LLM, tuple(inputs), tuple(outputs), tuple(dims))
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 from ..errors import UserError
 from ..model.config import CrossLMMConfig
-from ..model.contract import LLM, ROLES, ExportLimits, TensorSpec, graph_specs
+from ..model.contract import LLM, ROLES, ExportLimits, TensorSpec, graph_specs, llm_spec
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8")  # int8: quantized K/V
 
@@ -41,7 +41,7 @@ def _signature(tensors: Sequence[TensorSpec]) -> list[tuple[str, tuple]]:
 
 
 def _dtype_problem(recorded: TensorSpec, contract: TensorSpec) -> str | None:
-    allowed = ("int64",) if contract.dtype == "int64" else FLOAT_DTYPES
+    allowed = (contract.dtype,) if contract.dtype.startswith("int") else FLOAT_DTYPES
     ok = recorded.dtype in allowed
     return None if ok else f"{recorded.name} has dtype {recorded.dtype}"
 
@@ -67,7 +67,11 @@ def check_manifest_contract(config: CrossLMMConfig, manifest, where: str) -> Non
     limits = ExportLimits(manifest.limits["max_frames"], manifest.limits["max_context"])
     specs = graph_specs(config, limits)
     variants = {role: [specs[role]] for role in ROLES}
-    variants[LLM].append(graph_specs(config, limits, all_logits=True)[LLM])
+    variants[LLM] += [
+        llm_spec(config, limits, "float32", all_logits, shared_kv)
+        for all_logits in (False, True)
+        for shared_kv in (False, True)
+    ]
     for role in ROLES:
         entry = manifest.graphs[role]
         if entry.dims != {d.name: d for d in specs[role].dims}:
