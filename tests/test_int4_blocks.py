@@ -130,6 +130,48 @@ def test_awq_factors_fold_without_changing_the_function() -> None:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def _gated_mlp_graph() -> onnx.ModelProto:
+    """x @ [gate ; up] -> Split -> silu(gate) · up -> @ down, as the fused export has it."""
+    rng = np.random.default_rng(8)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((64, 2 * 96)).astype(np.float32), "gate_up"),
+        numpy_helper.from_array(np.array([96, 96], np.int64), "sizes"),
+        numpy_helper.from_array(rng.standard_normal((96, 64)).astype(np.float32), "down"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "gate_up"], ["gu"], "mgu"),
+        helper.make_node("Split", ["gu", "sizes"], ["g", "u"], "split", axis=-1),
+        helper.make_node("Sigmoid", ["g"], ["sg"], "sigmoid"),
+        helper.make_node("Mul", ["g", "sg"], ["silu"], "silu"),
+        helper.make_node("Mul", ["silu", "u"], ["h"], "gated"),
+        helper.make_node("MatMul", ["h", "down"], ["y"], "mdown"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def test_down_projection_factors_fold_into_the_up_columns() -> None:
+    """silu(gate) · up / s == silu(gate) · (up / s): no Mul is inserted before down_proj."""
+    model, x = _gated_mlp_graph(), np.random.default_rng(9).standard_normal((3, 64))
+    x = x.astype(np.float32)
+    before = _run(model, x)
+    gate_before = numpy_helper.to_array(model.graph.initializer[0])[:, :96].copy()
+    s = np.random.default_rng(10).uniform(0.25, 4, 96).astype(np.float32)
+    transform = apply_factors(model, {"mdown": s}, np.dtype(np.float32))
+    inits = {t.name: t for t in model.graph.initializer}
+    down = numpy_helper.to_array(inits["down"])
+    inits["down"].CopyFrom(numpy_helper.from_array(transform(model.graph.node[-1], down), "down"))
+    assert [n.op_type for n in model.graph.node].count("Mul") == 2  # silu's and the gate's
+    np.testing.assert_array_equal(numpy_helper.to_array(inits["gate_up"])[:, :96], gate_before)
+    np.testing.assert_allclose(_run(model, x)[0], before[0], rtol=1e-4, atol=1e-4)
+
+
 def test_block_quantized_graph_runs_and_lints_clean() -> None:
     model = _norm_graph()
     block_quantize_model(

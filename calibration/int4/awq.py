@@ -12,9 +12,12 @@ finely enough, and the 151 936-wide head would dominate the search time.
 
 ``1 / s`` is folded into the op that produces the activation when that op is
 a ``Mul`` by a per-channel constant only it reads (the RMSNorm weight before
-q/k/v and gate/up); otherwise a ``Mul`` by ``1 / s`` is inserted before the
-MatMuls (o_proj, down_proj, DCAL projections), one elementwise op per
-activation, which leaves ONNX Runtime's ``MatMulNBits`` fusion intact.
+q/k/v and gate/up), or an elementwise ``Mul`` of two activations one of which
+is a weight MatMul's columns (``silu(gate) · up`` before down_proj: ``up``'s
+columns are divided, which a 4-bit block scale absorbs exactly); otherwise a
+``Mul`` by ``1 / s`` is inserted before the MatMuls (o_proj, DCAL
+projections), one elementwise op per activation, which leaves ONNX
+Runtime's ``MatMulNBits`` fusion intact.
 """
 
 from __future__ import annotations
@@ -141,7 +144,11 @@ def apply_factors(
             r.name in factors for r in readers.get(activation, [])
         )  # any other reader (a residual, a float MatMul) needs the unscaled value
         source = producer.get(activation)
-        if not (only_ours and _fold_into_producer(model, source, s, inits, readers)):
+        folded = only_ours and (
+            _fold_into_producer(model, source, s, inits, readers)
+            or _fold_into_columns(source, s, inits, readers, producer)
+        )
+        if not folded:
             inserted[activation] = _scale_node(model, activation, s, dtype)
     if inserted:
         _insert_scales(model, inserted, factors)
@@ -178,6 +185,49 @@ def _fold_into_producer(model: onnx.ModelProto, producer, s, inits, readers) -> 
         producer.metadata_props.add(key=FOLDED_KEY, value=producer.output[0])
         return True
     return False
+
+
+def _fold_into_columns(product, s, inits, readers, producer) -> bool:
+    """Divide the columns behind one factor of ``product = a · b`` by ``s``; False if none.
+
+    The factor must be a weight MatMul's output, or one part of a ``Split`` of it
+    along the last axis (the fused gate/up), read by nothing else.
+    """
+    if product is None or product.op_type != "Mul" or len(product.input) != 2:
+        return False
+    for factor in product.input:
+        found = _weight_columns(factor, s.size, inits, readers, producer)
+        if found is None:
+            continue
+        tensor, start = found
+        weight = numpy_helper.to_array(tensor)
+        scaled = weight.astype(np.float32)
+        scaled[:, start : start + s.size] /= s[None, :]
+        tensor.CopyFrom(numpy_helper.from_array(scaled.astype(weight.dtype), tensor.name))
+        product.metadata_props.add(key=FOLDED_KEY, value=product.output[0])
+        return True
+    return False
+
+
+def _weight_columns(value: str, width: int, inits, readers, producer):
+    """(weight initializer, first column) that ``value`` is, or None."""
+    if len(readers.get(value, [])) != 1:
+        return None
+    node, start = producer.get(value), 0
+    if node is not None and node.op_type == "Split":
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        sizes = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if axis != -1 or sizes is None:
+            return None
+        parts = numpy_helper.to_array(sizes).tolist()
+        index = list(node.output).index(value)
+        start, value, node = sum(parts[:index]), node.input[0], producer.get(node.input[0])
+        if parts[index] != width or len(readers.get(value, [])) != 1:
+            return None
+    weight = inits.get(node.input[1]) if node is not None and node.op_type == "MatMul" else None
+    if weight is None or len(readers.get(weight.name, [])) != 1 or len(weight.dims) != 2:
+        return None
+    return weight, start
 
 
 def _scale_node(
