@@ -215,6 +215,9 @@ def _print_int4(build: dict) -> None:
     )
     for storage, modules in build["modules_by_storage"].items():
         print(f"    {storage}: {len(modules)} modules")
+    fused = build.get("ort_fusions", {}).get("group_query_attention", 0)
+    attention = f"GroupQueryAttention in {fused} layers" if fused else "the exported ops"
+    print(f"  llm attention (onnx/int4): {attention}")
 
 
 def _print_int4_search(search: dict | None) -> None:

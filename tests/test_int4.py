@@ -100,6 +100,33 @@ def test_int4_answers_like_fp32(int4_package: Path, tmp_path: Path) -> None:
     assert e2e["top1_agreement"] >= 0.95 and e2e["greedy_exact_match"] >= 0.95
 
 
+def test_shared_cache_answers_survive_reuse_and_saved_states(int4_package, tmp_path, capsys):
+    """The GroupQueryAttention graph writes its cache in place: a second question from the
+    cached prefix, and one from a saved (sequence-major) state, answer as a fresh run does."""
+    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+    from crosslmm_edge.runtime.inference.sampling import GenerationOptions
+
+    assert (
+        load_manifest(int4_package).graphs["llm"].find("onnx", "int4").build["attention"] == "gqa"
+    )
+    video = tmp_path / "clip.mp4"
+    write_scene_video(video, 9, 2, 8)
+    questions, options = ["what colour is the dot?", "which way does it move?"], GenerationOptions()
+    state = tmp_path / "state.npz"
+    base = ["ask", str(int4_package), "--precision", "int4", "--video", str(video), "--json"]
+    listed = [arg for q in questions for arg in ("--question", q)]
+    assert main([*base, *listed, "--save-video-state", str(state)]) == 0
+    answers = json.loads(capsys.readouterr().out)["answers"]
+    assert [a["video_prefix_reused"] for a in answers] == [False, True]
+    alone = RuntimeAssistant(int4_package, precision="int4")
+    alone.set_video(str(video))
+    assert alone.pipeline.shared_kv and alone.cache is not None and alone.cache.head_major
+    assert alone.ask(questions[1], options).token_ids == answers[1]["token_ids"]
+    assert main([*base, "--question", questions[1], "--video-state", str(state)]) == 0
+    loaded = json.loads(capsys.readouterr().out)["answers"][0]
+    assert loaded["video_prefix_reused"] and loaded["token_ids"] == answers[1]["token_ids"]
+
+
 def test_build_int4_takes_the_onnx_trt_graphs(int4_package, tmp_path, monkeypatch, capsys):
     """`build --precision int4` on the TensorRT double, then `ask` on its engines."""
     from fake_trt import install
