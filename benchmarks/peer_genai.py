@@ -15,35 +15,11 @@ from pathlib import Path
 
 from ..runtime.errors import UserError
 
-GENAI_CHILD = """
-import json, sys, time
-import onnxruntime_genai as og
-folder, threads, new = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-prompt = json.loads(sys.argv[4])
-config = og.Config(folder)
-options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
-config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
-model = og.Model(config)
-def run(count):
-    params = og.GeneratorParams(model)
-    total = len(prompt) + count
-    params.set_search_options(max_length=total, min_length=total, do_sample=False)
-    generator = og.Generator(model, params)
-    stamps = [time.perf_counter()]
-    generator.append_tokens(prompt)
-    for _ in range(count):
-        generator.generate_next_token()
-        stamps.append(time.perf_counter())
-    return stamps
-run(4)  # warm
-stamps = run(new)
-print(json.dumps({"ttft_s": stamps[1] - stamps[0], "tok_s": (new - 1) / (stamps[-1] - stamps[1])}))
-"""
-
 
 def genai_decode(python: str, folder: Path, threads: int, prompt: list[int], new: int) -> dict:
     """TTFT and decode tokens/s of a greedy onnxruntime-genai run in ``python``."""
-    args = [python, "-c", GENAI_CHILD, str(folder), str(threads), str(new), json.dumps(prompt)]
+    script = Path(__file__).with_name("genai_steps.py")  # by path: genai's venv lacks us
+    args = [python, str(script), str(folder), str(threads), str(new), json.dumps(prompt)]
     done = subprocess.run(args, capture_output=True, text=True)
     if done.returncode:
         raise UserError(f"onnxruntime-genai ({python}) failed: {done.stderr.strip()[-400:]}")
