@@ -37,6 +37,7 @@ from ...runtime.model.contract import (
     present_names,
 )
 from ...runtime.package.manifest import Manifest
+from .graph_passes import NAME_SCOPES
 
 CONTRIB = "com.microsoft"
 # What a layer's exported attention is made of; anything else means an unknown graph.
@@ -212,6 +213,9 @@ def _replace_layer(
         num_outputs=3,
         name=f"layers.{layer.index}.group_query_attention",
     )
+    scopes = layer.nodes[-1].metadata_props.get(NAME_SCOPES)
+    if scopes is not None:  # keep the module path (profiles attribute time by it)
+        attention.metadata_props[NAME_SCOPES] = scopes
     attended, present_key, present_value = attention.outputs
     attended.name = f"layers.{layer.index}.attention_out"
     attended.shape, attended.type = layer.output.shape, layer.output.type
