@@ -174,14 +174,15 @@ def _region(
     """The nodes between the layer's q/K/V views and its ``[1, L, H·hd]`` output."""
     reached = _downstream(sources)
     ordered = [n for n in graph if n in reached]
-    full = next((n for n in ordered if _reads_all(n, sources, reached)), None)
+    wanted = set(sources)
+    full = next((n for n in ordered if wanted <= _upstream(n, reached)[1]), None)
     output = full.outputs[0] if full is not None else None
     while output is not None and not _is_attention_output(output, query_width):
         node = _sole_use_any(output)
         output = node.outputs[0] if node is not None and node.op_type in _TAIL_OPS else None
     if output is None:
         return None
-    nodes = _upstream_within(output, reached)
+    nodes = list(_upstream(output.producer(), reached)[0])
     if any(n.op_type not in ATTENTION_OPS or n.domain != "" for n in nodes):
         return None
     inside = set(nodes)
@@ -272,41 +273,24 @@ def _downstream(sources: list[ir.Value]) -> set[ir.Node]:
     return seen
 
 
-def _reads_all(node: ir.Node, sources: list[ir.Value], reached: set[ir.Node]) -> bool:
-    """``node`` depends on every one of ``sources``."""
-    wanted = set(sources)
-    found: set[ir.Value] = set()
-    stack, seen = [node], set()
+def _upstream(first: ir.Node | None, reached: set[ir.Node]) -> tuple[set[ir.Node], set[ir.Value]]:
+    """The nodes of ``reached`` that ``first`` depends on (itself included), and what they read."""
+    nodes: set[ir.Node] = set()
+    values: set[ir.Value] = set()
+    stack = [first] if first is not None else []
     while stack:
-        current = stack.pop()
-        if current in seen:
+        node = stack.pop()
+        if node in nodes:
             continue
-        seen.add(current)
-        for value in current.inputs:
+        nodes.add(node)
+        for value in node.inputs:
             if value is None:
                 continue
-            if value in wanted:
-                found.add(value)
+            values.add(value)
             producer = value.producer()
             if producer is not None and producer in reached:
                 stack.append(producer)
-    return found == wanted
-
-
-def _upstream_within(output: ir.Value, reached: set[ir.Node]) -> list[ir.Node]:
-    """The nodes of ``reached`` that ``output`` depends on (itself included)."""
-    first = output.producer()
-    stack, seen = [first] if first is not None else [], set()
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        for value in node.inputs:
-            producer = value.producer() if value is not None else None
-            if producer is not None and producer in reached:
-                stack.append(producer)
-    return list(seen)
+    return nodes, values
 
 
 def _is_attention_output(value: ir.Value, query_width: int) -> bool:
