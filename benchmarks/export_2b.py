@@ -93,6 +93,8 @@ def main() -> int:
         "--check-llm", action="store_true", help="run llm.onnx against PyTorch (~13 GB RAM)"
     )
     args = parser.parse_args()
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="export-2b-", dir=args.workdir))
     checkpoint, package = root / "ckpt-2b", root / "pkg-2b"
     try:

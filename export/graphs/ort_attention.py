@@ -145,7 +145,8 @@ def _packed_rotary(
     plain = all(_interleaved(rope) == 0 for rope in (q_rope, k_rope))
     axis = split.attributes.get("axis")
     last = axis is not None and axis.as_int() in (-1, 2)
-    if not (alike and plain and last) or split.inputs[0] is None:
+    in_order = k_rope.inputs[0] is split.outputs[1]  # [q ; k ; v], as the op reads it packed
+    if not (alike and plain and last and in_order) or split.inputs[0] is None:
         return None, ()
     positions, cos, sin = q_rope.inputs[1:]
     assert positions is not None and cos is not None and sin is not None
