@@ -19,7 +19,6 @@ from pathlib import Path
 import onnx
 
 from ..export.graphs.graph_passes import NAME_SCOPES
-from ..export.graphs.ort_branches import all_nodes
 from ..runtime.backends.ort_backend import OrtBackend
 from ..runtime.inference.pipeline import Pipeline
 from ..runtime.model.contract import LLM
@@ -42,7 +41,7 @@ def profile_past(package: Path, precision: str | None, past: int, steps: int, th
 def node_blocks(graph: Path) -> dict[str, str]:
     """Node name -> ``decoder``, ``dcal`` or ``other``, from each node's module path."""
     blocks = {}
-    for node in all_nodes(onnx.load(str(graph), load_external_data=False).graph):
+    for node in onnx.load(str(graph), load_external_data=False).graph.node:
         scopes = next((p.value for p in node.metadata_props if p.key == NAME_SCOPES), "")
         blocks[node.name] = (
             "dcal" if ".dcal." in scopes else "decoder" if ".layers." in scopes else "other"

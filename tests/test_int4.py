@@ -39,22 +39,13 @@ def int4_package(tmp_path_factory: pytest.TempPathFactory, embedded_fp16_package
     return folder
 
 
-def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
-    """``graph`` and its ``If`` branches (the DCAL V2V branches of ``onnx/int4``)."""
-    found = [graph]
-    for node in graph.node:
-        found += [g for a in node.attribute if a.type == a.GRAPH for g in _graphs(a.g)]
-    return found
-
-
 def _blocked(model: onnx.ModelProto) -> dict[str, int]:
     """Weight name -> bits of every blocked (or per-channel weight) DequantizeLinear."""
-    graphs = _graphs(model.graph)
-    inits = {t.name: t.data_type for g in graphs for t in g.initializer}
+    inits = {t.name: t.data_type for t in model.graph.initializer}
     bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.INT8: 8}
     return {
         n.input[0]: bits[inits[n.input[0]]]
-        for n in (node for g in graphs for node in g.node)
+        for n in model.graph.node
         if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) in bits and "_q" in n.input[0]
     }
 
@@ -86,8 +77,7 @@ def test_onnx_runtime_fuses_every_block_into_matmulnbits(int4_package: Path, tmp
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(int4_package / llm.file), options, providers=["CPUExecutionProvider"])
-    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph
-    ops = [n.op_type for g in _graphs(optimized) for n in g.node]
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert expected == 25 and ops.count("MatMulNBits") == expected and "MatMul" not in ops
 
 
@@ -231,10 +221,11 @@ def test_hqq_writes_blocks_with_zero_points_and_a_round_to_nearest_twin(
     manifest = load_manifest(folder)
     llm = manifest.graphs["llm"].find("onnx", "int4")
     assert llm.build["algorithm"] == "hqq" and not llm.build["symmetric"]
-    graphs = _graphs(onnx.load(str(folder / llm.file)).graph)
-    inits = {t.name: t for g in graphs for t in g.initializer}
-    nodes = [n for g in graphs for n in g.node]
-    blocked = [n for n in nodes if n.op_type == "DequantizeLinear" and "_q4" in n.input[0]]
+    model = onnx.load(str(folder / llm.file))
+    inits = {t.name: t for t in model.graph.initializer}
+    blocked = [
+        n for n in model.graph.node if n.op_type == "DequantizeLinear" and "_q4" in n.input[0]
+    ]
     assert len(blocked) == len(llm.build["modules_by_storage"]["int4"])
     for node in blocked:  # values and zero points on the uint4 grid ONNX Runtime fuses
         assert (

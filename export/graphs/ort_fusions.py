@@ -13,10 +13,6 @@ implements on CPU and CUDA:
   Mul, Add) becomes ``com.microsoft::RotaryEmbedding`` on the projection's
   ``[B, L, heads·hd]`` output, with cos/sin tables of ``max_positions`` rows.
 
-Then, optionally, each decoder layer's attention becomes ``GroupQueryAttention``
-(``ort_attention``), and each DCAL's V2V branch goes under an ``If`` that
-text-only chunks skip (``ort_branches``).
-
 TensorRT parses neither contrib op, so ``onnx-trt`` graphs never get this
 pass (``lint-trt`` keeps them standard).
 """
@@ -34,7 +30,6 @@ from ...runtime.model.config import CrossLMMConfig
 from ...runtime.package.manifest import Manifest
 from .graph_passes import add_initializer
 from .ort_attention import AttentionHeads, fuse_group_query_attention
-from .ort_branches import branch_v2v
 
 CONTRIB = "com.microsoft"
 POSITIONS_INPUT = "position_ids"  # [B, L] int64: the LLM graph's RoPE positions
@@ -84,7 +79,6 @@ def fuse_for_onnx_runtime(
         counts["group_query_attention"] = fuse_group_query_attention(graph_model.graph, heads)
     RemoveUnusedNodesPass()(graph_model)  # the fused patterns' constants
     model.CopyFrom(ir.to_proto(graph_model))
-    counts["v2v_branch_if"] = branch_v2v(model)
     return counts
 
 
