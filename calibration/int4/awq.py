@@ -209,7 +209,9 @@ def _fold_into_columns(product, s, inits, readers, producer) -> bool:
     return False
 
 
-def _weight_columns(value: str, width: int, inits, readers, producer):
+def _weight_columns(
+    value: str, width: int, inits, readers, producer
+) -> tuple[onnx.TensorProto, int] | None:
     """(weight initializer, first column) that ``value`` is, or None."""
     if len(readers.get(value, [])) != 1:
         return None
