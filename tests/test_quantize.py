@@ -213,7 +213,7 @@ def test_calibration_encodes_frames_in_the_runtime_chunks(
 ) -> None:
     """The vision encoder sees at most ``chunk_frames`` frames per call, as in ``ask``:
     one call over every frame held all their activations (3.7 GiB more for the 2B shape
-    at 32 frames). The ranges do not depend on the chunking."""
+    at 32 frames). The ranges agree whatever the chunking, up to float rounding."""
     from functools import partial
 
     from crosslmm_edge.calibration.collect.calibrate import calibrate
@@ -246,7 +246,12 @@ def test_calibration_encodes_frames_in_the_runtime_chunks(
             }
         )
     assert encoded == [3, 3, 2, 8]
-    assert ranges[0] == ranges[1] and ranges[0]
+    # Equal up to float rounding: a vision call over 3 frames and one over 8 run GEMMs of
+    # other shapes, and one fresh-clone run measured the random-weight LLM's ranges up to
+    # 0.7 % apart (every other run here: bit-equal).
+    assert ranges[0].keys() == ranges[1].keys() and ranges[0]
+    for name, (low, high) in ranges[0].items():
+        assert ranges[1][name] == pytest.approx((low, high), rel=0.02, abs=1e-3), name
 
 
 def test_max_drift_search_keeps_the_costly_group_in_float(monkeypatch, package: Path) -> None:
