@@ -45,7 +45,7 @@ def measure(package: Path, video: Path, frames: int, repeats: int) -> dict[str, 
     key = assistant.state_key(str(video), frames)
     times: dict[str, list[float]] = {"file": [], "decoded": [], "second": []}
     for _ in range(repeats + 1):  # the first round warms the sessions up
-        assistant.set_frames_from_chunks([pixels], key)
+        assistant.set_frames(pixels, key)
         times["decoded"].append(assistant.ask(QUESTIONS[0], options).ttft_s)
         assistant.set_video(str(video), frames)
         times["file"].append(assistant.ask(QUESTIONS[0], options).ttft_s)

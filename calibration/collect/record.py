@@ -109,7 +109,6 @@ def _answer(assistant, video: CalibVideo, run: CalibrationRun) -> bool:
     """Ask ``video``'s questions (and a follow-up); False when it cannot be decoded."""
     from ...runtime.chat.assistant_types import GenerationOptions
     from ...runtime.video.decode import load_video
-    from ...runtime.video.video_state import frame_chunks
 
     options = GenerationOptions(max_new_tokens=4)
     run.bar.set_postfix_str(f"{video.path.name}: decoding")
@@ -120,9 +119,7 @@ def _answer(assistant, video: CalibVideo, run: CalibrationRun) -> bool:
         run.bar.update()
         return False
     run.bar.set_postfix_str(f"{video.path.name}: encoding {run.frames} frames")
-    # In the runtime's encoder chunks, as ``ask`` runs them; one call over 32 frames of
-    # the 2B shape held 3.7 GiB more of SigLIP activations.
-    assistant.set_frames_from_chunks(frame_chunks(pixels, assistant.chunk_frames), None)
+    assistant.set_frames(pixels)  # in the runtime's encoder chunks, as ``ask`` runs them
     for number, question in enumerate(video.questions, 1):
         run.bar.set_postfix_str(f"{video.path.name}: question {number}/{len(video.questions)}")
         assistant.ask(question, options)

@@ -23,7 +23,6 @@ from ...runtime.inference.sampling import Sampler
 from ...runtime.model.contract import POOLING, VISION_ENCODER
 from ...runtime.package.files import file_sha256
 from ...runtime.package.manifest import PRECISIONS, load_manifest
-from ...runtime.video.video_state import frame_chunks
 from ..collect.record import RecordingSession
 from .drift import StageDrift
 from .drift_result import AnswerPair, DriftResult, VideoDrift
@@ -92,9 +91,7 @@ class Side:
     def set_video(self, pixels: np.ndarray) -> None:
         self.features.clear()  # in place: the taps hold these lists
         self.pooled.clear()
-        self.assistant.set_frames_from_chunks(
-            frame_chunks(pixels, self.assistant.chunk_frames), None
-        )
+        self.assistant.set_frames(pixels)
 
     def forced_logits(self, question: str, tokens: list[int]) -> np.ndarray:
         """Next-token logits [len(tokens), V] with ``tokens`` fed as the answer."""

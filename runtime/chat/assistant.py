@@ -32,6 +32,7 @@ from ..video.video_state import (
     StateKey,
     VideoState,
     append_to_state,
+    frame_chunks,
     load_state,
     save_state,
 )
@@ -124,6 +125,12 @@ class RuntimeAssistant(TurnTaking[KVCache]):
         chunks = iter_video_chunks(path, frames, self.dims.image_size, self.chunk_frames)
         # The key (a hash of the whole file) is computed only if the state is saved.
         self.set_frames_from_chunks(chunks, None, start)
+
+    def set_frames(self, pixels: np.ndarray, key: StateKey | None = None) -> None:
+        """Use preprocessed frames [T, 3, S, S] as the current video, encoded in chunks
+        of ``chunk_frames`` as ``set_video`` does (one call over every frame would hold
+        all their activations)."""
+        self.set_frames_from_chunks(frame_chunks(pixels, self.chunk_frames), key)
 
     def set_frames_from_chunks(
         self, chunks, key: StateKey | None, start: float | None = None
@@ -222,7 +229,7 @@ class RuntimeAssistant(TurnTaking[KVCache]):
         self.keep_v2v = True
         artifacts = self.pipeline.artifacts
         key = StateKey("live", 0, self.dims.image_size, artifacts.label, artifacts.sha256())
-        self.set_frames_from_chunks([pixels], key)
+        self.set_frames(pixels, key)
 
     def append_frames(self, pixels: np.ndarray, refill_prefix: bool = False) -> None:
         """Add frames [f, 3, S, S] after the current ones; only they are encoded.
