@@ -14,11 +14,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ...export.graphs.graph_passes import CONTRIB
 from ...runtime.errors import UserError
 from ..recipes import module_path
 from .block_quant import BlockScheme, integer_tensor, quantize_weight
 
-CONTRIB = "com.microsoft"
 UINT8_ZERO = 128  # 8-bit tables are stored as uint8 around 128 (the op's 8-bit form)
 
 

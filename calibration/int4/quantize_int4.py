@@ -273,13 +273,14 @@ def int4_artifacts(
                 package_dir, staging, calibration, options, role, "int4"
             )
             progress()
-    source = choose_artifacts(load_manifest(package_dir), "onnx", "fp32").by_role[LLM]
+    manifest = load_manifest(package_dir)
+    source = choose_artifacts(manifest, "onnx", "fp32").by_role[LLM]
     target = staging / f"{LLM}.int4.onnx"
     files, record, factors = int4_llm(package_dir, target, calibration, options, int4)
     cross = set(record["cross_kv_scales"])
     inputs, outputs = source.inputs, source.outputs
     if record["attention"] == "gqa":  # the graph now owns a shared head-major cache
-        inputs, outputs = shared_kv_specs(load_manifest(package_dir))
+        inputs, outputs = shared_kv_specs(manifest)
     artifacts[LLM] = Artifact(
         backend="onnx",
         precision="int4",

@@ -14,6 +14,18 @@ import onnx_ir as ir
 
 # Node metadata the dynamo exporter writes: the module stack, innermost last but one.
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+CONTRIB = "com.microsoft"  # ONNX Runtime's contrib-op domain
+
+
+def sole_user(value: ir.Value, op_type: str | None = None, domain: str = "") -> ir.Node | None:
+    """The one node reading ``value`` (not a graph output), of ``op_type`` in ``domain``
+    when given; None otherwise."""
+    uses = list(value.uses())
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    node = uses[0].node
+    wanted = op_type is None or (node.op_type == op_type and node.domain == domain)
+    return node if wanted else None
 
 
 def fold_weight_transposes(graph: ir.Graph) -> int:

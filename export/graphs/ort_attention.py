@@ -37,9 +37,8 @@ from ...runtime.model.contract import (
     present_names,
 )
 from ...runtime.package.manifest import Manifest
-from .graph_passes import NAME_SCOPES
+from .graph_passes import CONTRIB, NAME_SCOPES, sole_user
 
-CONTRIB = "com.microsoft"
 # What a layer's exported attention is made of; anything else means an unknown graph.
 ATTENTION_OPS = {
     "Reshape", "Gather", "Transpose", "Squeeze", "Unsqueeze", "Mul", "MatMul", "Add",
@@ -124,7 +123,7 @@ def _match_layer(graph: ir.Graph, index: int, query_width: int) -> _Layer | None
     if key is None or value is None or split is None or len(split.outputs) != 3:
         return None
     query = _rotated(split.outputs[0])
-    query_view = _sole_use(query, "Reshape") if query is not None else None
+    query_view = sole_user(query, "Reshape") if query is not None else None
     past_key, past_value = past
     if query is None or query_view is None or past_key is None or past_value is None:
         return None
@@ -179,7 +178,7 @@ def _region(
     full = next((n for n in ordered if wanted <= _upstream(n, reached)[1]), None)
     output = full.outputs[0] if full is not None else None
     while output is not None and not _is_attention_output(output, query_width):
-        node = _sole_use_any(output)
+        node = sole_user(output)
         output = node.outputs[0] if node is not None and node.op_type in _TAIL_OPS else None
     if output is None:
         return None
@@ -247,19 +246,8 @@ def _view_source(value: ir.Value, op_type: str) -> ir.Value | None:
 
 def _rotated(projection: ir.Value) -> ir.Value | None:
     """The ``RotaryEmbedding`` output of ``projection`` (its only use)."""
-    node = _sole_use_any(projection)
-    ok = node is not None and node.op_type == "RotaryEmbedding" and node.domain == CONTRIB
-    return node.outputs[0] if ok and node is not None else None
-
-
-def _sole_use(value: ir.Value, op_type: str) -> ir.Node | None:
-    node = _sole_use_any(value)
-    return node if node is not None and node.op_type == op_type else None
-
-
-def _sole_use_any(value: ir.Value) -> ir.Node | None:
-    uses = list(value.uses())
-    return uses[0].node if len(uses) == 1 and not value.is_graph_output() else None
+    node = sole_user(projection, "RotaryEmbedding", CONTRIB)
+    return node.outputs[0] if node is not None else None
 
 
 def _downstream(sources: list[ir.Value]) -> set[ir.Node]:

@@ -28,10 +28,9 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
 
 from ...runtime.model.config import CrossLMMConfig
 from ...runtime.package.manifest import Manifest
-from .graph_passes import add_initializer
+from .graph_passes import CONTRIB, add_initializer, sole_user
 from .ort_attention import AttentionHeads, fuse_group_query_attention
 
-CONTRIB = "com.microsoft"
 POSITIONS_INPUT = "position_ids"  # [B, L] int64: the LLM graph's RoPE positions
 
 
@@ -117,12 +116,12 @@ def _match_rope(neg: ir.Node, head_dim: int) -> _Rope | None:
     view = _producer(x, "Reshape")
     if upper is None or x is None or view is None or not _rank4_heads(x, head_dim):
         return None
-    concat = _sole_user(neg.outputs[0], "Concat")
+    concat = sole_user(neg.outputs[0], "Concat")
     if concat is None or concat.inputs[0] is not neg.outputs[0]:
         return None
     lower = _producer(concat.inputs[1], "Slice")
-    times_sin = _sole_user(concat.outputs[0], "Mul")
-    add = _sole_user(times_sin.outputs[0], "Add") if times_sin is not None else None
+    times_sin = sole_user(concat.outputs[0], "Mul")
+    add = sole_user(times_sin.outputs[0], "Add") if times_sin is not None else None
     if lower is None or lower.inputs[0] is not x or times_sin is None or add is None:
         return None
     times_cos = _producer(_other_input(add, times_sin.outputs[0]), "Mul")
@@ -170,14 +169,6 @@ def _rank4_heads(x: ir.Value, head_dim: int) -> bool:
 def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
     node = value.producer() if value is not None else None
     return node if node is not None and node.op_type == op_type and node.domain == "" else None
-
-
-def _sole_user(value: ir.Value, op_type: str) -> ir.Node | None:
-    uses = list(value.uses())
-    if len(uses) != 1 or value.is_graph_output():
-        return None
-    node = uses[0].node
-    return node if node.op_type == op_type and node.domain == "" else None
 
 
 def _other_input(node: ir.Node, value: ir.Value) -> ir.Value | None:
