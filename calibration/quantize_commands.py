@@ -122,6 +122,15 @@ def _int4_arguments(quantize: argparse.ArgumentParser) -> None:
         help=f"int4: storage of the LM head (default {default.head})",
     )
     quantize.add_argument(
+        "--head-block-size",
+        type=int,
+        default=default.head_block_size,
+        help=(
+            "int4: the LM head's weights per scale along K, 32, 64 or 128 "
+            f"(default {default.head_block_size})"
+        ),
+    )
+    quantize.add_argument(
         "--embedding",
         choices=HEAD_CHOICES,
         default=default.embedding,
@@ -151,6 +160,7 @@ def _int4_options(args: argparse.Namespace):
         args.head,
         args.embedding,
         args.attention,
+        args.head_block_size,
     )
 
 
@@ -206,12 +216,19 @@ def run_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _head_blocks(build: dict) -> str:
+    """A quantized head's block size as printed (older records: the weights' one)."""
+    if build["lm_head"] == "float":
+        return ""
+    return f" in blocks of {build.get('lm_head_block_size') or build['block_size']}"
+
+
 def _print_int4(build: dict) -> None:
     """What the INT4 LLM holds: algorithm, blocks, storage per module kind."""
     kind = "symmetric" if build["symmetric"] else "asymmetric"
     print(
         f"  llm: {build['algorithm'].upper()}, blocks of {build['block_size']} ({kind}), "
-        f"LM head {build['lm_head']}, embedding {build['embedding']}"
+        f"LM head {build['lm_head']}{_head_blocks(build)}, embedding {build['embedding']}"
     )
     for storage, modules in build["modules_by_storage"].items():
         print(f"    {storage}: {len(modules)} modules")

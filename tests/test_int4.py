@@ -1,8 +1,8 @@
 """``quantize --precision int4`` on the embedded model: artifacts, fusion, lint, drift, TensorRT.
 
 One export (fp32 and fp16 graphs, shared with test_quantize) and one quantization (AWQ
-and an INT4 embedding, the defaults, with an INT8 LM head, which TensorRT's graph
-stores per channel; two calibration videos) serve every test but the search, which
+and an INT4 embedding, the defaults, with an INT8 LM head in blocks of 64, which
+TensorRT's graph stores per channel; two calibration videos) serve every test but the search, which
 runs with the defaults.
 """
 
@@ -35,6 +35,7 @@ def int4_package(tmp_path_factory: pytest.TempPathFactory, embedded_fp16_package
     for i, path in enumerate(videos):
         write_scene_video(path, 5, i, 8)
     args = ["quantize", str(folder), "--in-place", "--precision", "int4", "--head", "int8"]
+    args += ["--head-block-size", "64"]
     assert main([*args, "--calib", *map(str, videos)]) == 0
     return folder
 
@@ -57,6 +58,7 @@ def test_int4_set_records_how_it_was_made(int4_package: Path) -> None:
     build = llm.build
     assert build["algorithm"] == "awq" and build["block_size"] == 32 and build["symmetric"]
     assert build["lm_head"] == "int8" and build["embedding"] == "int4"
+    assert build["lm_head_block_size"] == 64
     assert len(build["calibration_sha256"]) == 64
     assert build["calibration_frames"] == 8 and build["awq_activations"] > 0
     assert {t.name: t.dtype for t in llm.inputs}["t2v_key.0"] == "int8"  # INT8 memory kept
@@ -65,6 +67,14 @@ def test_int4_set_records_how_it_was_made(int4_package: Path) -> None:
     blocked = _blocked(model)
     assert sorted(blocked.values()).count(4) == len(build["modules_by_storage"]["int4"]) == 24
     assert list(blocked.values()).count(8) == 1  # the LM head
+    block_size_by_bits = {
+        blocked[n.input[0]]: a.i
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in blocked
+        for a in n.attribute
+        if a.name == "block_size"
+    }
+    assert block_size_by_bits == {4: 32, 8: 64}  # the head has its own block size
     assert "GatherBlockQuantized" in [n.op_type for n in model.graph.node]  # the embedding
     assert build["ort_fusions"]["rotary_embedding"] == 8  # ONNX Runtime-only graph: fused
 

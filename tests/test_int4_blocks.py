@@ -350,3 +350,14 @@ def test_the_quantized_embedding_gives_back_its_rows(bits: int, symmetric: bool)
     (embeds,) = ort.InferenceSession(model.SerializeToString()).run(None, {"ids": ids})
     step = np.abs(table).max() / (7 if bits == 4 else 127)
     assert np.abs(embeds[0] - table[ids[0]]).max() <= step / 2 + 1e-6
+
+
+def test_the_head_block_size_is_checked_and_kept_apart_from_the_weights() -> None:
+    from crosslmm_edge.calibration.int4.options import Int4Options
+    from crosslmm_edge.runtime.errors import UserError
+
+    options = Int4Options(block_size=64, head="int8", head_block_size=128)
+    assert (options.scheme(4).block_size, options.head_scheme().block_size) == (64, 128)
+    assert options.head_scheme().bits == 8
+    with pytest.raises(UserError, match="--head-block-size 48"):
+        Int4Options(head_block_size=48).check()

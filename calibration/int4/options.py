@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ...runtime.errors import UserError
@@ -32,6 +32,9 @@ class Int4Options:
     head: str = "int4"
     embedding: str = "int4"
     attention: str = "gqa"
+    # The head's own block size (docs/quantization.md): ONNX Runtime's 8-bit-activation
+    # MatMulNBits kernel spends most of a block-32 head on per-block work, not on bytes.
+    head_block_size: int = 128
     wider: tuple[tuple[str, str], ...] = ()  # (layer group, "int8" or "float")
     search: dict | None = field(default=None, compare=False)
 
@@ -41,6 +44,10 @@ class Int4Options:
             raise UserError(f"--block-size {self.block_size}: choose one of {BLOCK_SIZES}")
         if self.algorithm not in ALGORITHMS:
             raise UserError(f"--algorithm {self.algorithm}: choose one of {ALGORITHMS}")
+        if self.head_block_size not in BLOCK_SIZES:
+            raise UserError(
+                f"--head-block-size {self.head_block_size}: choose one of {BLOCK_SIZES}"
+            )
         if self.head not in HEAD_CHOICES:
             raise UserError(f"--head {self.head}: choose one of {HEAD_CHOICES}")
         if self.embedding not in HEAD_CHOICES:
@@ -55,3 +62,8 @@ class Int4Options:
 
         hqq = self.algorithm == "hqq" and bits == 4
         return BlockScheme(bits, self.block_size, self.symmetric and not hqq)
+
+    def head_scheme(self) -> BlockScheme:
+        """The LM head's block scheme: its storage's bits, the head's own block size."""
+        storage = self.scheme(8 if self.head == "int8" else 4)
+        return replace(storage, block_size=self.head_block_size)

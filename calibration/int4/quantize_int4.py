@@ -69,7 +69,7 @@ def llm_plan(
         if head is None:
             raise UserError(f"--head {int4.head}: the LLM graph has no LM head MatMul")
         node = WeightNode(LLM, head.name, HEAD_MODULE)
-        plan[head.name] = (node, int4.scheme(8 if int4.head == "int8" else 4))
+        plan[head.name] = (node, int4.head_scheme())
     return plan
 
 
@@ -243,6 +243,7 @@ def int4_llm(
         "symmetric": int4.scheme(4).symmetric,
         "opset": OPSET,
         "lm_head": int4.head,
+        "lm_head_block_size": int4.head_block_size if int4.head != "float" else None,
         "embedding": int4.embedding,
         "modules_by_storage": {k: sorted(set(v)) for k, v in storage.items()},
         "quantized_modules": sorted({node.module for node, _ in plan.values()}),
