@@ -2,16 +2,21 @@
 
 ``python -m crosslmm_edge.benchmarks.decode_ab PKG_A PKG_B --precision int4 --past 128``
 loads every package's pipeline once, then for ``--rounds`` rounds runs
-``--steps`` greedy decode steps on each in turn (after ``--past`` cached
-positions) and prints each package's median step per round and the median of
-those. Whole-process suites (``bench``) also see start-up and machine drift
-between processes; this isolates the graphs.
+``--steps`` greedy decode steps on each in turn, the order rotating by one
+each round (after ``--past`` cached positions behind a ``--frames``-frame
+video; ``--fresh`` opens every package anew each round) and prints each
+package's median step per round and the median of those. Whole-process suites
+(``bench``) also see start-up and machine drift between processes; this
+isolates the graphs.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..runtime.backends.ort_backend import OrtBackend
@@ -19,12 +24,41 @@ from ..runtime.inference.pipeline import Pipeline
 from .suite_context import step_ms
 
 
-def median_steps_ms(pipelines: dict[str, Pipeline], past: int, steps: int, rounds: int) -> dict:
-    """Per package, the median decode step (ms) of each round, rounds interleaved."""
-    per_round: dict[str, list[float]] = {name: [] for name in pipelines}
-    for _ in range(rounds):
-        for name, pipeline in pipelines.items():
-            per_round[name].append(step_ms(pipeline, past, steps))
+@dataclass(frozen=True)
+class StepSettings:
+    """What each round measures: decode steps after ``past`` positions behind a video."""
+
+    past: int = 128
+    steps: int = 30
+    rounds: int = 5
+    frames: int = 1
+
+
+def open_pipeline(path: str, precision: str | None, threads: int) -> Pipeline:
+    """The package's pipeline on ONNX Runtime's CPU provider."""
+    return Pipeline(path, precision=precision, engine=OrtBackend("cpu", threads))
+
+
+def median_steps_ms(
+    open_package: Callable[[str], Pipeline],
+    names: list[str],
+    settings: StepSettings,
+    fresh: bool = False,
+) -> dict[str, list[float]]:
+    """Per package, the median decode step (ms) of each round, rounds interleaved.
+
+    The order rotates each round: in one process the same package measured first or
+    last has differed by more than many graph changes do. ``fresh`` opens every
+    package anew each round, so no package keeps one session's memory placement (two
+    loads of one package have differed by as much)."""
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    pipelines = {} if fresh else {name: open_package(name) for name in names}
+    for index in range(settings.rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            pipeline = open_package(name) if fresh else pipelines[name]
+            ms = step_ms(pipeline, settings.past, settings.steps, settings.frames)
+            per_round[name].append(ms)
     return per_round
 
 
@@ -34,14 +68,15 @@ def main() -> None:
     parser.add_argument("--precision", help="fp32, int8, int4 (default: the runtime's choice)")
     parser.add_argument("--past", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--frames", type=int, default=1, help="video frames behind the cache")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fresh", action="store_true", help="open every package anew each round")
     args = parser.parse_args()
-    pipelines = {
-        str(path): Pipeline(path, precision=args.precision, engine=OrtBackend("cpu", args.threads))
-        for path in args.packages
-    }
-    for name, rounds in median_steps_ms(pipelines, args.past, args.steps, args.rounds).items():
+    settings = StepSettings(args.past, args.steps, args.rounds, args.frames)
+    opener = partial(open_pipeline, precision=args.precision, threads=args.threads)
+    names = [str(path) for path in args.packages]
+    for name, rounds in median_steps_ms(opener, names, settings, args.fresh).items():
         listed = ", ".join(f"{ms:.2f}" for ms in rounds)
         print(f"{name}: median {statistics.median(rounds):.2f} ms per step ({listed})")
 

@@ -16,11 +16,13 @@ from .suite_decode import step_bytes
 PASTS = (128, 512, 1024, 2048, 4096)
 
 
-def filled_cache(pipeline, past: int, steps: int):
-    """A cache of ``past`` positions (a 1-frame video prefix, then random K/V) with room
-    for ``steps`` more, its T2V feeds, and the logits of one first step."""
-    prefix = 4 + pipeline.dims.tokens_per_frame
-    cache, text = video_cache(pipeline, 1, past + steps + 2)
+def filled_cache(pipeline, past: int, steps: int, frames: int = 1):
+    """A cache of ``past`` positions (a ``frames``-frame video prefix, then random K/V) with
+    room for ``steps`` more, its T2V feeds, and the logits of one first step."""
+    prefix = 4 + frames * pipeline.dims.tokens_per_frame
+    if past < prefix:
+        raise ValueError(f"past {past} is shorter than the {frames}-frame prefix ({prefix})")
+    cache, text = video_cache(pipeline, frames, past + steps + 2)
     rng = np.random.default_rng(0)
     for buffer in (*cache.keys, *cache.values):  # content is irrelevant to the time
         rows = buffer.numpy()[:, prefix:past]
@@ -41,9 +43,10 @@ def decode_steps(pipeline, cache, text, logits, steps: int) -> list[float]:
     return times
 
 
-def step_ms(pipeline, past: int, steps: int) -> float:
-    """Median ms of ``steps`` decode steps after ``past`` cached positions (random K/V)."""
-    cache, text, logits = filled_cache(pipeline, past, steps)
+def step_ms(pipeline, past: int, steps: int, frames: int = 1) -> float:
+    """Median ms of ``steps`` decode steps after ``past`` cached positions (random K/V)
+    behind a ``frames``-frame video (its T2V memory)."""
+    cache, text, logits = filled_cache(pipeline, past, steps, frames)
     return statistics.median(decode_steps(pipeline, cache, text, logits, steps)) * 1000
 
 
