@@ -12,6 +12,9 @@ binding, and is timed interleaved with two references reading the same bytes:
   reading half of the bytes printed);
 - ``cache_rows``: the cache as the streamed (left) operand of both products, with
   a block-diagonal query matrix (no packing of the cache, kvh× the multiply-adds);
+- ``head_rows``: a head-major K cache and a transposed (``[kvh, hd, P]``) V cache, each
+  the streamed left operand of its product with the group's query rows (no packing,
+  no wasted multiply-adds);
 - ``head_major_gemv``: a ``[kvh, P, hd]`` cache and one row per query head
   (M = 1 products, the shape the weight MatMuls have);
 - ``gqa``: ``com.microsoft.GroupQueryAttention`` on ``[1, kvh, P, hd]`` buffers shared
@@ -103,6 +106,26 @@ def cache_rows_graph(past: int) -> bytes:
     return _model(nodes, inputs, [_float("out", None)], [rows])
 
 
+def head_rows_graph(past: int) -> bytes:
+    """Head-major ``K [kvh, P, hd]`` and transposed ``V^T [kvh, hd, P]`` caches, each the
+    streamed left operand of its product with the group's G query rows (no packing of
+    the cache, no wasted multiply-adds)."""
+    from onnx import helper
+
+    nodes, outs = [], []
+    inputs = [_float("q_t", [KV_HEADS, HEAD, GROUP])]
+    for i in range(LAYERS):
+        inputs += [_float(f"k{i}", [KV_HEADS, past, HEAD]), _float(f"v{i}", [2, HEAD, past])]
+        nodes += [
+            helper.make_node("MatMul", [f"k{i}", "q_t"], [f"s{i}"]),  # [kvh, P, G]
+            helper.make_node("Softmax", [f"s{i}"], [f"p{i}"], axis=1),
+            helper.make_node("MatMul", [f"v{i}", f"p{i}"], [f"o{i}"]),  # [kvh, hd, G]
+        ]
+        outs.append(f"o{i}")
+    nodes.append(helper.make_node("Sum", outs, ["out"]))
+    return _model(nodes, inputs, [_float("out", None)])
+
+
 def head_major_graph(past: int) -> bytes:
     """``[kvh, 1, P, hd]`` caches, one M = 1 product per query head (K broadcast over G)."""
     from onnx import helper
@@ -167,6 +190,9 @@ def bound_run(graph: bytes, arrays: dict[str, np.ndarray], threads: int, aliases
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    # The formulations run interleaved: a pool left spinning after its run would steal
+    # the cores of the next formulation's run.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
     binding = session.io_binding()
     for name, array in arrays.items():
@@ -210,11 +236,18 @@ def variants(past: int, threads: int) -> tuple[dict[str, Callable], int]:
     pool = ThreadPoolExecutor(threads)
     ours["probs"] = normal(KV_HEADS, GROUP, past)
     rows = {"q_blocks": normal(KV_HEADS * HEAD, HEADS), **caches((1, past, KV_HEADS, HEAD))}
+    head_rows = {"q_t": normal(KV_HEADS, HEAD, GROUP)}
+    head_rows |= {
+        f"{kind}{i}": normal(*shape)
+        for i in range(LAYERS)
+        for kind, shape in (("k", (KV_HEADS, past, HEAD)), ("v", (KV_HEADS, HEAD, past)))
+    }
     return {
         "ours": bound_run(ours_graph(past), ours, threads),
         "ours_scores_only": bound_run(ours_graph(past, "k"), ours, threads),
         "ours_values_only": bound_run(ours_graph(past, "v"), ours, threads),
         "cache_rows": bound_run(cache_rows_graph(past), rows, threads),
+        "head_rows": bound_run(head_rows_graph(past), head_rows, threads),
         "head_major_gemv": bound_run(head_major_graph(past), head_major, threads),
         "gqa": bound_run(gqa_graph(past + 8), gqa, threads, aliases),
         "weight_matmul": bound_run(weight_graph(weight["w"].shape[1]), weight, threads),
