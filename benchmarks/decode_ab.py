@@ -22,6 +22,7 @@ from pathlib import Path
 from ..runtime.backends.ort_backend import OrtBackend
 from ..runtime.inference.pipeline import Pipeline
 from .suite_context import step_ms
+from .timing import rotating_rounds
 
 
 @dataclass(frozen=True)
@@ -45,21 +46,18 @@ def median_steps_ms(
     settings: StepSettings,
     fresh: bool = False,
 ) -> dict[str, list[float]]:
-    """Per package, the median decode step (ms) of each round, rounds interleaved.
-
-    The order rotates each round: in one process the same package measured first or
-    last has differed by more than many graph changes do. ``fresh`` opens every
-    package anew each round, so no package keeps one session's memory placement (two
-    loads of one package have differed by as much)."""
-    per_round: dict[str, list[float]] = {name: [] for name in names}
+    """Per package, the median decode step (ms) of each round, rounds interleaved with
+    the order rotating. ``fresh`` opens every package anew each round, so no package
+    keeps one session's memory placement (two loads of one package have differed by
+    as much as a graph change)."""
     pipelines = {} if fresh else {name: open_package(name) for name in names}
-    for index in range(settings.rounds):
-        shift = index % len(names)
-        for name in names[shift:] + names[:shift]:
-            pipeline = open_package(name) if fresh else pipelines[name]
-            ms = step_ms(pipeline, settings.past, settings.steps, settings.frames)
-            per_round[name].append(ms)
-    return per_round
+
+    def measure(name: str) -> float:
+        pipeline = open_package(name) if fresh else pipelines[name]
+        return step_ms(pipeline, settings.past, settings.steps, settings.frames)
+
+    runs = {name: partial(measure, name) for name in names}
+    return rotating_rounds(runs, settings.rounds, warm_up=False)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from . import genai_steps
 from .ours import decode_run, open_pipeline
 from .peers import random_prompt
+from .timing import rotating_rounds
 
 
 def main() -> None:
@@ -45,12 +46,10 @@ def main() -> None:
     runs["onnxruntime-genai"] = partial(
         genai_steps.decode_run, model, genai_prompt, args.new_tokens
     )
-    rounds: dict[str, list[float]] = {name: [] for name in runs}
-    for index in range(args.rounds + 1):  # round 0 warms up
-        for name, run in runs.items():
-            tok_s = run()["tok_s"]
-            if index:
-                rounds[name].append(tok_s)
+    rounds = {  # after a warm-up round, the order rotating
+        name: [figures["tok_s"] for figures in rows]
+        for name, rows in rotating_rounds(runs, args.rounds).items()
+    }
     genai = statistics.median(rounds["onnxruntime-genai"])
     for name, values in rounds.items():
         listed = ", ".join(f"{v:.1f}" for v in values)

@@ -1,4 +1,4 @@
-"""``decode_ab``'s rounds: the order rotates, and ``--fresh`` opens every package each round."""
+"""Benchmark rounds: warm-up, the order rotating, and ``decode_ab --fresh`` reopening packages."""
 
 from __future__ import annotations
 
@@ -36,3 +36,21 @@ def test_fresh_opens_every_package_anew_each_round(monkeypatch) -> None:
     opened, measured, _ = _run(monkeypatch, fresh=True)
     assert opened == list("abcbcacab")
     assert [load for _, load in measured] == list(range(1, 10))  # never a reused pipeline
+
+
+def test_a_warm_up_round_runs_every_entry_and_is_not_counted() -> None:
+    from crosslmm_edge.benchmarks.timing import interleaved, rotating_rounds
+
+    calls: list[str] = []
+
+    def run(name: str) -> dict:
+        calls.append(name)
+        return {"n": float(len(calls))}
+
+    runs = {name: (lambda name=name: run(name)) for name in "ab"}
+    assert rotating_rounds(runs, 2) == {
+        "a": [{"n": 4.0}, {"n": 5.0}],
+        "b": [{"n": 3.0}, {"n": 6.0}],
+    }
+    assert calls == list("abbaab")
+    assert interleaved(runs, 1) == {"a": {"n": 10.0}, "b": {"n": 9.0}}
