@@ -72,6 +72,7 @@ class OrtSession(GraphSession):
         self.outputs = {a.name: _spec(a) for a in session.get_outputs()}
         self._binding: Any = None  # an onnxruntime IOBinding reused across steps (_run_reusing)
         self._bound: dict[str, tuple[int, tuple[int, ...]]] = {}  # name -> (pointer, shape)
+        self._bound_inputs: dict[str, DeviceArray] = {}  # the device array each input holds
         self._out: dict[str, np.ndarray] = {}  # preallocated static-shape outputs
         self._static_outputs = {n for n, spec in self.outputs.items() if _static(spec.dims)}
 
@@ -97,7 +98,7 @@ class OrtSession(GraphSession):
         if self._binding is None:
             self._binding = self.session.io_binding()
         binding = self._binding
-        keep_alive = self._bind_inputs(binding, feeds, self._bind_once)  # outlive the run
+        keep_alive = self._bind_inputs(binding, feeds, self._bind_once, self._bound_inputs)
         for name, target in write_to.items():
             self._bind_once(binding.bind_output, name, self._target(name, target))
         for name in fetch:
@@ -120,18 +121,25 @@ class OrtSession(GraphSession):
             binding.synchronize_outputs()
             self.aligned.finish()
 
-    def _bind_inputs(self, binding, feeds, bind_device) -> list[np.ndarray]:
+    def _bind_inputs(self, binding, feeds, bind_device, held=None) -> list[np.ndarray]:
         """Bind every feed; host arrays are cast to the input's dtype and returned
-        (the caller keeps them alive until the run ends)."""
+        (the caller keeps them alive until the run ends). ``held``: the device array
+        each input of a kept binding holds; the very same array is not bound again."""
         keep_alive = []
         for name, value in feeds.items():
+            if held is not None and held.get(name) is value:  # KV buffers, cross K/V
+                continue
             if isinstance(value, DeviceArray):
                 bind_device(binding.bind_input, name, value)
+                if held is not None:
+                    held[name] = value
             else:
                 array = np.ascontiguousarray(value, dtype=np.dtype(self.inputs[name].dtype))
                 keep_alive.append(array)
                 binding.bind_cpu_input(name, array)
                 self._bound.pop(name, None)  # the persistent binding must rebind it
+                if held is not None:
+                    held.pop(name, None)
         return keep_alive
 
     def _bind_once(self, bind, name: str, array: DeviceArray) -> None:
