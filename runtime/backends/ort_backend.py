@@ -124,7 +124,8 @@ class OrtSession(GraphSession):
     def _bind_inputs(self, binding, feeds, bind_device, held=None) -> list[np.ndarray]:
         """Bind every feed; host arrays are cast to the input's dtype and returned
         (the caller keeps them alive until the run ends). ``held``: the device array
-        each input of a kept binding holds; the very same array is not bound again."""
+        each input of a kept binding holds; the very same array, or an empty host array
+        of the shape bound last run (no V2V memory, no visual tokens), is not bound again."""
         keep_alive = []
         for name, value in feeds.items():
             if held is not None and held.get(name) is value:  # KV buffers, cross K/V
@@ -133,13 +134,18 @@ class OrtSession(GraphSession):
                 bind_device(binding.bind_input, name, value)
                 if held is not None:
                     held[name] = value
-            else:
-                array = np.ascontiguousarray(value, dtype=np.dtype(self.inputs[name].dtype))
-                keep_alive.append(array)
-                binding.bind_cpu_input(name, array)
-                self._bound.pop(name, None)  # the persistent binding must rebind it
-                if held is not None:
-                    held.pop(name, None)
+                continue
+            array = np.ascontiguousarray(value, dtype=np.dtype(self.inputs[name].dtype))
+            if held is not None:
+                held.pop(name, None)
+                if array.size == 0:  # no contents that could change: bound once per shape
+                    if self._bound.get(name) == (0, array.shape):
+                        continue
+                    self._bound[name] = (0, array.shape)
+                else:
+                    self._bound.pop(name, None)  # the kept binding must rebind it
+            keep_alive.append(array)
+            binding.bind_cpu_input(name, array)
         return keep_alive
 
     def _bind_once(self, bind, name: str, array: DeviceArray) -> None:
