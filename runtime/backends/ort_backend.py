@@ -93,7 +93,7 @@ class OrtSession(GraphSession):
 
         Every input and output is bound on every run, so no binding can go stale;
         device arrays whose pointer and shape did not change (cross K/V, the
-        logits buffer) are skipped.
+        logits buffer) and empty host feeds of an unchanged shape are skipped.
         """
         if self._binding is None:
             self._binding = self.session.io_binding()
