@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from ..runtime.backends.ort_backend import OrtBackend
 from ..runtime.inference.pipeline import Pipeline
+from .ours import open_pipeline
 from .suite_context import step_ms
 from .timing import rotating_rounds
 
@@ -33,11 +33,6 @@ class StepSettings:
     steps: int = 30
     rounds: int = 5
     frames: int = 1
-
-
-def open_pipeline(path: str, precision: str | None, threads: int) -> Pipeline:
-    """The package's pipeline on ONNX Runtime's CPU provider."""
-    return Pipeline(path, precision=precision, engine=OrtBackend("cpu", threads))
 
 
 def median_steps_ms(
@@ -72,8 +67,11 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="open every package anew each round")
     args = parser.parse_args()
     settings = StepSettings(args.past, args.steps, args.rounds, args.frames)
-    opener = partial(open_pipeline, precision=args.precision, threads=args.threads)
     names = [str(path) for path in args.packages]
+
+    def opener(name: str) -> Pipeline:
+        return open_pipeline(Path(name), args.threads, args.precision)
+
     for name, rounds in median_steps_ms(opener, names, settings, args.fresh).items():
         listed = ", ".join(f"{ms:.2f}" for ms in rounds)
         print(f"{name}: median {statistics.median(rounds):.2f} ms per step ({listed})")

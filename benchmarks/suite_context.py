@@ -24,8 +24,9 @@ def filled_cache(pipeline, past: int, steps: int, frames: int = 1):
         raise ValueError(f"past {past} is shorter than the {frames}-frame prefix ({prefix})")
     cache, text = video_cache(pipeline, frames, past + steps + 2)
     rng = np.random.default_rng(0)
+    positions = (slice(None),) * (2 if cache.head_major else 1) + (slice(prefix, past),)
     for buffer in (*cache.keys, *cache.values):  # content is irrelevant to the time
-        rows = buffer.numpy()[:, prefix:past]
+        rows = buffer.numpy()[positions]  # the positions axis of either layout
         rows[...] = rng.standard_normal(rows.shape).astype(rows.dtype)
     cache.advance(past - prefix)
     logits = pipeline.prefill(cache, [5], pipeline.shapes.no_visual(), text)

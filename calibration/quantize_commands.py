@@ -217,10 +217,9 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def _head_blocks(build: dict) -> str:
-    """A quantized head's block size as printed (older records: the weights' one)."""
-    if build["lm_head"] == "float":
-        return ""
-    return f" in blocks of {build.get('lm_head_block_size') or build['block_size']}"
+    """A quantized head's block size as printed."""
+    size = build["lm_head_block_size"]  # None for a float head
+    return f" in blocks of {size}" if size else ""
 
 
 def _print_int4(build: dict) -> None:

@@ -29,7 +29,7 @@ from ...runtime.errors import UserError
 from ...runtime.model.contract import LLM, ROLES
 from ...runtime.package.files import file_sha256
 from ...runtime.package.loader import choose_artifacts
-from ...runtime.package.manifest import Artifact, FileRef, load_manifest
+from ...runtime.package.manifest import Artifact, FileRef, Manifest, load_manifest
 from ..int8 import kv_int8
 from ..int8.quantize import (
     QuantizeOptions,
@@ -51,10 +51,9 @@ EMBEDDING_MODULE = "embed_tokens"  # the token embedding's module path ends so
 
 
 def llm_plan(
-    package_dir: Path, options: QuantizeOptions, int4: Int4Options
+    package_dir: Path, manifest: Manifest, options: QuantizeOptions, int4: Int4Options
 ) -> dict[str, tuple[WeightNode, BlockScheme]]:
     """LLM MatMul name -> (its node, how its weight is stored); absent names stay float."""
-    manifest = load_manifest(package_dir)
     chosen = selected_nodes(package_dir, manifest, options)[LLM]
     wider = dict(int4.wider)
     plan = {}
@@ -201,15 +200,15 @@ class Int4Set:
 
 def int4_llm(
     package_dir: Path,
+    manifest: Manifest,
     target: Path,
     calibration: Calibration,
     options: QuantizeOptions,
     int4: Int4Options,
 ) -> tuple[list[Path], dict, dict[str, np.ndarray]]:
     """Write the INT4 LLM graph to ``target``; its files, build record and AWQ factors."""
-    manifest = load_manifest(package_dir)
     source = choose_artifacts(manifest, "onnx", "fp32").by_role[LLM]
-    plan = llm_plan(package_dir, options, int4)
+    plan = llm_plan(package_dir, manifest, options, int4)
     model = onnx.load(str(package_dir / source.file))
     schemes = {name: scheme for name, (_, scheme) in plan.items()}
     head = head_matmul(model)
@@ -277,7 +276,7 @@ def int4_artifacts(
     manifest = load_manifest(package_dir)
     source = choose_artifacts(manifest, "onnx", "fp32").by_role[LLM]
     target = staging / f"{LLM}.int4.onnx"
-    files, record, factors = int4_llm(package_dir, target, calibration, options, int4)
+    files, record, factors = int4_llm(package_dir, manifest, target, calibration, options, int4)
     cross = set(record["cross_kv_scales"])
     inputs, outputs = source.inputs, source.outputs
     if record["attention"] == "gqa":  # the graph now owns a shared head-major cache

@@ -72,7 +72,7 @@ def trt_int4_llm(
     rows = {t.name: t.dims[0] for t in model.graph.initializer if len(t.dims) == 2}
     weight_of = {n.name: n.input[1] for n in model.graph.node if n.op_type == "MatMul"}
     plan = {}
-    for name, (_, scheme) in llm_plan(package_dir, _base_options(int4_llm), int4).items():
+    for name, (_, scheme) in llm_plan(package_dir, manifest, _base_options(int4_llm), int4).items():
         mine = pairs[name]
         plan[mine] = _trt_scheme(scheme, int(rows[weight_of[mine]]))
     paired = {pairs[k]: v for k, v in factors.items()}

@@ -67,7 +67,7 @@ def check_manifest_contract(config: CrossLMMConfig, manifest, where: str) -> Non
     limits = ExportLimits(manifest.limits["max_frames"], manifest.limits["max_context"])
     specs = graph_specs(config, limits)
     variants = {role: [specs[role]] for role in ROLES}
-    variants[LLM] += [
+    variants[LLM] = [  # last-position or all logits, own or shared cache
         llm_spec(config, limits, "float32", all_logits, shared_kv)
         for all_logits in (False, True)
         for shared_kv in (False, True)
