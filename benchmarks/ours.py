@@ -59,7 +59,8 @@ def video_cache(pipeline: Pipeline, frames: int, capacity: int, seed: int = 0):
     cache = pipeline.new_cache(capacity)
     pipeline.prefill(cache, [1, 2, 3, 4], embeds, cross)
     empty = pipeline.shapes.no_memory()
-    text = {n: empty if n.startswith("v2v") else pipeline.upload(v) for n, v in cross.items()}
+    text = {n: empty for n in cross if n.startswith("v2v")}
+    text |= pipeline.upload_memory({n: v for n, v in cross.items() if n.startswith("t2v")})
     return cache, text
 
 

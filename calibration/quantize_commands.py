@@ -234,6 +234,8 @@ def _print_int4(build: dict) -> None:
     fused = build.get("ort_fusions", {}).get("group_query_attention", 0)
     attention = f"GroupQueryAttention in {fused} layers" if fused else "the exported ops"
     print(f"  llm attention (onnx/int4): {attention}")
+    if build["cross_kv_scales"]:
+        print("  llm cross K/V (onnx/int4): int8 memory, dequantized once per video when bound")
 
 
 def _print_int4_search(search: dict | None) -> None:

@@ -61,8 +61,17 @@ def test_int4_set_records_how_it_was_made(int4_package: Path) -> None:
     assert build["lm_head_block_size"] == 64
     assert len(build["calibration_sha256"]) == 64
     assert build["calibration_frames"] == 8 and build["awq_activations"] > 0
-    assert {t.name: t.dtype for t in llm.inputs}["t2v_key.0"] == "int8"  # INT8 memory kept
+    pooling = manifest.graphs["pooling"].find("onnx", "int4")
+    assert {t.name: t.dtype for t in pooling.outputs}["t2v_key.0"] == "int8"  # INT8 memory kept
+    assert {t.name: t.dtype for t in llm.inputs}["t2v_key.0"] == "float32"  # ... bound dequantized
+    heads = manifest.model_config["text_config"]["num_key_value_heads"]
+    assert sorted(llm.dequantize_on_bind) == sorted(build["cross_kv_scales"])
+    assert {len(s) for s in llm.dequantize_on_bind.values()} == {heads}
     model = onnx.load(str(int4_package / llm.file))
+    inputs = {i.name for i in model.graph.input}
+    assert not [
+        n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inputs
+    ]
     assert [o.version for o in model.opset_import if o.domain == ""] == [21]
     blocked = _blocked(model)
     assert sorted(blocked.values()).count(4) == len(build["modules_by_storage"]["int4"]) == 24
@@ -255,3 +264,60 @@ def test_hqq_writes_blocks_with_zero_points_and_a_round_to_nearest_twin(
         for q in (hqq_weight, quantize_weight)
     )
     assert hqq < 1.05 * rtn
+
+
+def test_memory_is_dequantized_once_per_video_as_onnx_does(int4_package: Path, tmp_path: Path):
+    """The video state keeps the pooling graph's int8 memory; the runtime hands the LLM
+    the memory ONNX's own ``DequantizeLinear`` (axis: KV heads) makes of it, bit for bit."""
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+
+    video = tmp_path / "clip.mp4"
+    write_scene_video(video, 4, 1, 8)
+    assistant = RuntimeAssistant(int4_package, precision="int4")
+    assistant.set_video(str(video))
+    state, pipeline = assistant.state, assistant.pipeline
+    assert state is not None and state.cross["t2v_key.0"].dtype == np.int8
+    scales = np.asarray(pipeline.artifacts.by_role["llm"].dequantize_on_bind["t2v_key.0"])
+    node = helper.make_node("DequantizeLinear", ["x", "s"], ["y"], axis=2)
+    graph = helper.make_graph(
+        [node],
+        "dq",
+        [helper.make_tensor_value_info(n, t, None) for n, t in (("x", 3), ("s", 1))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    onnx_dq = ReferenceEvaluator(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    )
+    memory = state.cross["t2v_key.0"]
+    expected = onnx_dq.run(None, {"x": memory, "s": scales.astype(np.float32)})[0]
+    ours = pipeline.memory_feeds({"t2v_key.0": memory})["t2v_key.0"]
+    assert ours.dtype == np.float32 and np.array_equal(ours, expected)
+    bound = assistant.text_cross["t2v_key.0"]
+    held = bound.numpy() if hasattr(bound, "numpy") else np.asarray(bound)
+    assert held.dtype == np.float32 and np.array_equal(held, expected)  # uploaded once
+
+
+def test_dequantize_on_bind_is_checked_against_the_contract(int4_package: Path) -> None:
+    import dataclasses
+
+    from crosslmm_edge.runtime.errors import UserError
+    from crosslmm_edge.runtime.model.config import CrossLMMConfig
+    from crosslmm_edge.runtime.package.graph_contract import check_manifest_contract
+    from crosslmm_edge.runtime.package.manifest import Artifact
+
+    manifest = load_manifest(int4_package)
+    llm = manifest.graphs["llm"].find("onnx", "int4")
+    record = llm.to_dict()
+    for bad in ({"input_ids": [1.0]}, {"t2v_key.0": [-1.0, 1.0]}, {"t2v_key.0": []}):
+        with pytest.raises(ValueError, match="dequantize_on_bind"):
+            Artifact.from_dict({**record, "dequantize_on_bind": bad})
+    assert Artifact.from_dict(record) == llm  # it round-trips
+    one_head = dataclasses.replace(llm, dequantize_on_bind={"t2v_key.0": (1.0,)})
+    entry = dataclasses.replace(manifest.graphs["llm"], artifacts=(one_head,))
+    broken = dataclasses.replace(manifest, graphs={**manifest.graphs, "llm": entry})
+    config = CrossLMMConfig.from_dict(manifest.model_config)
+    with pytest.raises(UserError, match=r"dequantize_on_bind t2v_key\.0"):
+        check_manifest_contract(config, broken, "pkg")

@@ -33,7 +33,6 @@ from ...runtime.package.manifest import Artifact, FileRef, Manifest, load_manife
 from ..int8 import kv_int8
 from ..int8.quantize import (
     QuantizeOptions,
-    _int8_specs,
     build_record,
     cross_kv_record,
     int8_artifact,
@@ -220,9 +219,9 @@ def int4_llm(
         from .embedding_quant import quantize_embedding
 
         quantize_embedding(model, int4.scheme(8 if int4.embedding == "int8" else 4))
+    # The memory stays int8 (pooling's output, video states); the runtime dequantizes it
+    # once per video (the artifact's ``dequantize_on_bind``), not every step in the graph.
     scales = kv_int8.head_scales(calibration.cross_max) if options.int8_cross_kv else {}
-    if scales:
-        kv_int8.dequantize_inputs(model, scales, np.dtype(np.float32))
     heads = AttentionHeads.from_manifest(manifest) if int4.attention == "gqa" else None
     fusions = fuse_for_onnx_runtime(model, rope_tables(manifest), heads)
     if heads is not None and fusions["group_query_attention"] != heads.num_layers:
@@ -277,7 +276,6 @@ def int4_artifacts(
     source = choose_artifacts(manifest, "onnx", "fp32").by_role[LLM]
     target = staging / f"{LLM}.int4.onnx"
     files, record, factors = int4_llm(package_dir, manifest, target, calibration, options, int4)
-    cross = set(record["cross_kv_scales"])
     inputs, outputs = source.inputs, source.outputs
     if record["attention"] == "gqa":  # the graph now owns a shared head-major cache
         inputs, outputs = shared_kv_specs(manifest)
@@ -286,10 +284,11 @@ def int4_artifacts(
         precision="int4",
         file=target.name,
         sha256=file_sha256(target),
-        inputs=_int8_specs(inputs, cross),
+        inputs=inputs,
         outputs=outputs,
         external_data=tuple(FileRef(f.name, file_sha256(f)) for f in files[1:]),
         build=record,
+        dequantize_on_bind={k: tuple(v) for k, v in record["cross_kv_scales"].items()},
     )
     progress()
     return Int4Set(artifacts, factors)

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..inference.kv_cache import KVCache
 from ..inference.pipeline import Pipeline
 from ..inference.sampling import Sampler
-from ..model.contract import LLM
+from ..model.contract import LLM, is_v2v
 from ..model.limits import check_allocation, kv_cache_bytes
 from ..video.state_file import StateSpec
 from ..video.video_state import (
@@ -157,7 +157,7 @@ class RuntimeAssistant(TurnTaking[KVCache]):
         """The exact shapes and dtypes a state file must have for this package's run."""
         llm = self.pipeline.artifacts.by_role[LLM]
         package = self.pipeline.package
-        dtypes = {t.name: t.dtype for t in llm.inputs}
+        dtypes = llm.held_dtypes()  # cross K/V as the state holds it
         return StateSpec(self.dims, dtypes, package.max_frames, self.max_context)
 
     def _check_frames(self, frames: int) -> None:
@@ -203,7 +203,7 @@ class RuntimeAssistant(TurnTaking[KVCache]):
 
     def _upload_text_cross(self, state: VideoState) -> None:
         """T2V of the whole memory on the device; V2V empty (text chunks have no visual part)."""
-        self.text_cross = {name: self.pipeline.upload(value) for name, value in state.t2v().items()}
+        self.text_cross = self.pipeline.upload_memory(state.t2v())
         empty = self.pipeline.shapes.no_memory()
         self.text_cross.update({name.replace("t2v", "v2v"): empty for name in state.t2v()})
 
@@ -219,7 +219,7 @@ class RuntimeAssistant(TurnTaking[KVCache]):
         self._require_v2v(state)
         self._check_prefix(prefix_ids, state)
         cache = self.pipeline.new_cache(self.max_context)
-        v2v = {name: self.pipeline.upload(value) for name, value in state.v2v().items()}
+        v2v = self.pipeline.upload_memory(state.v2v())
         self.pipeline.prefill(cache, prefix_ids, state.visual_embeds, {**self.text_cross, **v2v})
         return cache
 
@@ -253,11 +253,7 @@ class RuntimeAssistant(TurnTaking[KVCache]):
         else:
             assert self.cache is not None  # set with the video
             self.check_fits(embeds.shape[1], 0)
-            v2v = {
-                name: self.pipeline.upload(value)
-                for name, value in cross.items()
-                if name.startswith("v2v")
-            }
+            v2v = self.pipeline.upload_memory({n: v for n, v in cross.items() if is_v2v(n)})
             self.pipeline.prefill(self.cache, [], embeds, {**self.text_cross, **v2v})
             self.prefix_length, self.prefix_reused = self.cache.length, False
         self.setup_s += time.perf_counter() - start

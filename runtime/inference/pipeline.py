@@ -8,7 +8,7 @@ turns, video states) lives in ``runtime/chat/assistant.py``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,9 @@ class Pipeline:
         self.shapes = ChunkShapes(
             self.dims.hidden_size, self.dims.num_kv_heads, self.dims.head_dim, np.dtype(past.dtype)
         )
+        bind = self.artifacts.by_role[LLM].dequantize_on_bind.items()
+        # [kvh, 1]: broadcasts over memory [1, T, kvh, hd]
+        self.bind_scales = {n: np.asarray(v, self.shapes.dtype)[:, None] for n, v in bind}
 
     # -- vision -----------------------------------------------------------
     def encode(self, chunks: Iterable[np.ndarray]) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
@@ -116,6 +119,24 @@ class Pipeline:
     def upload(self, array: np.ndarray) -> DeviceArray:
         return self.backend.upload(array)
 
+    def memory_feeds(self, cross: CrossFeeds) -> dict:
+        """Cross K/V as the LLM graph takes it: the int8 host memory of the artifact's
+        ``dequantize_on_bind`` inputs dequantized (x · scale per KV head), the rest as is.
+
+        Call it once per video (``upload_memory``) so no step dequantizes again.
+        """
+        return {name: self._dequantized(name, value) for name, value in cross.items()}
+
+    def upload_memory(self, cross: Mapping[str, np.ndarray]) -> dict[str, DeviceArray]:
+        """``memory_feeds`` of host memory, on the device."""
+        return {name: self.upload(value) for name, value in self.memory_feeds(cross).items()}
+
+    def _dequantized(self, name: str, value):
+        scales = self.bind_scales.get(name)
+        if scales is None or not isinstance(value, np.ndarray) or value.dtype != np.int8:
+            return value
+        return value.astype(self.shapes.dtype) * scales  # [1, T, kvh, hd]
+
     def prefill(
         self,
         cache: KVCache,
@@ -135,6 +156,7 @@ class Pipeline:
         """
         p, n = self.dims.tokens_per_frame, self.dims.patches_per_frame
         limit = max(max_chunk_tokens or self.max_chunk_tokens, p)
+        cross = self.memory_feeds(cross)
         llm = self.sessions[LLM]
         memory = _memory_rows(cross)
         total = len(input_ids) + visual_embeds.shape[1]
@@ -189,7 +211,7 @@ class Pipeline:
         return stream_tokens(
             self.sessions[LLM],
             cache,
-            text_cross,
+            self.memory_feeds(text_cross),
             self.shapes,
             prompt_ids,
             sampler,

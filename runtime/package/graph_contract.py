@@ -16,7 +16,15 @@ from collections.abc import Mapping, Sequence
 
 from ..errors import UserError
 from ..model.config import CrossLMMConfig
-from ..model.contract import LLM, ROLES, ExportLimits, TensorSpec, graph_specs, llm_spec
+from ..model.contract import (
+    LLM,
+    ROLES,
+    ExportLimits,
+    TensorSpec,
+    cross_names,
+    graph_specs,
+    llm_spec,
+)
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8")  # int8: quantized K/V
 
@@ -59,6 +67,17 @@ def _artifact_problems(role: str, artifact, expected: Sequence) -> list[str]:
     return [f"its inputs/outputs are not those of the {role} graph of this config"]
 
 
+def _bind_problems(config: CrossLMMConfig, artifact) -> list[str]:
+    """``dequantize_on_bind`` may name cross K/V inputs only, one scale per KV head."""
+    memory = set(cross_names(config.num_dcal))
+    heads = config.text_config.num_key_value_heads
+    return [
+        f"dequantize_on_bind {name}: not cross K/V with {heads} KV-head scales"
+        for name, scales in artifact.dequantize_on_bind.items()
+        if name not in memory or len(scales) != heads
+    ]
+
+
 def check_manifest_contract(config: CrossLMMConfig, manifest, where: str) -> None:
     """Raise ``UserError`` unless every artifact matches its role's contract."""
     problems = limits_problems(config, manifest.limits)
@@ -78,6 +97,7 @@ def check_manifest_contract(config: CrossLMMConfig, manifest, where: str) -> Non
             raise UserError(f"{where}: the dynamic dims of graph {role} do not fit its limits")
         for artifact in entry.artifacts:
             found = _artifact_problems(role, artifact, variants[role])
+            found += _bind_problems(config, artifact)
             if found:
                 raise UserError(f"{where}: graph {role} ({artifact.label}): {'; '.join(found)}")
 

@@ -13,13 +13,17 @@ Schema (format_version 2)::
                 "file": "llm.onnx", "sha256": HEX,
                 "external_data": [{"file": ..., "sha256": HEX}],
                 "inputs": [TENSOR], "outputs": [TENSOR],
-                "build": {tool versions, recipe, engine record ...}}
+                "build": {tool versions, recipe, engine record ...},
+                "dequantize_on_bind": {INPUT: [scale per KV head]}}   (optional)
     TENSOR   = {"name": ..., "dtype": "float32" | "float16" | "int64" | ..., "dims": [int | NAME]}
 
 Roles are ``vision_encoder``, ``pooling`` and ``llm``. Tensor names and dims
 are the role's contract (``runtime/model/contract.py``); dtypes belong to each
 artifact, so fp32, fp16 and INT8 graphs and TensorRT engines of one role sit
 side by side, each telling exactly what it takes and returns.
+``dequantize_on_bind`` names float LLM inputs (cross K/V) that the pooling
+graph emits as int8: the runtime keeps that memory in int8 and dequantizes it
+once per video, ``x * scale[kv_head]``, before it binds it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .manifest_fields import (
     FileRef,
     as_dict,
     as_list,
+    bind_scales,
     choice,
     dim_spec,
     file_name,
@@ -68,6 +73,7 @@ class Artifact:
     outputs: tuple[TensorSpec, ...]
     external_data: tuple[FileRef, ...] = ()
     build: dict[str, Any] = field(default_factory=dict)
+    dequantize_on_bind: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -77,6 +83,12 @@ class Artifact:
     def files(self) -> tuple[FileRef, ...]:
         """The main file and its external data, each with its sha256."""
         return (FileRef(self.file, self.sha256), *self.external_data)
+
+    def held_dtypes(self) -> dict[str, str]:
+        """Each input's dtype as the runtime holds it (int8 where it dequantizes on bind)."""
+        return {
+            t.name: "int8" if t.name in self.dequantize_on_bind else t.dtype for t in self.inputs
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,21 +100,28 @@ class Artifact:
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
             "build": self.build,
+            **(
+                {"dequantize_on_bind": {k: list(v) for k, v in self.dequantize_on_bind.items()}}
+                if self.dequantize_on_bind
+                else {}
+            ),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Artifact:
         """Parse one artifact record; ``ValueError`` names the first bad field."""
         extra = tuple(file_ref(e) for e in as_list(data.get("external_data", []), "external_data"))
+        inputs = tuple(tensor_spec(t) for t in as_list(data["inputs"], "inputs"))
         return cls(
             backend=choice(data["backend"], BACKENDS, "backend"),
             precision=choice(data["precision"], PRECISIONS, "precision"),
             file=file_name(data["file"]),
             sha256=sha256_hex(data["sha256"]),
-            inputs=tuple(tensor_spec(t) for t in as_list(data["inputs"], "inputs")),
+            inputs=inputs,
             outputs=tuple(tensor_spec(t) for t in as_list(data["outputs"], "outputs")),
             external_data=extra,
             build=dict(data.get("build") or {}),
+            dequantize_on_bind=bind_scales(data.get("dequantize_on_bind", {}), inputs),
         )
 
 

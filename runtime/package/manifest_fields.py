@@ -8,6 +8,7 @@ bool, a huge number, an absolute path or a name with ``..`` never gets past.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8")
 MAX_DIM = 1 << 32  # a static dim or a range bound: no tensor of ours comes near it
 MAX_RANK = 8
+MAX_SCALES = 1024  # per-KV-head scales: no model of ours has more heads
 LIMIT_BOUNDS = {"max_frames": MAX_FRAMES, "max_context": MAX_CONTEXT}
 EXPR = re.compile(r"^[a-z_]+(\s*[*/+]\s*([a-z_]+|\d+))*$")
 
@@ -87,6 +89,33 @@ def tensor_spec(data: Any) -> TensorSpec:
         if not (is_count(dim, 0, MAX_DIM) or (isinstance(dim, str) and dim.isidentifier())):
             raise ValueError(f"tensor {name} has dim {dim!r}")
     return TensorSpec(name, choice(data["dtype"], DTYPES, f"dtype of {name}"), tuple(dims))
+
+
+def bind_scales(data: Any, inputs: tuple[TensorSpec, ...]) -> dict[str, tuple[float, ...]]:
+    """``{INPUT: [scale per KV head]}``: float inputs the runtime feeds from int8 memory.
+
+    Each name is one of ``inputs`` with a float dtype; each scale a finite
+    positive number (what the pooling graph's ``QuantizeLinear`` divided by).
+    """
+    floats = {t.name for t in inputs if t.dtype in ("float32", "float16")}
+    scales = {}
+    for name, values in as_dict(data, "dequantize_on_bind").items():
+        if name not in floats:
+            raise ValueError(f"dequantize_on_bind names {name!r}, not a float input")
+        values = as_list(values, f"dequantize_on_bind scales of {name}")
+        if not 0 < len(values) <= MAX_SCALES or not all(_positive(v) for v in values):
+            raise ValueError(f"dequantize_on_bind scales of {name} are not positive numbers")
+        scales[name] = tuple(float(v) for v in values)
+    return scales
+
+
+def _positive(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def dim_spec(name: str, data: Any) -> DimSpec:
