@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.backends.base import DeviceArray
 from ..runtime.backends.ort_backend import OrtSession
 from ..runtime.inference.pipeline import Pipeline
 from ..runtime.inference.sampling import Sampler
@@ -59,7 +60,7 @@ def video_cache(pipeline: Pipeline, frames: int, capacity: int, seed: int = 0):
     cache = pipeline.new_cache(capacity)
     pipeline.prefill(cache, [1, 2, 3, 4], embeds, cross)
     empty = pipeline.shapes.no_memory()
-    text = {n: empty for n in cross if n.startswith("v2v")}
+    text: dict[str, np.ndarray | DeviceArray] = {n: empty for n in cross if n.startswith("v2v")}
     text |= pipeline.upload_memory({n: v for n, v in cross.items() if n.startswith("t2v")})
     return cache, text
 

@@ -241,6 +241,8 @@ def predict_cpu(model: Model, frames: int, context: int, precision: str) -> Pred
     weights = weight_bytes(s, precision, model.file_sizes.get(precision))
     visual = frames * s.pooled
     cross = cross_bytes(s, frames, item)
+    # onnx/int4 binds the INT8 memory dequantized: a float32 copy beside the state's
+    bound = cross_bytes(s, frames, 4) if precision == "int4" else 0
     vision = vision_activation_bytes(s, min(frames, ENCODE_CHUNK_FRAMES), 4)
     # The two phases do not overlap: encoding holds the encoded chunks and their
     # joined copy; prefill holds the joined cross K/V, the KV rows and the LLM's
@@ -248,6 +250,7 @@ def predict_cpu(model: Model, frames: int, context: int, precision: str) -> Pred
     encode = 2 * cross + frames * 3 * s.image_size**2 * 4
     prefill = (
         cross
+        + bound
         + kv_bytes(s, visual + OPT_PREFIX_TEXT + DECODE_TOKENS, item)
         + _prefill_piece_bytes(s, OPT_PREFIX_TEXT, visual, frames * s.patches)
     )

@@ -203,9 +203,9 @@ class RuntimeAssistant(TurnTaking[KVCache]):
 
     def _upload_text_cross(self, state: VideoState) -> None:
         """T2V of the whole memory on the device; V2V empty (text chunks have no visual part)."""
-        self.text_cross = self.pipeline.upload_memory(state.t2v())
         empty = self.pipeline.shapes.no_memory()
-        self.text_cross.update({name.replace("t2v", "v2v"): empty for name in state.t2v()})
+        self.text_cross = {name.replace("t2v", "v2v"): empty for name in state.t2v()}
+        self.text_cross.update(self.pipeline.upload_memory(state.t2v()))
 
     @staticmethod
     def _require_v2v(state: VideoState) -> None:

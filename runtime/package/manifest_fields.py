@@ -8,13 +8,12 @@ bool, a huge number, an absolute path or a name with ``..`` never gets past.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from ..model.contract import DimSpec, TensorSpec
-from ..model.limits import MAX_CONTEXT, MAX_FRAMES, is_count
+from ..model.limits import MAX_CONTEXT, MAX_FRAMES, is_count, positive_float_problems
 from .containment import name_problem
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -103,19 +102,12 @@ def bind_scales(data: Any, inputs: tuple[TensorSpec, ...]) -> dict[str, tuple[fl
         if name not in floats:
             raise ValueError(f"dequantize_on_bind names {name!r}, not a float input")
         values = as_list(values, f"dequantize_on_bind scales of {name}")
-        if not 0 < len(values) <= MAX_SCALES or not all(_positive(v) for v in values):
-            raise ValueError(f"dequantize_on_bind scales of {name} are not positive numbers")
+        numbered = {f"dequantize_on_bind {name}[{i}]": v for i, v in enumerate(values)}
+        problems = positive_float_problems(numbered)
+        if problems or not 0 < len(values) <= MAX_SCALES:
+            raise ValueError(problems[0] if problems else f"dequantize_on_bind {name}: no scales")
         scales[name] = tuple(float(v) for v in values)
     return scales
-
-
-def _positive(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 def dim_spec(name: str, data: Any) -> DimSpec:
