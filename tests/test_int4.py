@@ -266,7 +266,9 @@ def test_hqq_writes_blocks_with_zero_points_and_a_round_to_nearest_twin(
     assert hqq < 1.05 * rtn
 
 
-def test_memory_is_dequantized_once_per_video_as_onnx_does(int4_package: Path, tmp_path: Path):
+def test_bound_memory_is_what_onnx_dequantizelinear_makes_of_the_state(
+    int4_package: Path, tmp_path: Path
+):
     """The video state keeps the pooling graph's int8 memory; the runtime hands the LLM
     the memory ONNX's own ``DequantizeLinear`` (axis: KV heads) makes of it, bit for bit."""
     from onnx import TensorProto, helper

@@ -85,7 +85,7 @@ class Pipeline:
         )
         bind = self.artifacts.by_role[LLM].dequantize_on_bind.items()
         # [kvh, 1]: broadcasts over memory [1, T, kvh, hd]
-        self.bind_scales = {n: np.asarray(v, self.shapes.dtype)[:, None] for n, v in bind}
+        self._bind_scales = {n: np.asarray(v, self.shapes.dtype)[:, None] for n, v in bind}
 
     # -- vision -----------------------------------------------------------
     def encode(self, chunks: Iterable[np.ndarray]) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
@@ -119,20 +119,23 @@ class Pipeline:
     def upload(self, array: np.ndarray) -> DeviceArray:
         return self.backend.upload(array)
 
-    def memory_feeds(self, cross: CrossFeeds) -> dict:
+    def memory_feeds(self, cross: CrossFeeds) -> CrossFeeds:
         """Cross K/V as the LLM graph takes it: the int8 host memory of the artifact's
-        ``dequantize_on_bind`` inputs dequantized (x · scale per KV head), the rest as is.
+        ``dequantize_on_bind`` inputs dequantized (x · scale per KV head), the rest as is
+        (``cross`` itself when the artifact dequantizes nothing).
 
         Call it once per video (``upload_memory``) so no step dequantizes again.
         """
+        if not self._bind_scales:  # every artifact but onnx/int4: prefill stays as it was
+            return cross
         return {name: self._dequantized(name, value) for name, value in cross.items()}
 
     def upload_memory(self, cross: Mapping[str, np.ndarray]) -> dict[str, DeviceArray]:
         """``memory_feeds`` of host memory, on the device."""
-        return {name: self.upload(value) for name, value in self.memory_feeds(cross).items()}
+        return {name: self.upload(self._dequantized(name, value)) for name, value in cross.items()}
 
     def _dequantized(self, name: str, value):
-        scales = self.bind_scales.get(name)
+        scales = self._bind_scales.get(name)
         if scales is None or not isinstance(value, np.ndarray) or value.dtype != np.int8:
             return value
         return value.astype(self.shapes.dtype) * scales  # [1, T, kvh, hd]
