@@ -323,3 +323,25 @@ def test_dequantize_on_bind_is_checked_against_the_contract(int4_package: Path) 
     config = CrossLMMConfig.from_dict(manifest.model_config)
     with pytest.raises(UserError, match=r"dequantize_on_bind t2v_key\.0"):
         check_manifest_contract(config, broken, "pkg")
+
+
+class _GpuBackendDouble:
+    """A backend on "cuda" that refuses to load anything: reaching ``load`` means the
+    pipeline accepted the artifact set for a GPU provider."""
+
+    name, provider, device = "double", "cuda", "cuda"
+
+    def load(self, path, name, *args, **kwargs):
+        raise LookupError(f"load {name}")
+
+
+def test_a_float32_group_query_attention_llm_is_refused_on_a_gpu_provider(int4_package: Path):
+    """ONNX Runtime's CUDA GroupQueryAttention takes fp16/bf16 only: the float32 op would
+    run on the CPU behind the user's back, so the pipeline says so before loading."""
+    from crosslmm_edge.runtime.errors import UserError
+    from crosslmm_edge.runtime.inference.pipeline import Pipeline
+
+    with pytest.raises(UserError, match="--attention standard for --provider cuda"):
+        Pipeline(int4_package, precision="int4", engine=_GpuBackendDouble())
+    with pytest.raises(LookupError):  # a sequence-major set goes on to load its graphs
+        Pipeline(int4_package, precision="fp32", engine=_GpuBackendDouble())

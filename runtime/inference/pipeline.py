@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from ..backends.base import Backend, DeviceArray, GraphSession, open_backend
+from ..errors import UserError
 from ..model.contract import (
     LLM,
     POOLING,
     ROLES,
     SEQLENS_INPUT,
     VISION_ENCODER,
+    TensorSpec,
     is_v2v,
     past_names,
 )
@@ -69,6 +71,10 @@ class Pipeline:
         self.artifacts: ArtifactSet = choose_artifacts(
             manifest, backend, precision, self.backend.device
         )
+        llm_inputs = {t.name: t for t in self.artifacts.by_role[LLM].inputs}
+        self.shared_kv = SEQLENS_INPUT in llm_inputs  # GroupQueryAttention: head-major cache
+        if self.shared_kv and self.backend.device != "cpu":
+            _refuse_cpu_attention(self.artifacts.by_role[LLM].label, llm_inputs, self.backend)
         self.sessions: dict[str, GraphSession] = {}
         for role in ROLES:
             artifact = self.artifacts.by_role[role]
@@ -77,8 +83,6 @@ class Pipeline:
             checked = [ref.sha256 for ref in artifact.files()] if verify_hashes else []
             self.sessions[role] = self.backend.load(path, role, artifact.inputs, dims, checked)
             check_session(role, artifact, self.sessions[role])  # the right graph for the role
-        llm_inputs = {t.name for t in self.artifacts.by_role[LLM].inputs}
-        self.shared_kv = SEQLENS_INPUT in llm_inputs  # GroupQueryAttention: head-major cache
         past = self.sessions[LLM].inputs[past_names(0)[0]]
         self.shapes = ChunkShapes(
             self.dims.hidden_size, self.dims.num_kv_heads, self.dims.head_dim, np.dtype(past.dtype)
@@ -222,6 +226,23 @@ class Pipeline:
             stop_ids,
             with_logprobs,
         )
+
+
+def _refuse_cpu_attention(label: str, inputs: Mapping[str, TensorSpec], backend: Backend) -> None:
+    """A ``UserError`` for a float32 ``GroupQueryAttention`` LLM on a GPU provider.
+
+    ONNX Runtime registers that op's CUDA kernel for fp16 and bf16 only, so a float32
+    one would run on the CPU, its cache copied off and back onto the GPU every step.
+    """
+    past = inputs[past_names(0)[0]]
+    if past.dtype != "float32":
+        return
+    provider = getattr(backend, "provider", backend.device)
+    raise UserError(
+        f"{label}: its decoder attention is ONNX Runtime's GroupQueryAttention over a float32 "
+        f"cache, which ONNX Runtime runs on the CPU only (its CUDA kernel takes fp16); run it "
+        f"with --provider cpu, or quantize with --attention standard for --provider {provider}"
+    )
 
 
 def _memory_rows(cross: CrossFeeds) -> int:
