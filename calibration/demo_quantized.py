@@ -12,7 +12,7 @@ from pathlib import Path
 CALIBRATION_VIDEOS = 4
 
 
-def int8_step(
+def quantized_step(
     package: Path, video: Path, qas: list, fp32_answers: list[str], say: Callable[[str], None]
 ) -> None:
     """Add INT8 and INT4 graphs to ``package`` unless present, answer ``qas`` with them

@@ -88,9 +88,9 @@ def _demo(folder: Path, seed: int, provider: str | None) -> int:
             f"{reuse})"
         )
     _say(f"{correct}/{len(qas)} correct")
-    from .calibration.demo_quantized import int8_step
+    from .calibration.demo_quantized import quantized_step
 
-    int8_step(package, video, qas, answers, _say)
+    quantized_step(package, video, qas, answers, _say)
     return 0
 
 
