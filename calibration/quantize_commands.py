@@ -111,8 +111,9 @@ def _int4_arguments(quantize: argparse.ArgumentParser) -> None:
         choices=ALGORITHMS,
         default=default.algorithm,
         help=(
-            "int4: rtn (round to nearest), awq (activation-aware) or hqq (ONNX Runtime's "
-            f"half-quadratic solver; onnx/int4 only) (default {default.algorithm})"
+            "int4: rtn (round to nearest), awq (activation-aware), hqq (ONNX Runtime's "
+            "half-quadratic solver; onnx/int4 only) or gptq (error-correcting, from the "
+            f"calibration's Gram matrices; onnx/int4 only) (default {default.algorithm})"
         ),
     )
     quantize.add_argument(
@@ -231,6 +232,12 @@ def _print_int4(build: dict) -> None:
     )
     for storage, modules in build["modules_by_storage"].items():
         print(f"    {storage}: {len(modules)} modules")
+    for name in ("awq", "gptq"):
+        if f"{name}_loss_vs_rtn" in build:
+            print(
+                f"    {name.upper()} output error on calibration rows: "
+                f"{build[f'{name}_loss_vs_rtn']:.3f} of round-to-nearest's"
+            )
     fused = build.get("ort_fusions", {}).get("group_query_attention", 0)
     attention = f"GroupQueryAttention in {fused} layers" if fused else "the exported ops"
     print(f"  llm attention (onnx/int4): {attention}")

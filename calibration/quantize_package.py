@@ -24,7 +24,7 @@ from ..runtime.package.staging import clean_stale, temp_name
 from .collect.calibrate import Calibration, calibrate, calibration_frames, disk_error
 from .collect.progress import progress_bar
 from .int4.options import Int4Options
-from .int4.quantize_int4 import int4_artifacts
+from .int4.quantize_int4 import gptq_calibration, int4_artifacts
 from .int8.quantize import QuantizeOptions, int8_artifacts, selected_nodes
 from .int8.quantize_fp16 import trt_int8_artifacts
 
@@ -121,7 +121,9 @@ def quantize_package(
     # Named with our pid, so the next run removes one a kill -9 left behind.
     clean_stale(Path(tempfile.gettempdir()), "crosslmm-quantize")
     with tempfile.TemporaryDirectory(prefix=temp_name("crosslmm-quantize") + "-") as temp:
-        calibration = calibrate(package, Path(temp), (calib, count, seed), options, log, frames)
+        gram, also = gptq_calibration(package, int4)
+        source = (calib, count, seed)
+        calibration = calibrate(package, Path(temp), source, options, log, frames, gram, also)
         kept: dict[str, str] = {}
         if max_drift is not None and int4 is not None:
             from .int4.search_int4 import search_int4

@@ -345,3 +345,54 @@ def test_a_float32_group_query_attention_llm_is_refused_on_a_gpu_provider(int4_p
         Pipeline(int4_package, precision="int4", engine=_GpuBackendDouble())
     with pytest.raises(LookupError):  # a sequence-major set goes on to load its graphs
         Pipeline(int4_package, precision="fp32", engine=_GpuBackendDouble())
+
+
+def test_gptq_blocks_come_from_the_calibration_gram_matrices(
+    embedded_fp16_package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--algorithm gptq`: every 4-bit weight (the LM head too) by GPTQ from the Gram
+    matrices calibration kept; it answers like fp32; TensorRT's twin stores the same
+    blocks and lints clean."""
+    from crosslmm_edge.export.tensorrt.lint_trt import lint_file
+
+    folder = tmp_path / "pkg"
+    shutil.copytree(embedded_fp16_package, folder)
+    videos = [tmp_path / f"v{i}.mp4" for i in range(2)]
+    for i, path in enumerate(videos):
+        write_scene_video(path, 5, i, 8)
+    args = ["quantize", str(folder), "--in-place", "--precision", "int4", "--algorithm", "gptq"]
+    assert main([*args, "--calib", *map(str, videos)]) == 0
+    said = capsys.readouterr()
+    assert "GPTQ output error on calibration rows" in said.out
+    assert "MiB of activation statistics" in said.out + said.err  # the plan, Gram included
+    manifest = load_manifest(folder)
+    llm = manifest.graphs["llm"].find("onnx", "int4")
+    build = llm.build
+    assert build["algorithm"] == "gptq" and build["symmetric"]
+    assert build["gptq_weights"] == len(build["modules_by_storage"]["int4"])  # the head too
+    assert 0 < build["gptq_loss_vs_rtn"] < 1
+    twin = manifest.graphs["llm"].find("onnx-trt", "int4")
+    assert twin.build["algorithm"] == "gptq" and lint_file(folder / twin.file) == []
+    ours, theirs = (_int4_blocks(folder / a.file) for a in (llm, twin))
+    assert ours and ours == theirs  # TensorRT's graph stores the very same blocks
+    report = tmp_path / "d.json"
+    assert (
+        main(
+            ["drift", f"{folder}@fp32", f"{folder}@int4", "--synthetic", "2", "--json", str(report)]
+        )
+        == 0
+    )
+    e2e = json.loads(report.read_text())["end_to_end"]
+    assert e2e["top1_agreement"] >= 0.95 and e2e["greedy_exact_match"] >= 0.95
+
+
+def _int4_blocks(path: Path) -> list[bytes]:
+    """The packed values of every int4 weight a blocked ``DequantizeLinear`` reads, sorted."""
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    return sorted(
+        inits[n.input[0]].raw_data
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and getattr(inits.get(n.input[0]), "data_type", None) == onnx.TensorProto.INT4
+    )

@@ -8,7 +8,9 @@ FP32 runtime answers the calibration questions:
 - INT8 ranges: the running min and max of each activation a selected MatMul
   reads (what ``MinMaxCalibrater`` computes, streamed);
 - AWQ: the mean |x| of each input channel, and a bounded reservoir of rows
-  (seeded, uniform over every row seen) to score candidate scales on.
+  (seeded, uniform over every row seen) to score candidate scales on;
+- GPTQ (only for the roles asked): the Gram matrix ``Σ xᵀx`` [C, C] of every
+  row seen, in float32: 4·C² bytes per activation.
 
 ``StatsSession`` runs a copy of the graph whose outputs also name those
 activations, hands them to ``ActivationStats``, and returns only the graph's
@@ -41,9 +43,11 @@ class TensorStats:
     abs_sum: np.ndarray | None = None  # float64 [C]
     rows: int = 0
     reservoir: np.ndarray | None = None  # float32 [<= RESERVOIR_ROWS, C]
+    gram: np.ndarray | None = None  # float32 [C, C], Σ xᵀx (GPTQ's H up to a factor)
 
-    def add(self, value: np.ndarray, rng: np.random.Generator) -> None:
-        """Fold one run's activation in (an empty one changes nothing)."""
+    def add(self, value: np.ndarray, rng: np.random.Generator, gram: bool = False) -> None:
+        """Fold one run's activation in (an empty one changes nothing); ``gram``: also
+        into the Gram matrix."""
         if value.size == 0:
             return
         self.low = min(self.low, float(value.min()))
@@ -51,6 +55,9 @@ class TensorStats:
         rows = value.reshape(-1, value.shape[-1]).astype(np.float32, copy=False)
         absolute = np.abs(rows).sum(axis=0, dtype=np.float64)
         self.abs_sum = absolute if self.abs_sum is None else self.abs_sum + absolute
+        if gram:
+            product = rows.T @ rows  # [C, C]
+            self.gram = product if self.gram is None else self.gram + product
         self._sample(rows, rng)
         self.rows += len(rows)
 
@@ -89,6 +96,7 @@ class ActivationStats:
     seed: int = 0
     by_role: dict[str, dict[str, TensorStats]] = field(default_factory=dict)
     runs: dict[str, int] = field(default_factory=dict)
+    gram_roles: tuple[str, ...] = ()  # roles whose activations also keep a Gram matrix
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -96,20 +104,21 @@ class ActivationStats:
     def add(self, role: str, values: Mapping[str, np.ndarray]) -> None:
         """One run of ``role``'s graph: its tracked activations."""
         table = self.by_role.setdefault(role, {})
+        gram = role in self.gram_roles
         for name, value in values.items():
-            table.setdefault(name, TensorStats()).add(np.asarray(value), self.rng)
+            table.setdefault(name, TensorStats()).add(np.asarray(value), self.rng, gram)
         self.runs[role] = self.runs.get(role, 0) + 1
 
     def get(self, role: str, name: str) -> TensorStats | None:
         return self.by_role.get(role, {}).get(name)
 
     def nbytes(self) -> int:
-        """Bytes held (the reservoirs dominate)."""
+        """Bytes held (the reservoirs dominate, or the Gram matrices where kept)."""
         total = 0
         for table in self.by_role.values():
             for stats in table.values():
-                total += 0 if stats.reservoir is None else stats.reservoir.nbytes
-                total += 0 if stats.abs_sum is None else stats.abs_sum.nbytes
+                for array in (stats.reservoir, stats.abs_sum, stats.gram):
+                    total += 0 if array is None else array.nbytes
         return total
 
 

@@ -73,25 +73,36 @@ def tracked_inputs(package_dir: Path, options: QuantizeOptions) -> dict[str, lis
     return tracked
 
 
-def _activation_widths(package_dir: Path, tracked: dict[str, list[str]]) -> int:
-    """Sum of the tracked activations' channel counts (their weights' rows)."""
+def _activation_widths(package_dir: Path, tracked: dict[str, list[str]]) -> dict[str, list[int]]:
+    """Per role, the tracked activations' channel counts (their weights' rows)."""
     manifest = load_manifest(package_dir)
     fp32 = choose_artifacts(manifest, "onnx", "fp32")
-    width = 0
+    widths: dict[str, list[int]] = {}
     for role, names in tracked.items():
         model = onnx.load(str(package_dir / fp32.by_role[role].file), load_external_data=False)
         rows = {i.name: i.dims[0] for i in model.graph.initializer if len(i.dims) == 2}
+        columns = {i.name: i.dims[1] for i in model.graph.initializer if len(i.dims) == 2}
+        for node in model.graph.node:  # a tied LM head reads the embedding transposed
+            if node.op_type == "Transpose" and node.input[0] in columns:
+                rows[node.output[0]] = columns[node.input[0]]
         wanted = set(names)
         seen: set[str] = set()
         for node in model.graph.node:
             if node.op_type == "MatMul" and node.input[0] in wanted and node.input[0] not in seen:
-                width += rows.get(node.input[1], 0)
+                widths.setdefault(role, []).append(rows.get(node.input[1], 0))
                 seen.add(node.input[0])
-    return width
+    return widths
+
+
+def held_bytes(widths: dict[str, list[int]], gram_roles: tuple[str, ...] = ()) -> int:
+    """What the statistics of activations this wide hold: reservoir and sums per channel,
+    and a float32 Gram matrix per activation of ``gram_roles``."""
+    held = sum(map(sum, widths.values())) * (RESERVOIR_ROWS * 4 + 8)
+    return held + sum(4 * w * w for role in gram_roles for w in widths.get(role, []))
 
 
 def describe_plan(
-    package_dir: Path, videos: int, frames: int, width: int, temp: Path, synthetic: bool
+    package_dir: Path, videos: int, frames: int, held: int, temp: Path, synthetic: bool
 ) -> str:
     """One line: what calibration will read, write and hold, before it starts."""
     manifest = load_manifest(package_dir)
@@ -99,7 +110,6 @@ def describe_plan(
     graph_bytes = sum(
         (package_dir / ref.file).stat().st_size for a in fp32.by_role.values() for ref in a.files()
     )
-    held = width * (RESERVOIR_ROWS * 4 + 8)
     return (
         f"calibration: {videos} videos x {frames} frames; reads the FP32 graphs "
         f"({graph_bytes / 2**20:.0f} MiB, once) and the videos; writes under {temp} only "
@@ -115,22 +125,28 @@ def calibrate(
     options: QuantizeOptions,
     log: Log,
     frames: int | None = None,
+    gram_roles: tuple[str, ...] = (),
+    also_track: dict[str, list[str]] | None = None,
 ) -> Calibration:
     """Choose the videos (``source``: paths or None for synthetic, count, seed) and
-    gather the statistics; ``frames``: per video (default: ``calibration_frames``)."""
+    gather the statistics; ``frames``: per video (default: ``calibration_frames``);
+    ``gram_roles``: roles whose activations also keep a Gram matrix (GPTQ);
+    ``also_track``: activations per role beyond the recipe's (a 4-bit LM head's input)."""
     calib, count, seed = source
     manifest = load_manifest(package_dir)
     frames = calibration_frames(manifest, package_dir, frames)
     tracked = tracked_inputs(package_dir, options)
+    for role, names in (also_track or {}).items():
+        tracked[role] = list(dict.fromkeys([*tracked.get(role, []), *names]))
     try:
         if calib is not None:
             videos = select_videos(expand_paths(calib), count, seed)
         else:
             (workdir / "videos").mkdir()
             videos = synthetic_videos(workdir / "videos", count, frames)
-        width = _activation_widths(package_dir, tracked)
-        log(describe_plan(package_dir, len(videos), frames, width, workdir, calib is None))
-        stats, cross = ActivationStats(seed), CrossRange()
+        held = held_bytes(_activation_widths(package_dir, tracked), gram_roles)
+        log(describe_plan(package_dir, len(videos), frames, held, workdir, calib is None))
+        stats, cross = ActivationStats(seed, gram_roles=gram_roles), CrossRange()
         with progress_bar(len(videos), "calibration (FP32 runs)", "video") as bar:
             run = CalibrationRun(frames, workdir, bar, log)
             used = record_calibration(package_dir, videos, tracked, stats, cross, run)

@@ -82,23 +82,34 @@ def blocked_rows(weight: np.ndarray, block_size: int) -> np.ndarray:
     return padded.reshape(blocks, block_size, cols)
 
 
+def block_params(blocks: np.ndarray, scheme: BlockScheme) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scales [nb, N] and, asymmetric, zero points [nb, N] of ``blocks [nb, B, N]``."""
+    low, high = scheme.levels
+    if scheme.symmetric:
+        scales = np.abs(blocks).max(axis=1) / high
+        return np.where(scales > 0, scales, 1.0).astype(np.float32), None
+    lo = np.minimum(blocks.min(axis=1), 0.0)
+    hi = np.maximum(blocks.max(axis=1), 0.0)
+    scales = ((hi - lo) / (high - low)).astype(np.float32)
+    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    return scales, np.clip(np.rint(-lo / scales), low, high).astype(np.int16)
+
+
+def round_to_grid(
+    values: np.ndarray, scales: np.ndarray, zero: np.ndarray | None, scheme: BlockScheme
+) -> np.ndarray:
+    """The stored integers of ``values`` on the grid ``scales`` (and ``zero``) broadcast to."""
+    low, high = scheme.levels
+    rounded = np.rint(values / scales)
+    return np.clip(rounded if zero is None else rounded + zero, low, high)
+
+
 def quantize_weight(weight: np.ndarray, scheme: BlockScheme) -> BlockWeight:
     """Round-to-nearest block quantization of ``weight [K, N]``."""
     rows = weight.shape[0]
     blocks = blocked_rows(np.asarray(weight, np.float32), scheme.block_size)
-    low, high = scheme.levels
-    if scheme.symmetric:
-        scales = np.abs(blocks).max(axis=1) / high
-        scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
-        values = np.clip(np.rint(blocks / scales[:, None]), low, high)
-        zero = None
-    else:
-        lo = np.minimum(blocks.min(axis=1), 0.0)
-        hi = np.maximum(blocks.max(axis=1), 0.0)
-        scales = ((hi - lo) / (high - low)).astype(np.float32)
-        scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
-        zero = np.clip(np.rint(-lo / scales), low, high).astype(np.int16)
-        values = np.clip(np.rint(blocks / scales[:, None]) + zero[:, None], low, high)
+    scales, zero = block_params(blocks, scheme)
+    values = round_to_grid(blocks, scales[:, None], None if zero is None else zero[:, None], scheme)
     flat = values.reshape(-1, weight.shape[1])[:rows].astype(np.int16)
     return BlockWeight(flat, scales, zero)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .block_quant import BlockScheme, BlockWeight, blocked_rows
+from .block_quant import BlockScheme, BlockWeight, blocked_rows, round_to_grid
 
 
 def hqq_weight(weight: np.ndarray, scheme: BlockScheme) -> BlockWeight:
@@ -38,6 +38,6 @@ def hqq_weight(weight: np.ndarray, scheme: BlockScheme) -> BlockWeight:
     low, high = scheme.levels
     zeros = np.clip(np.rint(zero.numpy().T), low, high).astype(np.int16)  # [blocks, N]
     blocks = blocked_rows(np.asarray(weight, np.float32), scheme.block_size)  # [blocks, B, N]
-    values = np.clip(np.rint(blocks / scales[:, None]) + zeros[:, None], low, high)
+    values = round_to_grid(blocks, scales[:, None], zeros[:, None], scheme)
     flat = values.reshape(-1, weight.shape[1])[: weight.shape[0]].astype(np.int16)
     return BlockWeight(flat, scales, zeros)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 BLOCK_SIZES = (32, 64, 128)  # weights per scale along K
 HEAD_CHOICES = ("float", "int8", "int4")
-ALGORITHMS = ("rtn", "awq", "hqq")
+ALGORITHMS = ("rtn", "awq", "hqq", "gptq")
 # Decoder self-attention of onnx/int4: ONNX Runtime's fused GroupQueryAttention with an
 # in-place head-major cache, or the exported standard ops (export/graphs/ort_attention.py).
 ATTENTION_CHOICES = ("gqa", "standard")

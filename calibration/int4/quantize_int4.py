@@ -15,7 +15,7 @@ set is complete.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,6 +86,20 @@ def head_matmul(model: onnx.ModelProto) -> onnx.NodeProto | None:
     return None
 
 
+def gptq_calibration(
+    package_dir: Path, int4: Int4Options | None
+) -> tuple[tuple[str, ...], dict[str, list[str]]]:
+    """What calibration keeps for ``--algorithm gptq``: the roles whose activations keep a
+    Gram matrix, and activations to track beyond the recipe's (a 4-bit LM head's input)."""
+    if int4 is None or int4.algorithm != "gptq":
+        return (), {}
+    if int4.head != "int4":
+        return (LLM,), {}
+    fp32 = choose_artifacts(load_manifest(package_dir), "onnx", "fp32").by_role[LLM]
+    head = head_matmul(onnx.load(str(package_dir / fp32.file), load_external_data=False))
+    return (LLM,), ({LLM: [head.input[0]]} if head is not None else {})
+
+
 def untie_head(model: onnx.ModelProto, head: onnx.NodeProto) -> None:
     """Give a tied head its own transposed weight (in place), so it can be quantized
     apart from the embedding; the Transpose goes when nothing else reads it."""
@@ -101,18 +115,26 @@ def untie_head(model: onnx.ModelProto, head: onnx.NodeProto) -> None:
         model.graph.node.remove(transpose)
 
 
+Quantize = Callable[[onnx.NodeProto, np.ndarray, BlockScheme], BlockWeight]
+
+
+def rounded(node: onnx.NodeProto, weight: np.ndarray, scheme: BlockScheme) -> BlockWeight:
+    """``Quantize`` by round to nearest (``quantize_weight``)."""
+    return quantize_weight(weight, scheme)
+
+
 def block_quantize_model(
     model: onnx.ModelProto,
     plan: dict[str, BlockScheme],
     scale_dtype: np.dtype,
     weights: Callable[[onnx.NodeProto, np.ndarray], np.ndarray] | None = None,
-    quantize: Callable[[np.ndarray, BlockScheme], BlockWeight] = quantize_weight,
+    quantize: Quantize = rounded,
 ) -> None:
     """Replace the weight of every MatMul in ``plan`` by blocked DQ (in place, opset 21).
 
     ``weights(node, W)`` may transform a weight before it is quantized (AWQ's
-    scaling, whose inverse the caller has folded upstream); ``quantize`` turns
-    it into blocks (round to nearest unless told otherwise).
+    scaling, whose inverse the caller has folded upstream); ``quantize(node, W,
+    scheme)`` turns it into blocks (round to nearest unless told otherwise).
     """
     inits = {t.name: t for t in model.graph.initializer}
     nodes, new_inits = [], []
@@ -124,7 +146,7 @@ def block_quantize_model(
                 raise UserError(f"MatMul {node.name}: weight of rank {weight.ndim}, expected 2")
             if weights is not None:
                 weight = weights(node, weight)
-            block = quantize(weight, scheme)
+            block = quantize(node, weight, scheme)
             tensors, dq, output = dequantize_node(node.name, block, scheme, scale_dtype)
             new_inits += tensors
             nodes.append(dq)
@@ -161,40 +183,56 @@ def save_graph(model: onnx.ModelProto, target: Path, external: bool) -> list[Pat
     return [target, *([data] if external else [])]
 
 
+@dataclass
+class LlmWeights:
+    """How the INT4 LLM's weights were made, by fp32 MatMul name, for the TensorRT twin:
+    AWQ's factors, and GPTQ's symmetric 4-bit blocks (the twin stores the same blocks)."""
+
+    factors: dict[str, np.ndarray] = field(default_factory=dict)
+    blocks: dict[str, BlockWeight] = field(default_factory=dict)
+
+
 def _quantize_weights(
     model: onnx.ModelProto,
     schemes: dict[str, BlockScheme],
     int4: Int4Options,
     calibration: Calibration,
-) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+) -> tuple[LlmWeights, dict[str, object]]:
     """Store every planned weight in blocks, in place: AWQ-scaled or plain, rounded to
-    nearest or (``hqq``, 4-bit blocks) by HQQ's solver. The AWQ factors and record."""
+    nearest or, 4-bit blocks, by HQQ's solver or GPTQ. How they were made; the record."""
     factors: dict[str, np.ndarray] = {}
     transform, record = None, dict[str, object]()
+    stats = calibration.stats.by_role.get(LLM, {})
     if int4.algorithm == "awq":
         from .awq import awq_weights
 
-        stats = calibration.stats.by_role.get(LLM, {})
         factors, transform, record = awq_weights(model, schemes, stats)
-    quantize = quantize_weight
+    quantize: Quantize = rounded
     if int4.algorithm == "hqq":
         from .hqq import hqq_weight
 
-        def quantize(weight: np.ndarray, scheme: BlockScheme) -> BlockWeight:
+        def quantize(node: onnx.NodeProto, weight: np.ndarray, scheme: BlockScheme):
             return (
                 hqq_weight(weight, scheme) if scheme.bits == 4 else quantize_weight(weight, scheme)
             )
 
+    gptq = None
+    if int4.algorithm == "gptq":
+        from .gptq import GptqQuantizer
+
+        quantize = gptq = GptqQuantizer(stats)
     block_quantize_model(model, schemes, np.dtype(np.float32), transform, quantize)
-    return factors, record
+    if gptq is None:
+        return LlmWeights(factors), record
+    return LlmWeights(factors, gptq.symmetric_blocks()), gptq.record()
 
 
 @dataclass
 class Int4Set:
-    """The ``onnx/int4`` artifacts and the AWQ factors per LLM MatMul (for ``onnx-trt``)."""
+    """The ``onnx/int4`` artifacts and how its LLM's weights were made (for ``onnx-trt``)."""
 
     artifacts: dict[str, Artifact]
-    factors: dict[str, np.ndarray]
+    weights: LlmWeights
 
 
 def int4_llm(
@@ -204,8 +242,8 @@ def int4_llm(
     calibration: Calibration,
     options: QuantizeOptions,
     int4: Int4Options,
-) -> tuple[list[Path], dict, dict[str, np.ndarray]]:
-    """Write the INT4 LLM graph to ``target``; its files, build record and AWQ factors."""
+) -> tuple[list[Path], dict, LlmWeights]:
+    """Write the INT4 LLM graph to ``target``; its files, build record, how it was made."""
     source = choose_artifacts(manifest, "onnx", "fp32").by_role[LLM]
     plan = llm_plan(package_dir, manifest, options, int4)
     model = onnx.load(str(package_dir / source.file))
@@ -213,8 +251,8 @@ def int4_llm(
     head = head_matmul(model)
     if head is not None and head.name in schemes:
         untie_head(model, head)
-    factors, awq_record = _quantize_weights(model, schemes, int4, calibration)
-    hqq = "HQQ " if int4.algorithm == "hqq" else ""
+    weights, algorithm_record = _quantize_weights(model, schemes, int4, calibration)
+    named = {"hqq": "HQQ ", "gptq": "GPTQ "}.get(int4.algorithm, "")
     if int4.embedding != "float":
         from .embedding_quant import quantize_embedding
 
@@ -235,7 +273,7 @@ def int4_llm(
         storage.setdefault(f"int{scheme.bits}", []).append(node.module)
     record = {
         **build_record(options, calibration, LLM, source),
-        "scheme": f"weight-only {hqq}{int4.scheme(4).describe()}; activations float",
+        "scheme": f"weight-only {named}{int4.scheme(4).describe()}; activations float",
         "algorithm": int4.algorithm,
         "block_size": int4.block_size,
         "symmetric": int4.scheme(4).symmetric,
@@ -247,12 +285,12 @@ def int4_llm(
         "quantized_modules": sorted({node.module for node, _ in plan.values()}),
         "wider_groups": dict(int4.wider),
         "int4_search": int4.search,
-        **awq_record,
+        **algorithm_record,
         **cross_kv_record(scales),
         "ort_fusions": fusions,
         "attention": int4.attention,
     }
-    return files, record, factors
+    return files, record, weights
 
 
 def int4_artifacts(
@@ -275,7 +313,7 @@ def int4_artifacts(
     manifest = load_manifest(package_dir)
     source = choose_artifacts(manifest, "onnx", "fp32").by_role[LLM]
     target = staging / f"{LLM}.int4.onnx"
-    files, record, factors = int4_llm(package_dir, manifest, target, calibration, options, int4)
+    files, record, weights = int4_llm(package_dir, manifest, target, calibration, options, int4)
     inputs, outputs = source.inputs, source.outputs
     if record["attention"] == "gqa":  # the graph now owns a shared head-major cache
         inputs, outputs = shared_kv_specs(manifest)
@@ -291,4 +329,4 @@ def int4_artifacts(
         dequantize_on_bind={k: tuple(v) for k, v in record["cross_kv_scales"].items()},
     )
     progress()
-    return Int4Set(artifacts, factors)
+    return Int4Set(artifacts, weights)

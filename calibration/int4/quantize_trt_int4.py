@@ -6,7 +6,8 @@ feeding a ``MatMul``; a strongly typed network keeps everything else fp16.
 This module writes that on the package's fp16 LLM for the same MatMuls and
 storage as the ``onnx/int4`` LLM (paired by module path, as
 ``quantize_fp16`` pairs the INT8 ones), with the same AWQ factors when AWQ
-was used, and the INT8 cross K/V input. INT8 groups become per-channel INT8
+was used, the same blocks (fp16 scales) when GPTQ made symmetric ones, and
+the INT8 cross K/V input. INT8 groups become per-channel INT8
 weights (TensorRT blocks INT4 only). The vision and pooling graphs are the
 ``onnx-trt/int8`` form of the set's INT8-recipe graphs.
 """
@@ -28,13 +29,15 @@ from ..int8.quantize_fp16 import (
     trt_int8_graph,
     trt_twin_artifact,
 )
-from .block_quant import OPSET, BlockScheme
+from .block_quant import OPSET, BlockScheme, BlockWeight
 from .options import Int4Options
 from .quantize_int4 import (
     Int4Set,
+    LlmWeights,
     block_quantize_model,
     head_matmul,
     llm_plan,
+    rounded,
     save_graph,
     untie_head,
 )
@@ -52,11 +55,11 @@ def trt_int4_llm(
     package_dir: Path,
     int4_llm: Artifact,
     int4: Int4Options,
-    factors: dict[str, np.ndarray],
+    weights: LlmWeights,
     target: Path,
 ) -> list[Path]:
-    """Write the fp16 LLM with the INT4 LLM's weight storage and AWQ ``factors`` (by
-    fp32 MatMul name) to ``target``; its files."""
+    """Write the fp16 LLM with the INT4 LLM's weight storage, AWQ factors and GPTQ
+    blocks (``weights``, by fp32 MatMul name) to ``target``; its files."""
     from .awq import apply_factors
 
     manifest = load_manifest(package_dir)
@@ -75,9 +78,19 @@ def trt_int4_llm(
     for name, (_, scheme) in llm_plan(package_dir, manifest, _base_options(int4_llm), int4).items():
         mine = pairs[name]
         plan[mine] = _trt_scheme(scheme, int(rows[weight_of[mine]]))
-    paired = {pairs[k]: v for k, v in factors.items()}
+    paired = {pairs[k]: v for k, v in weights.factors.items()}
     transform = apply_factors(model, paired, np.dtype(np.float16)) if paired else None
-    block_quantize_model(model, plan, np.dtype(np.float16), transform)
+    made = {pairs[k]: block for k, block in weights.blocks.items()}
+
+    def quantize(node: onnx.NodeProto, weight: np.ndarray, scheme: BlockScheme) -> BlockWeight:
+        block = made.get(node.name)
+        fits = block is not None and block.values.shape == weight.shape
+        if fits and scheme.bits == 4 and scheme.symmetric:
+            assert block is not None
+            return block  # GPTQ's blocks: the fp16 weight is the same weight, rounded
+        return rounded(node, weight, scheme)
+
+    block_quantize_model(model, plan, np.dtype(np.float16), transform, quantize)
     raw = int4_llm.build.get("cross_kv_scales") or {}
     scales = {name: np.maximum(np.asarray(v, np.float32), FP16_TINY) for name, v in raw.items()}
     if scales:
@@ -112,15 +125,16 @@ def trt_int4_artifacts(
         source, base = fp16.by_role[role], int4_set.artifacts[role]
         target = staging / f"{role}.fp16.int4.onnx"
         if role == LLM:
-            files = trt_int4_llm(package_dir, base, int4, int4_set.factors, target)
+            files = trt_int4_llm(package_dir, base, int4, int4_set.weights, target)
         else:
             files = trt_int8_graph(package_dir, role, base, int4_dir, target)
         build = {"opset": OPSET if role == LLM else base.build.get("opset", 19)}
         if role == LLM:
             # _trt_scheme: symmetric blocks whatever the ONNX Runtime set's (TensorRT takes
-            # no zero points), so an HQQ set's twin is plain round-to-nearest.
+            # no zero points), so an HQQ or asymmetric GPTQ set's twin is round-to-nearest.
             build["symmetric"] = True
-            if base.build.get("algorithm") == "hqq":
+            algorithm = base.build.get("algorithm")
+            if algorithm == "hqq" or (algorithm == "gptq" and not base.build["symmetric"]):
                 build["algorithm"] = "rtn"
             build["scheme"] = (
                 "weight-only int4 blocks, symmetric, fp16 scales (INT8 groups per-channel); "
