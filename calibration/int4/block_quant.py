@@ -157,3 +157,15 @@ def dequantize_node(
     if not per_channel:
         node.attribute.append(helper.make_attribute("block_size", scheme.block_size))
     return tensors, node, output
+
+
+def stored_block(model_inits: dict[str, TensorProto], weight_name: str) -> BlockWeight | None:
+    """The symmetric 4-bit blocks ``dequantize_node`` wrote for ``weight_name``, read back
+    (None when it wrote none, or with zero points)."""
+    values = model_inits.get(f"{weight_name}_q4")
+    scales = model_inits.get(f"{weight_name}_q4_scale")
+    if values is None or scales is None or f"{weight_name}_q4_zero_point" in model_inits:
+        return None
+    integers = numpy_helper.to_array(values).astype(np.int8)  # [K, N], unpacked
+    found = numpy_helper.to_array(scales).astype(np.float32)
+    return BlockWeight(integers, found.reshape(-1, integers.shape[1]), None)  # [blocks, N]

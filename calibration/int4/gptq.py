@@ -99,7 +99,6 @@ class GptqQuantizer:
         self.stats = stats
         self._factor: tuple[str, np.ndarray] | None = None
         self.losses: dict[str, tuple[float, float]] = {}  # MatMul -> (GPTQ, RTN) output loss
-        self.blocks: dict[str, BlockWeight] = {}  # MatMul -> its blocks, values as int8
 
     def __call__(self, node: onnx.NodeProto, weight: np.ndarray, scheme: BlockScheme):
         found = self.stats.get(node.input[0])
@@ -108,18 +107,12 @@ class GptqQuantizer:
         if self._factor is None or self._factor[0] != node.input[0]:
             self._factor = (node.input[0], inverse_cholesky(found.gram))
         block = gptq_weight(weight, self._factor[1], scheme)
-        stored = block.values.astype(np.int8)  # 4-bit values: half the bytes of int16
-        self.blocks[node.name] = BlockWeight(stored, block.scales, block.zero_points)
         if found.reservoir is not None and len(found.reservoir):
             rtn = quantize_weight(weight, scheme)
             rows, size = found.reservoir, scheme.block_size
             losses = output_loss(rows, weight, block, size), output_loss(rows, weight, rtn, size)
             self.losses[node.name] = losses
         return block
-
-    def symmetric_blocks(self) -> dict[str, BlockWeight]:
-        """The symmetric blocks GPTQ made, by MatMul (what TensorRT's twin can store too)."""
-        return {name: b for name, b in self.blocks.items() if b.zero_points is None}
 
     def record(self) -> dict:
         """The build record's GPTQ entries: how many weights, damping, loss against RTN."""

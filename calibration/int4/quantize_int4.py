@@ -15,7 +15,7 @@ set is complete.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -183,23 +183,14 @@ def save_graph(model: onnx.ModelProto, target: Path, external: bool) -> list[Pat
     return [target, *([data] if external else [])]
 
 
-@dataclass
-class LlmWeights:
-    """How the INT4 LLM's weights were made, by fp32 MatMul name, for the TensorRT twin:
-    AWQ's factors, and GPTQ's symmetric 4-bit blocks (the twin stores the same blocks)."""
-
-    factors: dict[str, np.ndarray] = field(default_factory=dict)
-    blocks: dict[str, BlockWeight] = field(default_factory=dict)
-
-
 def _quantize_weights(
     model: onnx.ModelProto,
     schemes: dict[str, BlockScheme],
     int4: Int4Options,
     calibration: Calibration,
-) -> tuple[LlmWeights, dict[str, object]]:
+) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     """Store every planned weight in blocks, in place: AWQ-scaled or plain, rounded to
-    nearest or, 4-bit blocks, by HQQ's solver or GPTQ. How they were made; the record."""
+    nearest or, 4-bit blocks, by HQQ's solver or GPTQ. The AWQ factors and the record."""
     factors: dict[str, np.ndarray] = {}
     transform, record = None, dict[str, object]()
     stats = calibration.stats.by_role.get(LLM, {})
@@ -222,17 +213,15 @@ def _quantize_weights(
 
         quantize = gptq = GptqQuantizer(stats)
     block_quantize_model(model, schemes, np.dtype(np.float32), transform, quantize)
-    if gptq is None:
-        return LlmWeights(factors), record
-    return LlmWeights(factors, gptq.symmetric_blocks()), gptq.record()
+    return factors, record if gptq is None else gptq.record()
 
 
 @dataclass
 class Int4Set:
-    """The ``onnx/int4`` artifacts and how its LLM's weights were made (for ``onnx-trt``)."""
+    """The ``onnx/int4`` artifacts and the AWQ factors per LLM MatMul (for ``onnx-trt``)."""
 
     artifacts: dict[str, Artifact]
-    weights: LlmWeights
+    factors: dict[str, np.ndarray]
 
 
 def int4_llm(
@@ -242,8 +231,8 @@ def int4_llm(
     calibration: Calibration,
     options: QuantizeOptions,
     int4: Int4Options,
-) -> tuple[list[Path], dict, LlmWeights]:
-    """Write the INT4 LLM graph to ``target``; its files, build record, how it was made."""
+) -> tuple[list[Path], dict, dict[str, np.ndarray]]:
+    """Write the INT4 LLM graph to ``target``; its files, build record and AWQ factors."""
     source = choose_artifacts(manifest, "onnx", "fp32").by_role[LLM]
     plan = llm_plan(package_dir, manifest, options, int4)
     model = onnx.load(str(package_dir / source.file))
@@ -251,7 +240,7 @@ def int4_llm(
     head = head_matmul(model)
     if head is not None and head.name in schemes:
         untie_head(model, head)
-    weights, algorithm_record = _quantize_weights(model, schemes, int4, calibration)
+    factors, algorithm_record = _quantize_weights(model, schemes, int4, calibration)
     named = {"hqq": "HQQ ", "gptq": "GPTQ "}.get(int4.algorithm, "")
     if int4.embedding != "float":
         from .embedding_quant import quantize_embedding
@@ -290,7 +279,7 @@ def int4_llm(
         "ort_fusions": fusions,
         "attention": int4.attention,
     }
-    return files, record, weights
+    return files, record, factors
 
 
 def int4_artifacts(
@@ -313,7 +302,7 @@ def int4_artifacts(
     manifest = load_manifest(package_dir)
     source = choose_artifacts(manifest, "onnx", "fp32").by_role[LLM]
     target = staging / f"{LLM}.int4.onnx"
-    files, record, weights = int4_llm(package_dir, manifest, target, calibration, options, int4)
+    files, record, factors = int4_llm(package_dir, manifest, target, calibration, options, int4)
     inputs, outputs = source.inputs, source.outputs
     if record["attention"] == "gqa":  # the graph now owns a shared head-major cache
         inputs, outputs = shared_kv_specs(manifest)
@@ -329,4 +318,4 @@ def int4_artifacts(
         dequantize_on_bind={k: tuple(v) for k, v in record["cross_kv_scales"].items()},
     )
     progress()
-    return Int4Set(artifacts, weights)
+    return Int4Set(artifacts, factors)

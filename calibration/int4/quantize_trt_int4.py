@@ -6,10 +6,11 @@ feeding a ``MatMul``; a strongly typed network keeps everything else fp16.
 This module writes that on the package's fp16 LLM for the same MatMuls and
 storage as the ``onnx/int4`` LLM (paired by module path, as
 ``quantize_fp16`` pairs the INT8 ones), with the same AWQ factors when AWQ
-was used, the same blocks (fp16 scales) when GPTQ made symmetric ones, and
-the INT8 cross K/V input. INT8 groups become per-channel INT8
-weights (TensorRT blocks INT4 only). The vision and pooling graphs are the
-``onnx-trt/int8`` form of the set's INT8-recipe graphs.
+was used, the same blocks (read back from the ``onnx/int4`` graph, fp16
+scales) when GPTQ made symmetric ones, and the INT8 cross K/V input. INT8
+groups become per-channel INT8 weights (TensorRT blocks INT4 only). The
+vision and pooling graphs are the ``onnx-trt/int8`` form of the set's
+INT8-recipe graphs.
 """
 
 from __future__ import annotations
@@ -29,11 +30,10 @@ from ..int8.quantize_fp16 import (
     trt_int8_graph,
     trt_twin_artifact,
 )
-from .block_quant import OPSET, BlockScheme, BlockWeight
+from .block_quant import OPSET, BlockScheme, BlockWeight, stored_block
 from .options import Int4Options
 from .quantize_int4 import (
     Int4Set,
-    LlmWeights,
     block_quantize_model,
     head_matmul,
     llm_plan,
@@ -55,11 +55,13 @@ def trt_int4_llm(
     package_dir: Path,
     int4_llm: Artifact,
     int4: Int4Options,
-    weights: LlmWeights,
+    factors: dict[str, np.ndarray],
     target: Path,
+    int4_dir: Path,
 ) -> list[Path]:
-    """Write the fp16 LLM with the INT4 LLM's weight storage, AWQ factors and GPTQ
-    blocks (``weights``, by fp32 MatMul name) to ``target``; its files."""
+    """Write the fp16 LLM with the INT4 LLM's weight storage and AWQ ``factors`` (by
+    fp32 MatMul name) to ``target``; a GPTQ set's blocks come from its graph in
+    ``int4_dir``. Its files."""
     from .awq import apply_factors
 
     manifest = load_manifest(package_dir)
@@ -78,12 +80,12 @@ def trt_int4_llm(
     for name, (_, scheme) in llm_plan(package_dir, manifest, _base_options(int4_llm), int4).items():
         mine = pairs[name]
         plan[mine] = _trt_scheme(scheme, int(rows[weight_of[mine]]))
-    paired = {pairs[k]: v for k, v in weights.factors.items()}
+    paired = {pairs[k]: v for k, v in factors.items()}
     transform = apply_factors(model, paired, np.dtype(np.float16)) if paired else None
-    made = {pairs[k]: block for k, block in weights.blocks.items()}
+    made = _gptq_blocks(int4_dir / int4_llm.file, pairs) if _shares_blocks(int4_llm) else {}
 
     def quantize(node: onnx.NodeProto, weight: np.ndarray, scheme: BlockScheme) -> BlockWeight:
-        block = made.get(node.name)
+        block = made.pop(node.name, None)  # each is read once: let it go
         fits = block is not None and block.values.shape == weight.shape
         if fits and scheme.bits == 4 and scheme.symmetric:
             assert block is not None
@@ -96,6 +98,19 @@ def trt_int4_llm(
     if scales:
         kv_int8.dequantize_inputs(model, scales, np.dtype(np.float16))
     return save_graph(model, target, bool(fp16.external_data))
+
+
+def _shares_blocks(int4_llm: Artifact) -> bool:
+    """Whether the twin stores the INT4 LLM's own blocks: GPTQ's, when symmetric."""
+    return int4_llm.build.get("algorithm") == "gptq" and bool(int4_llm.build.get("symmetric"))
+
+
+def _gptq_blocks(path: Path, pairs: dict[str, str]) -> dict[str, BlockWeight]:
+    """The symmetric 4-bit blocks of the ``onnx/int4`` graph at ``path``, by the fp16
+    graph's MatMul name (``pairs``: fp32 name -> fp16 name)."""
+    inits = {t.name: t for t in onnx.load(str(path)).graph.initializer}
+    found = {mine: stored_block(inits, theirs) for theirs, mine in pairs.items()}
+    return {name: block for name, block in found.items() if block is not None}
 
 
 def _base_options(artifact: Artifact):
@@ -125,7 +140,7 @@ def trt_int4_artifacts(
         source, base = fp16.by_role[role], int4_set.artifacts[role]
         target = staging / f"{role}.fp16.int4.onnx"
         if role == LLM:
-            files = trt_int4_llm(package_dir, base, int4, int4_set.weights, target)
+            files = trt_int4_llm(package_dir, base, int4, int4_set.factors, target, int4_dir)
         else:
             files = trt_int8_graph(package_dir, role, base, int4_dir, target)
         build = {"opset": OPSET if role == LLM else base.build.get("opset", 19)}
@@ -133,8 +148,7 @@ def trt_int4_artifacts(
             # _trt_scheme: symmetric blocks whatever the ONNX Runtime set's (TensorRT takes
             # no zero points), so an HQQ or asymmetric GPTQ set's twin is round-to-nearest.
             build["symmetric"] = True
-            algorithm = base.build.get("algorithm")
-            if algorithm == "hqq" or (algorithm == "gptq" and not base.build["symmetric"]):
+            if base.build.get("algorithm") in ("hqq", "gptq") and not _shares_blocks(base):
                 build["algorithm"] = "rtn"
             build["scheme"] = (
                 "weight-only int4 blocks, symmetric, fp16 scales (INT8 groups per-channel); "
