@@ -43,7 +43,9 @@ def test_gptq_keeps_the_product_closer_than_rounding_on_unseen_rows(symmetric, b
     low, high = scheme.levels
     assert gptq.values.min() >= low and gptq.values.max() <= high
     assert np.all(gptq.scales > 0) and gptq.scales.shape == rtn.scales.shape
-    ratio = output_loss(unseen, weight, gptq, block) / output_loss(unseen, weight, rtn, block)
+    ratio = output_loss(unseen, weight, gptq.dequantize(block)) / output_loss(
+        unseen, weight, rtn.dequantize(block)
+    )
     assert ratio < 0.75, ratio
 
 
@@ -118,3 +120,12 @@ def test_the_quantizer_rounds_what_has_no_gram_or_eight_bits() -> None:
     assert not np.array_equal(gptq.values, quantize_weight(weight, BlockScheme(4, 32)).values)
     record = quantizer.record()
     assert record["gptq_weights"] == 1 and 0 < record["gptq_loss_vs_rtn"] < 1
+
+
+def test_the_comparison_with_onnx_runtimes_gptq_runs(monkeypatch, capsys) -> None:
+    from crosslmm_edge.benchmarks import gptq_vs_ort
+
+    monkeypatch.setattr("sys.argv", ["gptq_vs_ort", "--channels", "64", "--columns", "8"])
+    gptq_vs_ort.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all("ONNX Runtime: GPTQ" in line for line in lines[1:])

@@ -82,10 +82,11 @@ def gptq_weight(weight: np.ndarray, upper: np.ndarray, scheme: BlockScheme) -> B
     return BlockWeight(values, scales, zeros)
 
 
-def output_loss(rows: np.ndarray, weight: np.ndarray, block: BlockWeight, size: int) -> float:
-    """``|X W - X Ŵ|² / |X W|²`` over calibration ``rows`` (AWQ's measure, ``awq._loss``)."""
+def output_loss(rows: np.ndarray, weight: np.ndarray, rebuilt: np.ndarray) -> float:
+    """``|X W - X Ŵ|² / |X W|²`` over ``rows`` (AWQ's measure, ``awq._loss``), ``rebuilt``
+    the dequantized weight Ŵ."""
     exact = rows @ weight
-    error = exact - rows @ block.dequantize(size)
+    error = exact - rows @ rebuilt
     return float(np.square(error).sum() / max(np.square(exact).sum(), 1e-30))
 
 
@@ -110,8 +111,8 @@ class GptqQuantizer:
         if found.reservoir is not None and len(found.reservoir):
             rtn = quantize_weight(weight, scheme)
             rows, size = found.reservoir, scheme.block_size
-            losses = output_loss(rows, weight, block, size), output_loss(rows, weight, rtn, size)
-            self.losses[node.name] = losses
+            gptq_loss = output_loss(rows, weight, block.dequantize(size))
+            self.losses[node.name] = gptq_loss, output_loss(rows, weight, rtn.dequantize(size))
         return block
 
     def record(self) -> dict:
