@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from crosslmm_edge.calibration.collect.activation_stats import ActivationStats, TensorStats
+from crosslmm_edge.calibration.collect.activation_stats import (
+    GRAM_BATCH,
+    ActivationStats,
+    TensorStats,
+)
 from crosslmm_edge.calibration.collect.calibrate import held_bytes
 from crosslmm_edge.calibration.int4.block_quant import (
     BlockScheme,
@@ -97,13 +101,19 @@ def test_the_streamed_gram_matrix_is_the_whole_one() -> None:
         stats.add("pooling", {"x": run})
     whole = np.concatenate([r.reshape(-1, 12) for r in runs])
     tracked = stats.get("llm", "x")
-    assert tracked is not None and tracked.gram is not None
-    np.testing.assert_allclose(tracked.gram, whole.T @ whole, rtol=1e-5)
-    assert stats.get("pooling", "x").gram is None  # only the roles asked keep one
+    assert tracked is not None and tracked.gram is None  # 46 rows: still waiting in a batch
+    gram = tracked.gram_matrix()
+    assert gram is not None and not tracked.pending
+    np.testing.assert_allclose(gram, whole.T @ whole, rtol=1e-5)
+    for _ in range(7):  # 7 x 46 rows: a batch is folded in as it fills
+        stats.add("llm", {"x": whole[None]})
+    assert tracked.gram is not None and sum(len(r) for r in tracked.pending) < GRAM_BATCH
+    np.testing.assert_allclose(tracked.gram_matrix(), 8 * (whole.T @ whole), rtol=1e-5)
+    assert stats.get("pooling", "x").gram_matrix() is None  # only the roles asked keep one
     assert stats.nbytes() > tracked.gram.nbytes
     assert held_bytes({"llm": [12], "pooling": [12]}, ("llm",)) - held_bytes(
         {"llm": [12], "pooling": [12]}
-    ) == (4 * 12 * 12)
+    ) == 4 * 12 * (12 + GRAM_BATCH)
 
 
 def test_the_quantizer_rounds_what_has_no_gram_or_eight_bits() -> None:

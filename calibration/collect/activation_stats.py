@@ -32,6 +32,9 @@ from ...runtime.backends.base import DeviceArray, GraphSession
 from ...runtime.package.onnx_refs import external_data_locations
 
 RESERVOIR_ROWS = 256  # rows kept per activation for AWQ's scale search
+# Rows folded into a Gram matrix at once: a decode step brings one row, and folding
+# each alone would read and write the whole [C, C] matrix per step.
+GRAM_BATCH = 256
 
 
 @dataclass
@@ -43,7 +46,8 @@ class TensorStats:
     abs_sum: np.ndarray | None = None  # float64 [C]
     rows: int = 0
     reservoir: np.ndarray | None = None  # float32 [<= RESERVOIR_ROWS, C]
-    gram: np.ndarray | None = None  # float32 [C, C], Σ xᵀx (GPTQ's H up to a factor)
+    gram: np.ndarray | None = None  # float32 [C, C], Σ xᵀx of the rows folded in so far
+    pending: list[np.ndarray] = field(default_factory=list, repr=False)  # rows to fold in
 
     def add(self, value: np.ndarray, rng: np.random.Generator, gram: bool = False) -> None:
         """Fold one run's activation in (an empty one changes nothing); ``gram``: also
@@ -56,8 +60,9 @@ class TensorStats:
         absolute = np.abs(rows).sum(axis=0, dtype=np.float64)
         self.abs_sum = absolute if self.abs_sum is None else self.abs_sum + absolute
         if gram:
-            product = rows.T @ rows  # [C, C]
-            self.gram = product if self.gram is None else self.gram + product
+            self.pending.append(np.array(rows))  # a copy: the run's buffer may be reused
+            if sum(len(r) for r in self.pending) >= GRAM_BATCH:
+                self._fold()
         self._sample(rows, rng)
         self.rows += len(rows)
 
@@ -76,6 +81,21 @@ class TensorStats:
         slots = rng.integers(0, seen + 1 + np.arange(len(rows)))
         hit = slots < RESERVOIR_ROWS
         self.reservoir[slots[hit]] = rows[hit]  # later rows win a shared slot, as in order
+
+    def gram_matrix(self) -> np.ndarray | None:
+        """Σ xᵀx [C, C] over every row seen (None unless ``add`` was asked for it)."""
+        self._fold()
+        return self.gram
+
+    def _fold(self) -> None:
+        if not self.pending:
+            return
+        batch = np.concatenate(self.pending)  # [rows, C]
+        self.pending = []
+        if self.gram is None:
+            self.gram = batch.T @ batch
+        else:
+            self.gram += batch.T @ batch
 
     @property
     def mean_abs(self) -> np.ndarray:
@@ -117,7 +137,7 @@ class ActivationStats:
         total = 0
         for table in self.by_role.values():
             for stats in table.values():
-                for array in (stats.reservoir, stats.abs_sum, stats.gram):
+                for array in (stats.reservoir, stats.abs_sum, stats.gram, *stats.pending):
                     total += 0 if array is None else array.nbytes
         return total
 

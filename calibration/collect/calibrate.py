@@ -23,7 +23,7 @@ from ...runtime.model.contract import ROLES
 from ...runtime.package.loader import choose_artifacts
 from ...runtime.package.manifest import Manifest, load_manifest
 from ..int8.quantize import QuantizeOptions, selected_nodes
-from .activation_stats import RESERVOIR_ROWS, ActivationStats
+from .activation_stats import GRAM_BATCH, RESERVOIR_ROWS, ActivationStats
 from .calib_data import CalibVideo, expand_paths, select_videos, selection_hash, synthetic_videos
 from .progress import progress_bar
 from .record import CalibrationRun, CrossRange, record_calibration
@@ -98,7 +98,8 @@ def held_bytes(widths: dict[str, list[int]], gram_roles: tuple[str, ...] = ()) -
     """What the statistics of activations this wide hold: reservoir and sums per channel,
     and a float32 Gram matrix per activation of ``gram_roles``."""
     held = sum(map(sum, widths.values())) * (RESERVOIR_ROWS * 4 + 8)
-    return held + sum(4 * w * w for role in gram_roles for w in widths.get(role, []))
+    gram = sum(4 * w * (w + GRAM_BATCH) for role in gram_roles for w in widths.get(role, []))
+    return held + gram  # a Gram matrix and the rows waiting to be folded into it
 
 
 def describe_plan(

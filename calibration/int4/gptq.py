@@ -103,10 +103,11 @@ class GptqQuantizer:
 
     def __call__(self, node: onnx.NodeProto, weight: np.ndarray, scheme: BlockScheme):
         found = self.stats.get(node.input[0])
-        if scheme.bits != 4 or found is None or found.gram is None:
+        gram = found.gram_matrix() if found is not None else None
+        if scheme.bits != 4 or found is None or gram is None:
             return quantize_weight(weight, scheme)
         if self._factor is None or self._factor[0] != node.input[0]:
-            self._factor = (node.input[0], inverse_cholesky(found.gram))
+            self._factor = (node.input[0], inverse_cholesky(gram))
         block = gptq_weight(weight, self._factor[1], scheme)
         if found.reservoir is not None and len(found.reservoir):
             rtn = quantize_weight(weight, scheme)
