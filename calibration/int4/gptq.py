@@ -9,7 +9,8 @@ As in GPTQ's grouped form, a block's scale (and zero point) is chosen from the
 updated weights when its first channel is reached, so the result is stored
 like every other block weight (``block_quant``) and ONNX Runtime and TensorRT
 read it unchanged. Updates are batched ``LAZY`` channels at a time (GPTQ's
-lazy batch), which changes the arithmetic's order, not its result.
+lazy batch), which changes the arithmetic's order: the same result up to
+floating-point rounding (a test compares it with the paper's elimination).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class GptqQuantizer:
     def __init__(self, stats: Mapping[str, TensorStats]) -> None:
         self.stats = stats
         self._factor: tuple[str, np.ndarray] | None = None
+        self.weights = 0  # quantized by GPTQ
         self.losses: dict[str, tuple[float, float]] = {}  # MatMul -> (GPTQ, RTN) output loss
 
     def __call__(self, node: onnx.NodeProto, weight: np.ndarray, scheme: BlockScheme):
@@ -109,6 +111,7 @@ class GptqQuantizer:
         if self._factor is None or self._factor[0] != node.input[0]:
             self._factor = (node.input[0], inverse_cholesky(gram))
         block = gptq_weight(weight, self._factor[1], scheme)
+        self.weights += 1
         if found.reservoir is not None and len(found.reservoir):
             rtn = quantize_weight(weight, scheme)
             rows, size = found.reservoir, scheme.block_size
@@ -121,7 +124,7 @@ class GptqQuantizer:
         gptq = sum(loss for loss, _ in self.losses.values())
         rtn = sum(loss for _, loss in self.losses.values())
         return {
-            "gptq_weights": len(self.losses),
+            "gptq_weights": self.weights,
             "gptq_damp": DAMP,
             "gptq_loss_vs_rtn": gptq / rtn if rtn else 1.0,
         }
