@@ -112,8 +112,9 @@ def _int4_arguments(quantize: argparse.ArgumentParser) -> None:
         default=default.algorithm,
         help=(
             "int4: rtn (round to nearest), awq (activation-aware), hqq (ONNX Runtime's "
-            "half-quadratic solver; onnx/int4 only) or gptq (error-correcting, from the "
-            f"calibration's Gram matrices; onnx/int4 only) (default {default.algorithm})"
+            "half-quadratic solver; onnx/int4 only) or gptq (error-correcting, from "
+            "Gram matrices calibration keeps: 4 bytes x width^2 per LLM activation) "
+            f"(default {default.algorithm})"
         ),
     )
     quantize.add_argument(
