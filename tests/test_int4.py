@@ -29,15 +29,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def int4_package(tmp_path_factory: pytest.TempPathFactory, embedded_fp16_package: Path) -> Path:
     """The embedded model (fp32 + fp16 graphs) with onnx/int4 and onnx-trt/int4 added."""
-    folder = tmp_path_factory.mktemp("int4") / "pkg"
-    shutil.copytree(embedded_fp16_package, folder)
-    videos = [folder.parent / f"v{i}.mp4" for i in range(2)]
-    for i, path in enumerate(videos):
-        write_scene_video(path, 5, i, 8)
-    args = ["quantize", str(folder), "--in-place", "--precision", "int4", "--head", "int8"]
-    args += ["--head-block-size", "64"]
-    assert main([*args, "--calib", *map(str, videos)]) == 0
-    return folder
+    options = ("--head", "int8", "--head-block-size", "64")
+    return _quantized_copy(embedded_fp16_package, tmp_path_factory.mktemp("int4"), *options)
 
 
 def _blocked(model: onnx.ModelProto) -> dict[str, int]:
@@ -222,6 +215,18 @@ def test_max_drift_widens_the_group_that_really_exceeds_the_budget(
     assert "kept wider: llm:" + layer in capsys.readouterr().out
 
 
+def _quantized_copy(package: Path, tmp_path: Path, *options: str) -> Path:
+    """A copy of ``package`` with an INT4 set added by ``options``, on two scene videos."""
+    folder = tmp_path / "pkg"
+    shutil.copytree(package, folder)
+    videos = [tmp_path / f"v{i}.mp4" for i in range(2)]
+    for i, path in enumerate(videos):
+        write_scene_video(path, 5, i, 8)
+    args = ["quantize", str(folder), "--in-place", "--precision", "int4", *options]
+    assert main([*args, "--calib", *map(str, videos)]) == 0
+    return folder
+
+
 def test_hqq_writes_blocks_with_zero_points_and_a_round_to_nearest_twin(
     embedded_fp16_package: Path, tmp_path: Path
 ) -> None:
@@ -230,13 +235,7 @@ def test_hqq_writes_blocks_with_zero_points_and_a_round_to_nearest_twin(
     from crosslmm_edge.calibration.int4.hqq import hqq_weight
     from crosslmm_edge.export.tensorrt.lint_trt import lint_file
 
-    folder = tmp_path / "pkg"
-    shutil.copytree(embedded_fp16_package, folder)
-    videos = [tmp_path / f"v{i}.mp4" for i in range(2)]
-    for i, path in enumerate(videos):
-        write_scene_video(path, 5, i, 8)
-    args = ["quantize", str(folder), "--in-place", "--precision", "int4", "--algorithm", "hqq"]
-    assert main([*args, "--calib", *map(str, videos)]) == 0
+    folder = _quantized_copy(embedded_fp16_package, tmp_path, "--algorithm", "hqq")
     manifest = load_manifest(folder)
     llm = manifest.graphs["llm"].find("onnx", "int4")
     assert llm.build["algorithm"] == "hqq" and not llm.build["symmetric"]
@@ -355,13 +354,7 @@ def test_gptq_blocks_come_from_the_calibration_gram_matrices(
     blocks and lints clean."""
     from crosslmm_edge.export.tensorrt.lint_trt import lint_file
 
-    folder = tmp_path / "pkg"
-    shutil.copytree(embedded_fp16_package, folder)
-    videos = [tmp_path / f"v{i}.mp4" for i in range(2)]
-    for i, path in enumerate(videos):
-        write_scene_video(path, 5, i, 8)
-    args = ["quantize", str(folder), "--in-place", "--precision", "int4", "--algorithm", "gptq"]
-    assert main([*args, "--calib", *map(str, videos)]) == 0
+    folder = _quantized_copy(embedded_fp16_package, tmp_path, "--algorithm", "gptq")
     said = capsys.readouterr()
     assert "GPTQ output error on calibration rows" in said.out
     assert "MiB of activation statistics" in said.out + said.err  # the plan, Gram included
