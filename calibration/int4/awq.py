@@ -29,7 +29,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..collect.activation_stats import TensorStats
-from .block_quant import BlockScheme, quantize_weight
+from .block_quant import BlockScheme, quantize_weight, relative_error
 
 ALPHAS = tuple(i / 10 for i in range(11))  # 0: plain RTN is always a candidate
 Transform = Callable[[onnx.NodeProto, np.ndarray], np.ndarray]
@@ -46,7 +46,7 @@ def _loss(rows: np.ndarray, weights: list[np.ndarray], schemes: list[BlockScheme
     for weight, scheme in zip(weights, schemes, strict=True):
         exact = rows @ weight
         approx = scaled @ quantize_weight(weight * s[:, None], scheme).dequantize(scheme.block_size)
-        total += float(np.square(exact - approx).sum() / max(np.square(exact).sum(), 1e-30))
+        total += relative_error(exact, approx)
     return total
 
 

@@ -131,6 +131,18 @@ def integer_tensor(name: str, values: np.ndarray, scheme: BlockScheme) -> Tensor
     return helper.make_tensor(name, scheme.onnx_type, list(values.shape), raw, raw=True)
 
 
+def block_names(weight_name: str, bits: int) -> tuple[str, str, str]:
+    """The initializers ``dequantize_node`` writes for ``weight_name``: values, scales and
+    zero points."""
+    stem = f"{weight_name}_q{bits}"
+    return stem, f"{stem}_scale", f"{stem}_zero_point"
+
+
+def relative_error(exact: np.ndarray, approx: np.ndarray) -> float:
+    """``|exact - approx|² / |exact|²``: how far a quantized product is from the float one."""
+    return float(np.square(exact - approx).sum() / max(np.square(exact).sum(), 1e-30))
+
+
 def dequantize_node(
     weight_name: str, block: BlockWeight, scheme: BlockScheme, scale_dtype: npt.DTypeLike
 ) -> tuple[list[TensorProto], NodeProto, str]:
@@ -138,18 +150,18 @@ def dequantize_node(
 
     Returns (initializers, node, the node's output name).
     """
-    stem = f"{weight_name}_q{scheme.bits}"
+    stem, scale_name, zero_name = block_names(weight_name, scheme.bits)
     # fp16 scales stay normal numbers (a flushed scale would zero its block)
     scales = np.maximum(block.scales, np.finfo(scale_dtype).tiny).astype(scale_dtype)
     per_channel = len(scales) == 1  # one block spans K: the per-channel form
     tensors = [
         integer_tensor(stem, block.values, scheme),
-        numpy_helper.from_array(scales[0] if per_channel else scales, f"{stem}_scale"),
+        numpy_helper.from_array(scales[0] if per_channel else scales, scale_name),
     ]
     inputs = [tensors[0].name, tensors[1].name]
     if block.zero_points is not None:
         zero_points = block.zero_points[0] if per_channel else block.zero_points
-        tensors.append(integer_tensor(f"{stem}_zero_point", zero_points, scheme))
+        tensors.append(integer_tensor(zero_name, zero_points, scheme))
         inputs.append(tensors[2].name)
     output = f"{stem}_dequantized"
     node = helper.make_node("DequantizeLinear", inputs, [output], name=f"{stem}_DequantizeLinear")
@@ -162,9 +174,9 @@ def dequantize_node(
 def stored_block(model_inits: dict[str, TensorProto], weight_name: str) -> BlockWeight | None:
     """The symmetric 4-bit blocks ``dequantize_node`` wrote for ``weight_name``, read back
     (None when it wrote none, or with zero points)."""
-    values = model_inits.get(f"{weight_name}_q4")
-    scales = model_inits.get(f"{weight_name}_q4_scale")
-    if values is None or scales is None or f"{weight_name}_q4_zero_point" in model_inits:
+    values_name, scale_name, zero_name = block_names(weight_name, 4)
+    values, scales = model_inits.get(values_name), model_inits.get(scale_name)
+    if values is None or scales is None or zero_name in model_inits:
         return None
     integers = numpy_helper.to_array(values).astype(np.int8)  # [K, N], unpacked
     found = numpy_helper.to_array(scales).astype(np.float32)

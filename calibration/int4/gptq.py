@@ -21,7 +21,14 @@ import numpy as np
 import onnx
 
 from ..collect.activation_stats import TensorStats
-from .block_quant import BlockScheme, BlockWeight, block_params, quantize_weight, round_to_grid
+from .block_quant import (
+    BlockScheme,
+    BlockWeight,
+    block_params,
+    quantize_weight,
+    relative_error,
+    round_to_grid,
+)
 
 DAMP = 0.01  # of mean(diag H), added to H's diagonal: GPTQ's default
 LAZY = 128  # channels per batched update: a multiple of every block size (32, 64, 128)
@@ -84,11 +91,9 @@ def gptq_weight(weight: np.ndarray, upper: np.ndarray, scheme: BlockScheme) -> B
 
 
 def output_loss(rows: np.ndarray, weight: np.ndarray, rebuilt: np.ndarray) -> float:
-    """``|X W - X Ŵ|² / |X W|²`` over ``rows`` (AWQ's measure, ``awq._loss``), ``rebuilt``
-    the dequantized weight Ŵ."""
-    exact = rows @ weight
-    error = exact - rows @ rebuilt
-    return float(np.square(error).sum() / max(np.square(exact).sum(), 1e-30))
+    """``|X W - X Ŵ|² / |X W|²`` over ``rows`` (AWQ's measure), ``rebuilt`` the
+    dequantized weight Ŵ."""
+    return relative_error(rows @ weight, rows @ rebuilt)
 
 
 class GptqQuantizer:
@@ -113,10 +118,12 @@ class GptqQuantizer:
         block = gptq_weight(weight, self._factor[1], scheme)
         self.weights += 1
         if found.reservoir is not None and len(found.reservoir):
-            rtn = quantize_weight(weight, scheme)
             rows, size = found.reservoir, scheme.block_size
-            gptq_loss = output_loss(rows, weight, block.dequantize(size))
-            self.losses[node.name] = gptq_loss, output_loss(rows, weight, rtn.dequantize(size))
+            exact, rtn = rows @ weight, quantize_weight(weight, scheme)  # exact: [rows, N]
+            self.losses[node.name] = (
+                relative_error(exact, rows @ block.dequantize(size)),
+                relative_error(exact, rows @ rtn.dequantize(size)),
+            )
         return block
 
     def record(self) -> dict:

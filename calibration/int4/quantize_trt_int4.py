@@ -86,9 +86,8 @@ def trt_int4_llm(
 
     def quantize(node: onnx.NodeProto, weight: np.ndarray, scheme: BlockScheme) -> BlockWeight:
         block = made.pop(node.name, None)  # each is read once: let it go
-        fits = block is not None and block.values.shape == weight.shape
-        if fits and scheme.bits == 4 and scheme.symmetric:
-            assert block is not None
+        four_bit = scheme.bits == 4 and scheme.symmetric
+        if block is not None and block.values.shape == weight.shape and four_bit:
             return block  # GPTQ's blocks: the fp16 weight is the same weight, rounded
         return rounded(node, weight, scheme)
 

@@ -237,7 +237,7 @@ def _refuse_cpu_attention(label: str, inputs: Mapping[str, TensorSpec], backend:
     past = inputs[past_names(0)[0]]
     if past.dtype != "float32":
         return
-    provider = getattr(backend, "provider", backend.device)
+    provider = backend.provider
     raise UserError(
         f"{label}: its decoder attention is ONNX Runtime's GroupQueryAttention over a float32 "
         f"cache, which ONNX Runtime runs on the CPU only (its CUDA kernel takes fp16); run it "
