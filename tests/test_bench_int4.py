@@ -148,3 +148,34 @@ def test_context_reports_every_onnx_precision_the_package_holds(model, tmp_path)
     first, last = min(report["ms_per_token"]), max(report["ms_per_token"])
     assert report["bytes_per_token"][last] > report["bytes_per_token"][first]
     assert report[f"ratio_{last}_over_{first}"] > 0 and report["predicted_ratio"] > 1
+
+
+def test_the_kernel_rate_benchmark_times_the_products_it_counts() -> None:
+    """Its sessions compute x @ W for every counted weight, and the bytes it divides by
+    are the 4-bit values plus float32 scales of exactly those weights."""
+    import onnxruntime  # noqa: F401  (the benchmark's sessions)
+
+    from crosslmm_edge.benchmarks import int4_kernel_rate as rate
+
+    shapes = rate.layer_shapes(hidden=64, intermediate=96, heads=4, kv_heads=2)
+    assert shapes == [(64, 128), (64, 64), (64, 192), (96, 64)]
+    session, nbytes = rate.weight_session(shapes, layers=2, block_size=32, threads=1)
+    blocks = sum(-(-k // 32) * n for k, n in shapes)
+    assert nbytes == 2 * (sum(k * n for k, n in shapes) // 2 + 4 * blocks)
+    x = {f"x{k}": np.ones((1, k), np.float32) for k in (64, 96)}
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, x), strict=True))
+    assert len(outputs) == 8 and outputs["y1_3"].shape == (1, 64)
+    assert all(np.isfinite(y).all() and np.abs(y).max() > 0 for y in outputs.values())
+    args = argparse.Namespace(
+        hidden=64,
+        intermediate=96,
+        heads=4,
+        kv_heads=2,
+        layers=2,
+        block_sizes=[32, 64],
+        repeats=1,
+        threads=1,
+    )
+    result = rate.measure(args)
+    assert set(result) == {32, 64} and result[64]["weight_mb"] < result[32]["weight_mb"]
+    assert all(row["gbs_streamed"] > 0 and row["gbs_resident"] > 0 for row in result.values())
