@@ -35,10 +35,17 @@ class TimedSession:
 
 
 def open_pipeline(
-    package: Path, threads: int, precision: str | None = None, provider: str = "cpu"
+    package: Path,
+    threads: int,
+    precision: str | None = None,
+    provider: str = "cpu",
+    huge_pages: bool | None = None,
 ) -> Pipeline:
-    """A pipeline (CPU unless ``provider`` says) whose LLM session's backend time is measured."""
-    pipeline = Pipeline(package, provider=provider, precision=precision, threads=threads)
+    """A pipeline (CPU unless ``provider`` says) whose LLM session's backend time is measured;
+    ``huge_pages``: as ``Pipeline`` takes it (None: the runtime's choice)."""
+    pipeline = Pipeline(
+        package, provider=provider, precision=precision, threads=threads, huge_pages=huge_pages
+    )
     llm = _ort_llm(pipeline)
     llm.session = TimedSession(llm.session)
     return pipeline
@@ -98,7 +105,8 @@ DECODE_CHILD = """
 import json, sys
 from crosslmm_edge.benchmarks.ours import decode_run, open_pipeline
 package, threads, provider, precision = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-pipeline = open_pipeline(package, threads, precision or None, provider)
+huge_pages = {"auto": None, "on": True, "off": False}[sys.argv[7]]
+pipeline = open_pipeline(package, threads, precision or None, provider, huge_pages)
 prompt, new = json.loads(sys.argv[5]), int(sys.argv[6])
 decode_run(pipeline, prompt, 4)  # warm
 print(json.dumps(decode_run(pipeline, prompt, new)))
@@ -112,10 +120,16 @@ def ours_decode_child(
     new: int,
     provider: str = "cpu",
     precision: str | None = None,
+    huge_pages: bool | None = None,
 ) -> dict:
     """``decode_run`` in a fresh process (no torch loaded there)."""
     args = [sys.executable, "-c", DECODE_CHILD, str(package), str(threads), provider]
-    args += [precision or "", json.dumps(prompt), str(new)]
+    args += [
+        precision or "",
+        json.dumps(prompt),
+        str(new),
+        {None: "auto", True: "on", False: "off"}[huge_pages],
+    ]
     done = subprocess.run(args, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"ours on {provider}: {done.stderr.strip()[-2000:]}")

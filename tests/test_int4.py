@@ -346,6 +346,21 @@ def test_a_float32_group_query_attention_llm_is_refused_on_a_gpu_provider(int4_p
         Pipeline(int4_package, precision="fp32", engine=_GpuBackendDouble())
 
 
+def test_only_an_int4_llm_asks_for_huge_pages(int4_package: Path, monkeypatch) -> None:
+    """INT4 decode gains from huge pages for a fraction of a second at open; fp32's 2 GB
+    take seconds to collapse for a few per cent (docs/performance.md#huge-pages)."""
+    from crosslmm_edge.runtime.backends.ort_backend import OrtBackend
+    from crosslmm_edge.runtime.inference.pipeline import Pipeline
+
+    asked = []
+    monkeypatch.setattr(OrtBackend, "use_huge_pages", lambda self: asked.append(1) or 5)
+    assert Pipeline(int4_package, provider="cpu", precision="int4").huge_page_bytes == 5
+    assert Pipeline(int4_package, provider="cpu", precision="fp32").huge_page_bytes == 0
+    assert Pipeline(int4_package, "cpu", "int4", huge_pages=False).huge_page_bytes == 0
+    assert Pipeline(int4_package, "cpu", "fp32", huge_pages=True).huge_page_bytes == 5
+    assert asked == [1, 1]
+
+
 def test_gptq_blocks_come_from_the_calibration_gram_matrices(
     embedded_fp16_package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

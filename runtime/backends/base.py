@@ -129,6 +129,11 @@ class Backend(ABC):
     def upload(self, array: np.ndarray) -> DeviceArray:
         """A copy of a host array in the backend's memory (the array itself on CPU)."""
 
+    def use_huge_pages(self) -> int:
+        """Ask for huge pages under the host memory the loaded graphs hold; the bytes the
+        advice was taken for (0: nothing of this backend's is read from host memory)."""
+        return 0
+
 
 def available_providers() -> list[str]:
     """Short names of the execution providers this onnxruntime build offers."""

@@ -27,6 +27,7 @@ from .base import (
     HostArray,
 )
 from .cuda_runtime import open_cuda_runtime
+from .huge_pages import collapse_resident_memory
 from .ort_aligned import AlignedOutputs
 from .ort_cache import OptimizedGraphCache
 
@@ -225,6 +226,11 @@ class OrtBackend(Backend):
         if self.provider == "tensorrt" and self.aligned is None:
             self.aligned = AlignedOutputs(open_cuda_runtime())
         return OrtSession(session, name, self.device, self.aligned)
+
+    def use_huge_pages(self) -> int:
+        """CPU provider: the sessions' weights (and the rest of the process's resident
+        memory) onto 2 MiB pages, see ``huge_pages.py``; other providers: 0."""
+        return collapse_resident_memory() if self.provider == "cpu" else 0
 
     def _load_cached(self, ort, key, providers, disabled, name):
         """The session of a cached optimized graph, or None (no entry, or it fails)."""
