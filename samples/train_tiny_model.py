@@ -1,8 +1,8 @@
 """Train the tiny CrossLMM that ships as the embedded default model.
 
-Seeded; a re-run reproduces the accuracy, though not bit for bit (libx264's
-mp4 output varies slightly between runs). On 2 shared CPU cores the default
-settings take about 18 minutes on 1 torch thread; see docs/tiny-model.md.
+Seeded; a re-run reproduces the accuracy, though not bit for bit (the step-0
+loss differs in its 7th digit between processes). On 2 shared CPU cores the
+default settings take about 18 minutes on 1 torch thread; see docs/tiny-model.md.
 
     python samples/train_tiny_model.py --out /tmp/tiny --log /tmp/tiny.jsonl
     python samples/train_tiny_model.py --out /tmp/tiny-nodcal --no-dcal   # ablation

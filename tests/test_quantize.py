@@ -412,3 +412,16 @@ def test_build_int8_takes_the_onnx_trt_graphs(quantized16, tmp_path, monkeypatch
     args = ["ask", str(package), "--video", str(video), "--question", "what colour is the dot?"]
     assert main([*args, "--backend", "tensorrt", "--precision", "int8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["answers"][0]["token_ids"]
+
+
+def test_the_synthetic_calibration_set_hashes_the_same_in_every_writing(tmp_path) -> None:
+    """The build record's calibration hash names the set: writing the synthetic videos
+    again (here 16 of them, twice, in one process, where lossy H.264 had varied) gives
+    the same files, so the same hash."""
+    from crosslmm_edge.calibration.collect.calib_data import selection_hash, synthetic_videos
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = synthetic_videos(tmp_path / "a", 16, 8), synthetic_videos(tmp_path / "b", 16, 8)
+    assert [v.sha256 for v in first] == [v.sha256 for v in second]
+    assert selection_hash(first, 0) == selection_hash(second, 0)

@@ -181,10 +181,16 @@ def video_fingerprint(path: str | os.PathLike) -> str:
 def _encoder_settings() -> tuple[str, str, dict[str, str]]:
     """(codec, pixel format, options) for a high-quality mp4.
 
-    libx264 in 4:4:4 keeps the colour of one-pixel details (4:2:0 would halve
-    the chroma resolution) and accepts odd sizes; mpeg4 (4:2:0, which FFmpeg's
-    mpeg4 encoder also accepts at odd sizes) is the fallback.
+    libx264rgb at qp 0 is lossless in RGB: the frames read back are the frames
+    written, so synthetic videos (calibration, eval) decode to the same pixels
+    in every run. libx264's lossy modes do not: on this project's machines its
+    crf-4 output for the same frames differed from run to run even with one
+    thread, and calibration's hashes with it. libx264 in 4:4:4 (colour of
+    one-pixel details kept) and then mpeg4 (4:2:0, odd sizes accepted) are the
+    fallbacks.
     """
+    if "libx264rgb" in av.codecs_available:
+        return "libx264rgb", "rgb24", {"qp": "0", "preset": "medium", "threads": "1"}
     if "libx264" in av.codecs_available:
         return "libx264", "yuv444p", {"crf": "4", "preset": "medium", "threads": "1"}
     return "mpeg4", "yuv420p", {"qscale": "1"}
