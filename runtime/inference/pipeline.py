@@ -86,7 +86,7 @@ class Pipeline:
             self.sessions[role] = self.backend.load(path, role, artifact.inputs, dims, checked)
             check_session(role, artifact, self.sessions[role])  # the right graph for the role
         # Measured on the CPU (docs/performance.md#huge-pages): INT4 decode 1.09-1.17x for
-        # 0.1 s at open; fp32 1.04x for 3.4-4.4 s of collapsing 2 GB: fp32 and INT8 do not ask.
+        # 0.1 s at open; INT8 1.12x for 2.2-2.4 s, fp32 1.04x for 3.4-4.4 s: those do not ask.
         if huge_pages is None:
             huge_pages = self.artifacts.by_role[LLM].precision == "int4"
         self.huge_page_bytes = self.backend.use_huge_pages() if huge_pages else 0
