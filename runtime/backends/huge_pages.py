@@ -2,13 +2,13 @@
 
 A CPU decode step streams every weight once. ONNX Runtime's prepacked weights
 sit in 4 KiB pages unless their allocator asks for more, and with transparent
-huge pages in ``madvise`` mode (the usual default) nothing asks: the step then
-pays a TLB miss every 4 KiB. ``collapse_resident_memory`` asks the kernel to
-remap anonymous regions that are already resident into huge pages in place
-(``madvise(MADV_COLLAPSE)``, Linux 6.1 and newer): the contents stay where
-the process sees them and no memory is added, because regions less than 90 %
-resident are left alone (an allocator's reserved, untouched space is never
-filled in). Older kernels refuse ``MADV_COLLAPSE``; there the regions are
+huge pages in ``madvise`` mode (the usual default) nothing asks, and the step
+walks its weights 4 KiB at a time through the TLB. ``collapse_resident_memory``
+asks the kernel to remap anonymous regions that are already resident into huge
+pages in place (``madvise(MADV_COLLAPSE)``, Linux 6.1 and newer): the contents
+stay where the process sees them and the RSS does not grow, because regions
+less than 90 % resident are left alone (an allocator's reserved, untouched
+space is never filled in). Older kernels refuse ``MADV_COLLAPSE``; there the regions are
 marked ``MADV_HUGEPAGE`` for the kernel's background collapser. With
 transparent huge pages set to ``never``, or off Linux, nothing changes.
 """
