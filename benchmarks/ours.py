@@ -105,8 +105,7 @@ DECODE_CHILD = """
 import json, sys
 from crosslmm_edge.benchmarks.ours import decode_run, open_pipeline
 package, threads, provider, precision = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-huge_pages = {"auto": None, "on": True, "off": False}[sys.argv[7]]
-pipeline = open_pipeline(package, threads, precision or None, provider, huge_pages)
+pipeline = open_pipeline(package, threads, precision or None, provider, json.loads(sys.argv[7]))
 prompt, new = json.loads(sys.argv[5]), int(sys.argv[6])
 decode_run(pipeline, prompt, 4)  # warm
 print(json.dumps(decode_run(pipeline, prompt, new)))
@@ -124,12 +123,7 @@ def ours_decode_child(
 ) -> dict:
     """``decode_run`` in a fresh process (no torch loaded there)."""
     args = [sys.executable, "-c", DECODE_CHILD, str(package), str(threads), provider]
-    args += [
-        precision or "",
-        json.dumps(prompt),
-        str(new),
-        {None: "auto", True: "on", False: "off"}[huge_pages],
-    ]
+    args += [precision or "", json.dumps(prompt), str(new), json.dumps(huge_pages)]
     done = subprocess.run(args, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"ours on {provider}: {done.stderr.strip()[-2000:]}")

@@ -1,5 +1,5 @@
-"""Which regions the CPU backend asks onto huge pages, with which advice, and that a session
-load does it (or not, when told)."""
+"""Which regions are asked onto huge pages, with which advice, and that only the CPU
+backend asks (which Pipelines ask: tests/test_int4.py)."""
 
 from __future__ import annotations
 
