@@ -241,6 +241,8 @@ def _print_int4(build: dict) -> None:
             )
     fused = build.get("ort_fusions", {}).get("group_query_attention", 0)
     attention = f"GroupQueryAttention in {fused} layers" if fused else "the exported ops"
+    if build.get("grouped_decode_from_past") is not None:
+        attention += f"; decode steps in query rows from {build['grouped_decode_from_past']} past"
     print(f"  llm attention (onnx/int4): {attention}")
     if build["cross_kv_scales"]:
         print("  llm cross K/V (onnx/int4): int8 memory, dequantized once per video when bound")

@@ -301,7 +301,7 @@ def test_bound_memory_is_what_onnx_dequantizelinear_makes_of_the_state(
     assert held.dtype == np.float32 and np.array_equal(held, expected)  # uploaded once
 
 
-def test_dequantize_on_bind_is_checked_against_the_contract(int4_package: Path) -> None:
+def test_dequantize_on_bind_and_spare_rows_are_checked(int4_package: Path) -> None:
     import dataclasses
 
     from crosslmm_edge.runtime.errors import UserError
@@ -315,6 +315,10 @@ def test_dequantize_on_bind_is_checked_against_the_contract(int4_package: Path) 
     for bad in ({"input_ids": [1.0]}, {"t2v_key.0": [-1.0, 1.0]}, {"t2v_key.0": []}):
         with pytest.raises(ValueError, match="dequantize_on_bind"):
             Artifact.from_dict({**record, "dequantize_on_bind": bad})
+    for bad in (-1, True, 1.5, 5000):
+        with pytest.raises(ValueError, match="kv_spare_rows"):
+            Artifact.from_dict({**record, "kv_spare_rows": bad})
+    assert record["kv_spare_rows"] > 0
     assert Artifact.from_dict(record) == llm  # it round-trips
     one_head = dataclasses.replace(llm, dequantize_on_bind={"t2v_key.0": (1.0,)})
     entry = dataclasses.replace(manifest.graphs["llm"], artifacts=(one_head,))
@@ -404,3 +408,49 @@ def _int4_blocks(path: Path) -> list[bytes]:
         if n.op_type == "DequantizeLinear"
         and getattr(inits.get(n.input[0]), "data_type", None) == onnx.TensorProto.INT4
     )
+
+
+def test_decode_steps_in_query_rows_answer_as_the_one_row_op(int4_package, tmp_path):
+    """The runtime with every decode step grouped: a copy of onnx/int4 whose ``If`` takes
+    the grouped branch from the first cached position gives the same logits after a video
+    and a question, step after step, on a cache with ``kv_spare_rows`` beyond its capacity."""
+    import hashlib
+
+    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+    from crosslmm_edge.runtime.inference.generation import run_chunk
+
+    manifest = load_manifest(int4_package)
+    llm = manifest.graphs["llm"].find("onnx", "int4")
+    heads = manifest.model_config["text_config"]
+    spare = heads["num_attention_heads"] // heads["num_key_value_heads"] - 1
+    assert llm.kv_spare_rows == spare > 0
+    assert llm.build["ort_fusions"]["grouped_decode"] == heads["num_hidden_layers"]
+    always = tmp_path / "always"
+    shutil.copytree(int4_package, always)
+    graph = onnx.load(str(always / llm.file), load_external_data=False)
+    threshold = next(t for t in graph.graph.initializer if t.name == "grouped_decode.min_total")
+    assert int(onnx.numpy_helper.to_array(threshold)) == llm.build["grouped_decode_from_past"]
+    threshold.CopyFrom(onnx.numpy_helper.from_array(np.int32(0), threshold.name))
+    onnx.save(graph, str(always / llm.file))
+    record = json.loads((always / "manifest.json").read_text())
+    for artifact in record["graphs"]["llm"]["artifacts"]:
+        if artifact["file"] == llm.file:
+            artifact["sha256"] = hashlib.sha256((always / llm.file).read_bytes()).hexdigest()
+    (always / "manifest.json").write_text(json.dumps(record))
+    video = tmp_path / "clip.mp4"
+    write_scene_video(video, 4, 2, 8)
+    logits = []
+    for package in (int4_package, always):
+        assistant = RuntimeAssistant(package, precision="int4")
+        assistant.set_video(str(video))
+        pipeline, cache = assistant.pipeline, assistant.cache
+        assert cache is not None
+        prompt = assistant.prompt.first_question_ids("what colour is the dot?")
+        no_visual = pipeline.shapes.no_visual()
+        steps = [pipeline.prefill(cache, prompt, no_visual, assistant.text_cross)]
+        memory = pipeline.memory_feeds(assistant.text_cross)
+        for token in (14, 3, 27, 9, 14, 5):  # fed tokens: one decode step each
+            steps.append(run_chunk(pipeline.sessions["llm"], cache, [token], no_visual, memory))
+        logits.append(np.stack([np.array(step) for step in steps]))
+    assert cache.keys[0].shape[2] == cache.capacity + spare  # the grouped package's cache
+    np.testing.assert_allclose(logits[1], logits[0], rtol=1e-4, atol=1e-4)

@@ -12,6 +12,7 @@ import pytest
 
 from crosslmm_edge.export.graphs.ort_attention import AttentionHeads, shared_kv_specs
 from crosslmm_edge.export.graphs.ort_fusions import fuse_for_onnx_runtime, rope_tables
+from crosslmm_edge.export.graphs.ort_grouped_decode import spare_rows
 from crosslmm_edge.runtime.backends.base import HostArray
 from crosslmm_edge.runtime.inference.kv_cache import KVCache, cache_from_prefix
 from crosslmm_edge.runtime.package.manifest import load_manifest
@@ -25,9 +26,9 @@ def graphs(embedded_fp16_package: Path) -> tuple[onnx.ModelProto, onnx.ModelProt
     plain = onnx.load(str(embedded_fp16_package / "llm.onnx"))
     fused = onnx.ModelProto()
     fused.CopyFrom(plain)
-    counts = fuse_for_onnx_runtime(
-        fused, rope_tables(manifest), AttentionHeads.from_manifest(manifest)
-    )
+    heads = AttentionHeads.from_manifest(manifest)
+    # every decode step in query rows: the embedded model's contexts are short
+    counts = fuse_for_onnx_runtime(fused, rope_tables(manifest), heads, grouped_from_past=0)
     return plain, fused, counts, manifest
 
 
@@ -51,11 +52,20 @@ def _plain_feeds(session: ort.InferenceSession, shift: int) -> dict[str, np.ndar
     return feeds
 
 
+def _branch_ops(node: onnx.NodeProto) -> dict[str, list[str]]:
+    return {a.name: [n.op_type for n in a.g.node] for a in node.attribute if a.HasField("g")}
+
+
 def test_every_decoder_layer_becomes_one_group_query_attention(graphs) -> None:
+    """Per layer one ``If(one token)``: the grouped op for a decode step, the op for a chunk."""
     plain, fused, counts, manifest = graphs
     layers = AttentionHeads.from_manifest(manifest).num_layers
     ops = Counter(n.op_type for n in fused.graph.node)
-    assert counts["group_query_attention"] == ops["GroupQueryAttention"] == layers
+    branches = [_branch_ops(n) for n in fused.graph.node if n.op_type == "If"]
+    assert counts["group_query_attention"] == counts["grouped_decode"] == len(branches) == layers
+    for branch in branches:
+        assert branch["else_branch"] == ["GroupQueryAttention"]
+        assert branch["then_branch"].count("GroupQueryAttention") == 1
     softmaxes = Counter(n.op_type for n in plain.graph.node)["Softmax"]
     assert ops["Softmax"] == softmaxes - layers  # the DCAL cross-attention keeps its own
     inputs, outputs = shared_kv_specs(manifest)
@@ -119,3 +129,112 @@ def test_host_copies_are_sequence_major_in_both_layouts() -> None:
             np.testing.assert_array_equal(a, b)
     stored = cache.keys[0].numpy()  # the last one: head-major [1, kvh, capacity, hd]
     np.testing.assert_array_equal(stored[0, 1, :6], keys[0][0, :, 1])
+
+
+def _decode_feeds(session: ort.InferenceSession, past: int, shift: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(2)
+    sizes = {"text_len": 1, "visual_len": 0, "seq_len": 1, "past_len": past}
+    sizes.update({"v2v_len": 0, "memory_len": 20})
+    feeds = {}
+    for spec in session.get_inputs():
+        shape = [sizes[d] if isinstance(d, str) else d for d in spec.shape]
+        if spec.name == "position_ids":
+            feeds[spec.name] = np.array([[past + shift]], dtype=np.int64)
+        elif spec.name == "input_ids":
+            feeds[spec.name] = rng.integers(4, 50, shape).astype(np.int64)
+        else:
+            feeds[spec.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def _decode_in_place(plain, fused, manifest, past: int, shift: int) -> bool:
+    """One token through ``fused``, its cache bound in place as the runtime binds it;
+    checks logits, the new K/V row and every row outside the scratch ones against the
+    exported graph. Returns whether the scratch rows after the token were written."""
+    heads = AttentionHeads.from_manifest(manifest)
+    spare = spare_rows(heads)
+    feeds = _decode_feeds(_session(plain), past, shift)
+    expected = dict(
+        zip([o.name for o in plain.graph.output], _session(plain).run(None, feeds), strict=True)
+    )
+    layers, kvh, hd = heads.num_layers, heads.num_kv_heads, heads.head_dim
+    cache = KVCache.empty(layers, past + 4, kvh, hd, head_major=True, spare_rows=spare)
+    rng = np.random.default_rng(3)
+    for i, buffer in enumerate([*cache.keys, *cache.values]):  # noise, then the prefix
+        buffer.numpy()[...] = rng.standard_normal(buffer.shape).astype(np.float32)
+        name = f"past_key.{i}" if i < layers else f"past_value.{i - layers}"
+        buffer.numpy()[:, :, :past] = feeds[name].transpose(0, 2, 1, 3)
+    cache.advance(past)
+    before = [b.numpy().copy() for b in [*cache.keys, *cache.values]]
+    session = _session(fused)
+    binding = session.io_binding()
+    inputs = {k: v for k, v in feeds.items() if not k.startswith("past_")}
+    inputs |= {
+        k: np.asarray(getattr(v, "numpy", lambda v=v: v)()) for k, v in cache.past_feeds(1).items()
+    }
+    for name, array in inputs.items():
+        binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+    for name, target in cache.slot_targets(1).items():
+        array = target.numpy()
+        binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+    binding.bind_output("logits")
+    session.run_with_iobinding(binding)
+    logits = binding.get_outputs()[-1].numpy()
+    np.testing.assert_allclose(logits, expected["logits"], rtol=1e-4, atol=1e-4)
+    names = [
+        *(f"present_key.{j}" for j in range(layers)),
+        *(f"present_value.{j}" for j in range(layers)),
+    ]
+    scratch_written = False
+    for name, buffer, old in zip(names, [*cache.keys, *cache.values], before, strict=True):
+        rows = buffer.numpy()
+        new = expected[name].transpose(0, 2, 1, 3)  # [1, kvh, 1, hd]
+        np.testing.assert_allclose(rows[:, :, past : past + 1], new, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(rows[:, :, :past], old[:, :, :past])
+        after = past + 1 + spare  # the scratch rows end here; the rest is untouched
+        np.testing.assert_array_equal(rows[:, :, after:], old[:, :, after:])
+        scratch_written |= not np.array_equal(
+            rows[:, :, past + 1 : after], old[:, :, past + 1 : after]
+        )
+    return scratch_written
+
+
+@pytest.mark.parametrize(("past", "shift"), [(0, 0), (9, 0), (9, 3), (511, 0)])
+def test_a_decode_step_in_query_rows_matches_the_exported_graph_in_place(
+    graphs, past: int, shift: int
+) -> None:
+    """Every decode step grouped (``grouped_from_past=0``): the same logits and new K/V as
+    the exported graph; only the token's row and the scratch rows after it change. 511:
+    the last position of the embedded model's context, scratch rows past its end."""
+    plain, fused, _, manifest = graphs
+    assert past < manifest.limits["max_context"]
+    heads = AttentionHeads.from_manifest(manifest)
+    assert spare_rows(heads) == heads.num_heads // heads.num_kv_heads - 1 > 0
+    assert _decode_in_place(plain, fused, manifest, past, shift)
+
+
+def test_decode_steps_group_their_queries_only_from_the_threshold(graphs) -> None:
+    """Below ``grouped_from_past`` cached positions the op runs as it was (no scratch row
+    written); from it on, grouped. Both compute what the exported graph does."""
+    plain, _, _, manifest = graphs
+    fused = onnx.ModelProto()
+    fused.CopyFrom(plain)
+    heads = AttentionHeads.from_manifest(manifest)
+    fuse_for_onnx_runtime(fused, rope_tables(manifest), heads, grouped_from_past=8)
+    assert not _decode_in_place(plain, fused, manifest, 7, 0)
+    assert _decode_in_place(plain, fused, manifest, 8, 0)
+
+
+def test_spare_rows_lie_beyond_the_capacity_in_both_constructors() -> None:
+    cache = KVCache.empty(2, 16, 2, 4, head_major=True, spare_rows=3)
+    assert cache.keys[0].shape == (1, 2, 19, 4) and cache.capacity == 16
+    cache.advance(15)
+    cache.slot_targets(1)  # the last position: its scratch rows still fit
+    with pytest.raises(ValueError, match="KV cache full"):
+        cache.slot_targets(2)
+    keys = [np.ones((1, 6, 2, 4), np.float32)] * 2
+    restored = cache_from_prefix(keys, keys, 10, HostArray, head_major=True, spare_rows=3)
+    assert restored.keys[1].shape == (1, 2, 13, 4) and restored.capacity == 10
+    assert restored.length == 6
+    flat = cache_from_prefix(keys, keys, 10, HostArray, head_major=False, spare_rows=3)
+    assert flat.keys[0].shape == (1, 10, 2, 4) and flat.capacity == 10

@@ -25,6 +25,7 @@ from onnx import numpy_helper
 
 from ...export.graphs.ort_attention import AttentionHeads, shared_kv_specs
 from ...export.graphs.ort_fusions import fuse_for_onnx_runtime, rope_tables
+from ...export.graphs.ort_grouped_decode import GROUPED_FROM_PAST, spare_rows
 from ...runtime.errors import UserError
 from ...runtime.model.contract import LLM, ROLES
 from ...runtime.package.files import file_sha256
@@ -278,6 +279,9 @@ def int4_llm(
         **cross_kv_record(scales),
         "ort_fusions": fusions,
         "attention": int4.attention,
+        # scratch rows the grouped decode attention writes after a token (ort_grouped_decode)
+        "kv_spare_rows": spare_rows(heads) if heads and fusions.get("grouped_decode") else 0,
+        "grouped_decode_from_past": GROUPED_FROM_PAST if fusions.get("grouped_decode") else None,
     }
     return files, record, factors
 
@@ -316,6 +320,7 @@ def int4_artifacts(
         external_data=tuple(FileRef(f.name, file_sha256(f)) for f in files[1:]),
         build=record,
         dequantize_on_bind={k: tuple(v) for k, v in record["cross_kv_scales"].items()},
+        kv_spare_rows=record["kv_spare_rows"],
     )
     progress()
     return Int4Set(artifacts, factors)

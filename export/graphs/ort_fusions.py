@@ -19,7 +19,7 @@ pass (``lint-trt`` keeps them standard).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -30,6 +30,7 @@ from ...runtime.model.config import CrossLMMConfig
 from ...runtime.package.manifest import Manifest
 from .graph_passes import CONTRIB, add_initializer, sole_user
 from .ort_attention import AttentionHeads, fuse_group_query_attention
+from .ort_grouped_decode import GROUPED_FROM_PAST, group_decode_queries, spare_rows
 
 POSITIONS_INPUT = "position_ids"  # [B, L] int64: the LLM graph's RoPE positions
 
@@ -56,16 +57,23 @@ def rope_tables(manifest: Manifest) -> RopeTables:
 
 
 def fuse_for_onnx_runtime(
-    model: onnx.ModelProto, rope: RopeTables, heads: AttentionHeads | None = None
+    model: onnx.ModelProto,
+    rope: RopeTables,
+    heads: AttentionHeads | None = None,
+    grouped_from_past: int = GROUPED_FROM_PAST,
 ) -> dict[str, int]:
     """Rewrite ``model`` in place with the fusions above; how many of each were made.
 
     With ``heads``, the decoder's attention also becomes ``GroupQueryAttention``
-    (``ort_attention``), which changes the graph's cache inputs and outputs.
+    (``ort_attention``), which changes the graph's cache inputs and outputs, and a
+    decode step after ``grouped_from_past`` cached positions runs it with the query
+    heads as rows (``ort_grouped_decode``).
     """
     from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
     from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_normalization
 
+    if heads is not None:  # the grouped op checks its tables cover its scratch rows too
+        rope = replace(rope, max_positions=rope.max_positions + spare_rows(heads))
     graph_model = ir.from_proto(model)
     ShapeInferencePass()(graph_model)  # the RoPE match reads head counts from shapes
     counts = {
@@ -76,6 +84,9 @@ def fuse_for_onnx_runtime(
     if heads is not None:
         RemoveUnusedNodesPass()(graph_model)  # the RoPE's dead views would look like readers
         counts["group_query_attention"] = fuse_group_query_attention(graph_model.graph, heads)
+        if counts["group_query_attention"]:
+            grouped = group_decode_queries(graph_model.graph, heads, grouped_from_past)
+            counts["grouped_decode"] = grouped
     RemoveUnusedNodesPass()(graph_model)  # the fused patterns' constants
     model.CopyFrom(ir.to_proto(graph_model))
     return counts

@@ -9,6 +9,8 @@ nothing is ever copied; forking a question off the cached video prefix is
 A shared-cache graph (``llm_spec(shared_kv=True)``, ONNX Runtime's
 GroupQueryAttention) wants head-major buffers [1, kvh, max_len, hd], bound
 whole as both its past and its present: it writes the chunk in place itself.
+Such a graph may also write scratch rows after the chunk (its artifact's
+``kv_spare_rows``): those buffers hold that many rows beyond ``capacity``.
 Host copies (``prefix_arrays``, ``cache_from_prefix``) are sequence-major in
 both layouts, so a saved video state does not depend on the graph.
 """
@@ -40,11 +42,12 @@ class KVCache:
         values: list[DeviceArray],
         length: int = 0,
         head_major: bool = False,
+        spare_rows: int = 0,
     ) -> None:
-        # per layer [1, max_len, kvh, hd], or head-major [1, kvh, max_len, hd]
+        # per layer [1, max_len, kvh, hd], or head-major [1, kvh, max_len + spare_rows, hd]
         self.keys, self.values = keys, values
         self.head_major = head_major
-        self.capacity = keys[0].shape[2 if head_major else 1]
+        self.capacity = keys[0].shape[2 if head_major else 1] - spare_rows
         self.length = length
 
     @classmethod
@@ -57,16 +60,19 @@ class KVCache:
         dtype: DTypeLike = np.float32,
         allocate: Allocate = host_zeros,
         head_major: bool = False,
+        spare_rows: int = 0,
     ) -> KVCache:
-        """A cache with room for ``max_len`` positions and no valid entry."""
+        """A cache with room for ``max_len`` positions and no valid entry
+        (``spare_rows``: head-major only, scratch rows after them)."""
         kind = np.dtype(dtype)
         shape = (
-            (1, num_kv_heads, max_len, head_dim)
+            (1, num_kv_heads, max_len + spare_rows, head_dim)
             if head_major
             else (1, max_len, num_kv_heads, head_dim)
         )
         keys = [allocate(shape, kind) for _ in range(num_layers)]
-        return cls(keys, [allocate(shape, kind) for _ in range(num_layers)], 0, head_major)
+        values = [allocate(shape, kind) for _ in range(num_layers)]
+        return cls(keys, values, 0, head_major, spare_rows if head_major else 0)
 
     @property
     def num_layers(self) -> int:
@@ -130,22 +136,27 @@ def cache_from_prefix(
     max_len: int,
     upload: Callable[[np.ndarray], DeviceArray] = HostArray,
     head_major: bool = False,
+    spare_rows: int = 0,
 ) -> KVCache:
     """A cache of capacity ``max_len`` whose first entries are the given prefix.
 
-    keys, values: per layer [1, length, kvh, hd] (``prefix_arrays``' layout).
+    keys, values: per layer [1, length, kvh, hd] (``prefix_arrays``' layout);
+    ``spare_rows`` as in ``KVCache.empty``.
     """
     _, length, kvh, hd = keys[0].shape
     if length > max_len:
         raise ValueError(f"a prefix of {length} positions does not fit {max_len}")
 
     def filled(prefix: np.ndarray) -> DeviceArray:
-        if head_major:
-            buffer = np.zeros((1, kvh, max_len, hd), dtype=prefix.dtype)  # [1, kvh, max_len, hd]
+        if head_major:  # [1, kvh, max_len + spare, hd]
+            buffer = np.zeros((1, kvh, max_len + spare_rows, hd), dtype=prefix.dtype)
             buffer[:, :, :length] = prefix.transpose(0, 2, 1, 3)
         else:
             buffer = np.zeros((1, max_len, kvh, hd), dtype=prefix.dtype)  # [1, max_len, kvh, hd]
             buffer[:, :length] = prefix
         return upload(buffer)
 
-    return KVCache([filled(k) for k in keys], [filled(v) for v in values], length, head_major)
+    spare = spare_rows if head_major else 0
+    return KVCache(
+        [filled(k) for k in keys], [filled(v) for v in values], length, head_major, spare
+    )

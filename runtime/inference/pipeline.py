@@ -75,6 +75,7 @@ class Pipeline:
         )
         llm_inputs = {t.name: t for t in self.artifacts.by_role[LLM].inputs}
         self.shared_kv = SEQLENS_INPUT in llm_inputs  # GroupQueryAttention: head-major cache
+        self.kv_spare_rows = self.artifacts.by_role[LLM].kv_spare_rows
         if self.shared_kv and self.backend.device != "cpu":
             _refuse_cpu_attention(self.artifacts.by_role[LLM].label, llm_inputs, self.backend)
         self.sessions: dict[str, GraphSession] = {}
@@ -119,13 +120,15 @@ class Pipeline:
             self.shapes.dtype,
             self.backend.zeros,
             self.shared_kv,
+            self.kv_spare_rows,
         )
 
     def cache_from_prefix(
         self, keys: Sequence[np.ndarray], values: Sequence[np.ndarray], capacity: int
     ) -> KVCache:
         """A cache of ``capacity`` positions holding the host prefix (``prefix_arrays``' layout)."""
-        return cache_from_prefix(keys, values, capacity, self.backend.upload, self.shared_kv)
+        upload, shared, spare = self.backend.upload, self.shared_kv, self.kv_spare_rows
+        return cache_from_prefix(keys, values, capacity, upload, shared, spare)
 
     def upload(self, array: np.ndarray) -> DeviceArray:
         return self.backend.upload(array)

@@ -14,7 +14,8 @@ Schema (format_version 2)::
                 "external_data": [{"file": ..., "sha256": HEX}],
                 "inputs": [TENSOR], "outputs": [TENSOR],
                 "build": {tool versions, recipe, engine record ...},
-                "dequantize_on_bind": {INPUT: [scale per KV head]}}   (optional)
+                "dequantize_on_bind": {INPUT: [scale per KV head]},   (optional)
+                "kv_spare_rows": N}                                   (optional, LLM)
     TENSOR   = {"name": ..., "dtype": "float32" | "float16" | "int64" | ..., "dims": [int | NAME]}
 
 Roles are ``vision_encoder``, ``pooling`` and ``llm``. Tensor names and dims
@@ -24,6 +25,9 @@ side by side, each telling exactly what it takes and returns.
 ``dequantize_on_bind`` names float LLM inputs (cross K/V) that the pooling
 graph emits as int8: the runtime keeps that memory in int8 and dequantizes it
 once per video, ``x * scale[kv_head]``, before it binds it.
+``kv_spare_rows`` (a shared-cache LLM graph's): rows its head-major KV cache
+needs beyond its capacity, which a decode step writes as scratch
+(``export/graphs/ort_grouped_decode.py``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from .manifest_fields import (
     sha256_hex,
     side_file_names,
     side_files,
+    spare_rows,
     tensor_spec,
 )
 
@@ -74,6 +79,7 @@ class Artifact:
     external_data: tuple[FileRef, ...] = ()
     build: dict[str, Any] = field(default_factory=dict)
     dequantize_on_bind: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    kv_spare_rows: int = 0
 
     @property
     def label(self) -> str:
@@ -105,6 +111,7 @@ class Artifact:
                 if self.dequantize_on_bind
                 else {}
             ),
+            **({"kv_spare_rows": self.kv_spare_rows} if self.kv_spare_rows else {}),
         }
 
     @classmethod
@@ -122,6 +129,7 @@ class Artifact:
             external_data=extra,
             build=dict(data.get("build") or {}),
             dequantize_on_bind=bind_scales(data.get("dequantize_on_bind", {}), inputs),
+            kv_spare_rows=spare_rows(data.get("kv_spare_rows", 0)),
         )
 
 

@@ -21,6 +21,7 @@ DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8")
 MAX_DIM = 1 << 32  # a static dim or a range bound: no tensor of ours comes near it
 MAX_RANK = 8
 MAX_SCALES = 1024  # per-KV-head scales: no model of ours has more heads
+MAX_SPARE_ROWS = 1024  # query heads per KV head - 1: far fewer in any model
 LIMIT_BOUNDS = {"max_frames": MAX_FRAMES, "max_context": MAX_CONTEXT}
 EXPR = re.compile(r"^[a-z_]+(\s*[*/+]\s*([a-z_]+|\d+))*$")
 
@@ -108,6 +109,13 @@ def bind_scales(data: Any, inputs: tuple[TensorSpec, ...]) -> dict[str, tuple[fl
             raise ValueError(problems[0] if problems else f"dequantize_on_bind {name}: no scales")
         scales[name] = tuple(float(v) for v in values)
     return scales
+
+
+def spare_rows(data: Any) -> int:
+    """``kv_spare_rows``: a count of cache rows, at most ``MAX_SPARE_ROWS``."""
+    if not is_count(data, 0, MAX_SPARE_ROWS):
+        raise ValueError(f"kv_spare_rows {data!r}: not a count up to {MAX_SPARE_ROWS}")
+    return int(data)
 
 
 def dim_spec(name: str, data: Any) -> DimSpec:
