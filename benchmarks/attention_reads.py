@@ -19,6 +19,9 @@ binding, and is timed interleaved with two references reading the same bytes:
   (M = 1 products, the shape the weight MatMuls have);
 - ``gqa``: ``com.microsoft.GroupQueryAttention`` on ``[1, kvh, P, hd]`` buffers shared
   between past and present (what onnxruntime-genai runs);
+- ``gqa_rows``: the same op with each KV head's G query heads as G rows of kvh heads
+  (``export/graphs/ort_grouped_decode.py``; an ``attention_bias`` hides the G-1 scratch
+  rows it writes after the token);
 - ``weight_matmul``: ``[1, 896] @ W`` with W as large as the KV cache (a weight read);
 - ``numpy_read``: the bandwidth probe's sum over the same bytes (``machine.bandwidth_gbs``).
 
@@ -174,6 +177,44 @@ def gqa_graph(capacity: int) -> bytes:
     return _model(nodes, inputs, [_float("out", None), *outputs])
 
 
+def gqa_rows_graph(capacity: int) -> bytes:
+    """GroupQueryAttention with G query rows of kvh heads each, over the same buffers."""
+    from onnx import TensorProto, helper
+
+    width = KV_HEADS * HEAD
+    inputs = [_float(name, [1, GROUP, width]) for name in ("q_rows", "k_rows", "v_rows")]
+    lengths = ("seqlens", "total")
+    inputs += [helper.make_tensor_value_info(n, TensorProto.INT32, [1]) for n in lengths]
+    inputs.append(_float("bias", [1, 1, GROUP, "total"]))
+    nodes, outs, outputs = [], [], []
+    for i in range(LAYERS):
+        shape = [1, KV_HEADS, capacity, HEAD]
+        inputs += [_float(f"k{i}", shape), _float(f"v{i}", shape)]
+        outputs += [_float(f"k{i}_out", shape), _float(f"v{i}_out", shape)]
+        feeds = ["q_rows", "k_rows", "v_rows", f"k{i}", f"v{i}", "seqlens", "total"]
+        nodes.append(
+            helper.make_node(
+                "GroupQueryAttention",
+                [*feeds, "", "", "", "bias"],
+                [f"o{i}", f"k{i}_out", f"v{i}_out"],
+                domain="com.microsoft",
+                num_heads=KV_HEADS,
+                kv_num_heads=KV_HEADS,
+            )
+        )
+        outs.append(f"o{i}")
+    nodes.append(helper.make_node("Sum", outs, ["out"]))
+    return _model(nodes, inputs, [_float("out", None), *outputs])
+
+
+def scratch_bias(past: int) -> np.ndarray:
+    """[1, 1, G, past+G]: row j hides the scratch positions past+1 .. past+j."""
+    bias = np.zeros((1, 1, GROUP, past + GROUP), np.float32)
+    for row in range(1, GROUP):
+        bias[0, 0, row, past + 1 : past + 1 + row] = -np.inf
+    return bias
+
+
 def weight_graph(columns: int) -> bytes:
     """``[1, 896] @ W [896, columns]``, W fed as an input (read from memory every run)."""
     from onnx import helper
@@ -231,11 +272,15 @@ def variants(past: int, threads: int) -> tuple[dict[str, Callable], int]:
     gqa |= {"v_new": normal(1, 1, KV_HEADS * HEAD), "seqlens": np.array([past], np.int32)}
     gqa |= {"total": np.array([past + 1], np.int32), **caches((1, KV_HEADS, past + 8, HEAD))}
     aliases = [(f"{n}_out", n) for i in range(LAYERS) for n in (f"k{i}", f"v{i}")]
+    rows = {n: normal(1, GROUP, KV_HEADS * HEAD) for n in ("q_rows", "k_rows", "v_rows")}
+    rows |= {"seqlens": np.array([past + GROUP - 1], np.int32), "bias": scratch_bias(past)}
+    rows |= {"total": np.array([past + GROUP], np.int32)}
+    rows |= caches((1, KV_HEADS, past + 8 + GROUP, HEAD))
     weight = {"x": normal(1, 896), "w": normal(896, kv_bytes // (896 * 4))}
     flat = [ours[f"{kind}{i}"] for i in range(LAYERS) for kind in "kv"]
     pool = ThreadPoolExecutor(threads)
     ours["probs"] = normal(KV_HEADS, GROUP, past)
-    rows = {"q_blocks": normal(KV_HEADS * HEAD, HEADS), **caches((1, past, KV_HEADS, HEAD))}
+    blocks = {"q_blocks": normal(KV_HEADS * HEAD, HEADS), **caches((1, past, KV_HEADS, HEAD))}
     head_rows = {"q_t": normal(KV_HEADS, HEAD, GROUP)}
     head_rows |= {
         f"{kind}{i}": normal(*shape)
@@ -246,10 +291,11 @@ def variants(past: int, threads: int) -> tuple[dict[str, Callable], int]:
         "ours": bound_run(ours_graph(past), ours, threads),
         "ours_scores_only": bound_run(ours_graph(past, "k"), ours, threads),
         "ours_values_only": bound_run(ours_graph(past, "v"), ours, threads),
-        "cache_rows": bound_run(cache_rows_graph(past), rows, threads),
+        "cache_rows": bound_run(cache_rows_graph(past), blocks, threads),
         "head_rows": bound_run(head_rows_graph(past), head_rows, threads),
         "head_major_gemv": bound_run(head_major_graph(past), head_major, threads),
         "gqa": bound_run(gqa_graph(past + 8), gqa, threads, aliases),
+        "gqa_rows": bound_run(gqa_rows_graph(past + 8 + GROUP), rows, threads, aliases),
         "weight_matmul": bound_run(weight_graph(weight["w"].shape[1]), weight, threads),
         "numpy_read": lambda: list(pool.map(_sum_all, [flat[::2], flat[1::2]])),
     }, kv_bytes
