@@ -150,55 +150,38 @@ def head_major_graph(past: int) -> bytes:
 
 def gqa_graph(capacity: int) -> bytes:
     """GroupQueryAttention per layer over past/present buffers ``[1, kvh, capacity, hd]``."""
-    from onnx import TensorProto, helper
-
     inputs = [_float("q", [1, 1, HEADS * HEAD]), _float("k_new", [1, 1, KV_HEADS * HEAD])]
     inputs += [_float("v_new", [1, 1, KV_HEADS * HEAD])]
-    lengths = ("seqlens", "total")
-    inputs += [helper.make_tensor_value_info(n, TensorProto.INT32, [1]) for n in lengths]
-    nodes, outs, outputs = [], [], []
-    for i in range(LAYERS):
-        shape = [1, KV_HEADS, capacity, HEAD]
-        inputs += [_float(f"k{i}", shape), _float(f"v{i}", shape)]
-        outputs += [_float(f"k{i}_out", shape), _float(f"v{i}_out", shape)]
-        feeds = ["q", "k_new", "v_new", f"k{i}", f"v{i}", "seqlens", "total"]
-        nodes.append(
-            helper.make_node(
-                "GroupQueryAttention",
-                feeds,
-                [f"o{i}", f"k{i}_out", f"v{i}_out"],
-                domain="com.microsoft",
-                num_heads=HEADS,
-                kv_num_heads=KV_HEADS,
-            )
-        )
-        outs.append(f"o{i}")
-    nodes.append(helper.make_node("Sum", outs, ["out"]))
-    return _model(nodes, inputs, [_float("out", None), *outputs])
+    return _gqa_layers(capacity, inputs, HEADS, ())
 
 
 def gqa_rows_graph(capacity: int) -> bytes:
     """GroupQueryAttention with G query rows of kvh heads each, over the same buffers."""
-    from onnx import TensorProto, helper
-
     width = KV_HEADS * HEAD
     inputs = [_float(name, [1, GROUP, width]) for name in ("q_rows", "k_rows", "v_rows")]
-    lengths = ("seqlens", "total")
-    inputs += [helper.make_tensor_value_info(n, TensorProto.INT32, [1]) for n in lengths]
     inputs.append(_float("bias", [1, 1, GROUP, "total"]))
+    return _gqa_layers(capacity, inputs, KV_HEADS, ("", "", "", "bias"))
+
+
+def _gqa_layers(capacity: int, inputs: list, heads: int, extra: tuple[str, ...]) -> bytes:
+    """24 layers of the op on ``inputs``' first three (query, key, value) and ``extra``."""
+    from onnx import TensorProto, helper
+
+    qkv = [value.name for value in inputs[:3]]
+    lengths = ("seqlens", "total")
+    inputs = inputs + [helper.make_tensor_value_info(n, TensorProto.INT32, [1]) for n in lengths]
     nodes, outs, outputs = [], [], []
     for i in range(LAYERS):
         shape = [1, KV_HEADS, capacity, HEAD]
         inputs += [_float(f"k{i}", shape), _float(f"v{i}", shape)]
         outputs += [_float(f"k{i}_out", shape), _float(f"v{i}_out", shape)]
-        feeds = ["q_rows", "k_rows", "v_rows", f"k{i}", f"v{i}", "seqlens", "total"]
         nodes.append(
             helper.make_node(
                 "GroupQueryAttention",
-                [*feeds, "", "", "", "bias"],
+                [*qkv, f"k{i}", f"v{i}", *lengths, *extra],
                 [f"o{i}", f"k{i}_out", f"v{i}_out"],
                 domain="com.microsoft",
-                num_heads=KV_HEADS,
+                num_heads=heads,
                 kv_num_heads=KV_HEADS,
             )
         )
