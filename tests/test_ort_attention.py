@@ -158,7 +158,8 @@ def _decode_in_place(plain, fused, manifest, past: int, shift: int) -> bool:
         zip([o.name for o in plain.graph.output], _session(plain).run(None, feeds), strict=True)
     )
     layers, kvh, hd = heads.num_layers, heads.num_kv_heads, heads.head_dim
-    cache = KVCache.empty(layers, past + 4, kvh, hd, head_major=True, spare_rows=spare)
+    capacity = min(past + 4, manifest.limits["max_context"])  # at 511: the last row
+    cache = KVCache.empty(layers, capacity, kvh, hd, head_major=True, spare_rows=spare)
     rng = np.random.default_rng(3)
     for i, buffer in enumerate([*cache.keys, *cache.values]):  # noise, then the prefix
         buffer.numpy()[...] = rng.standard_normal(buffer.shape).astype(np.float32)
@@ -205,7 +206,7 @@ def test_a_decode_step_in_query_rows_matches_the_exported_graph_in_place(
 ) -> None:
     """Every decode step grouped (``grouped_from_past=0``): the same logits and new K/V as
     the exported graph; only the token's row and the scratch rows after it change. 511:
-    the last position of the embedded model's context, scratch rows past its end."""
+    the last position of the embedded model's context, its scratch rows in the spare ones."""
     plain, fused, _, manifest = graphs
     assert past < manifest.limits["max_context"]
     heads = AttentionHeads.from_manifest(manifest)
