@@ -170,9 +170,8 @@ def _decode_in_place(plain, fused, manifest, past: int, shift: int) -> bool:
     session = _session(fused)
     binding = session.io_binding()
     inputs = {k: v for k, v in feeds.items() if not k.startswith("past_")}
-    inputs |= {
-        k: np.asarray(getattr(v, "numpy", lambda v=v: v)()) for k, v in cache.past_feeds(1).items()
-    }
+    for name, value in cache.past_feeds(1).items():  # the whole buffers, seqlens_k, total
+        inputs[name] = value.numpy() if isinstance(value, HostArray) else np.asarray(value)
     for name, array in inputs.items():
         binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
     for name, target in cache.slot_targets(1).items():
