@@ -410,7 +410,7 @@ def _int4_blocks(path: Path) -> list[bytes]:
     )
 
 
-def test_decode_steps_in_query_rows_answer_as_the_one_row_op(int4_package, tmp_path):
+def test_decode_steps_in_query_rows_give_the_one_row_ops_logits(int4_package, tmp_path):
     """The runtime with every decode step grouped: a copy of onnx/int4 whose ``If`` takes
     the grouped branch from the first cached position gives the same logits after a video
     and a question, step after step, on a cache with ``kv_spare_rows`` beyond its capacity."""

@@ -279,11 +279,16 @@ def int4_llm(
         **cross_kv_record(scales),
         "ort_fusions": fusions,
         "attention": int4.attention,
-        # scratch rows the grouped decode attention writes after a token (ort_grouped_decode)
-        "kv_spare_rows": spare_rows(heads) if heads and fusions.get("grouped_decode") else 0,
         "grouped_decode_from_past": GROUPED_FROM_PAST if fusions.get("grouped_decode") else None,
     }
     return files, record, factors
+
+
+def _spare_rows(manifest: Manifest, record: dict) -> int:
+    """Cache rows past the capacity that the graph's grouped decode steps write (0: none)."""
+    if not record["ort_fusions"].get("grouped_decode"):
+        return 0
+    return spare_rows(AttentionHeads.from_manifest(manifest))
 
 
 def int4_artifacts(
@@ -320,7 +325,7 @@ def int4_artifacts(
         external_data=tuple(FileRef(f.name, file_sha256(f)) for f in files[1:]),
         build=record,
         dequantize_on_bind={k: tuple(v) for k, v in record["cross_kv_scales"].items()},
-        kv_spare_rows=record["kv_spare_rows"],
+        kv_spare_rows=_spare_rows(manifest, record),
     )
     progress()
     return Int4Set(artifacts, factors)

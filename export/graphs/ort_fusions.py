@@ -27,12 +27,11 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
 
 from ...runtime.model.config import CrossLMMConfig
+from ...runtime.model.contract import POSITIONS_INPUT
 from ...runtime.package.manifest import Manifest
 from .graph_passes import CONTRIB, add_initializer, sole_user
 from .ort_attention import AttentionHeads, fuse_group_query_attention
 from .ort_grouped_decode import GROUPED_FROM_PAST, group_decode_queries, spare_rows
-
-POSITIONS_INPUT = "position_ids"  # [B, L] int64: the LLM graph's RoPE positions
 
 
 @dataclass(frozen=True)

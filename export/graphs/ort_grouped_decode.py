@@ -34,11 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from ...runtime.model.contract import SEQLENS_INPUT, TOTAL_LENGTH_INPUT
+from ...runtime.model.contract import POSITIONS_INPUT, SEQLENS_INPUT, TOTAL_LENGTH_INPUT
 from .graph_passes import CONTRIB, add_initializer
 from .ort_attention import AttentionHeads
 
-POSITIONS_INPUT = "position_ids"  # [1, L] int64
 # Below this many cached positions the op's one-row products are as fast (decode_ab on the
 # 0.5B shape: +2-3 % grouped at 256 and 512 past, even at 1024, faster from 2048).
 GROUPED_FROM_PAST = 1024

@@ -47,7 +47,8 @@ class KVCache:
         # per layer [1, max_len, kvh, hd], or head-major [1, kvh, max_len + spare_rows, hd]
         self.keys, self.values = keys, values
         self.head_major = head_major
-        self.capacity = keys[0].shape[2 if head_major else 1] - spare_rows
+        spare = spare_rows if head_major else 0  # a sequence-major cache has none
+        self.capacity = keys[0].shape[2 if head_major else 1] - spare
         self.length = length
 
     @classmethod
@@ -72,7 +73,7 @@ class KVCache:
         )
         keys = [allocate(shape, kind) for _ in range(num_layers)]
         values = [allocate(shape, kind) for _ in range(num_layers)]
-        return cls(keys, values, 0, head_major, spare_rows if head_major else 0)
+        return cls(keys, values, 0, head_major, spare_rows)
 
     @property
     def num_layers(self) -> int:
@@ -156,7 +157,6 @@ def cache_from_prefix(
             buffer[:, :length] = prefix
         return upload(buffer)
 
-    spare = spare_rows if head_major else 0
     return KVCache(
-        [filled(k) for k in keys], [filled(v) for v in values], length, head_major, spare
+        [filled(k) for k in keys], [filled(v) for v in values], length, head_major, spare_rows
     )

@@ -25,6 +25,7 @@ CROSS_PARTS = ("v2v_key", "v2v_value", "t2v_key", "t2v_value")
 # A shared-cache LLM graph (ONNX Runtime's GroupQueryAttention) also reads these:
 # the index of the chunk's last position, and the positions valid after the chunk.
 SEQLENS_INPUT, TOTAL_LENGTH_INPUT = "seqlens_k", "total_sequence_length"
+POSITIONS_INPUT = "position_ids"  # the LLM chunk's RoPE positions [1, L] int64
 
 
 def past_names(layer: int) -> tuple[str, str]:
@@ -197,7 +198,7 @@ def llm_spec(
     inputs = [
         TensorSpec("input_ids", "int64", (1, "text_len"), FILL_TOKENS),
         TensorSpec("visual_embeds", dtype, (1, "visual_len", t.hidden_size)),
-        TensorSpec("position_ids", "int64", (1, "seq_len"), FILL_POSITIONS),
+        TensorSpec(POSITIONS_INPUT, "int64", (1, "seq_len"), FILL_POSITIONS),
     ]
     logits_dims = (1, "seq_len", t.vocab_size) if all_logits else (1, t.vocab_size)
     outputs = [TensorSpec("logits", "float32", logits_dims)]
