@@ -94,7 +94,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _int4_arguments(quantize: argparse.ArgumentParser) -> None:
     """The ``--precision int4`` options (docs/quantization.md)."""
-    from .int4.options import ALGORITHMS, ATTENTION_CHOICES, HEAD_CHOICES, Int4Options
+    from .int4.options import (
+        ALGORITHMS,
+        ATTENTION_CHOICES,
+        HEAD_CHOICES,
+        KV_CACHE_CHOICES,
+        Int4Options,
+    )
 
     default = Int4Options()
     quantize.add_argument(
@@ -148,6 +154,15 @@ def _int4_arguments(quantize: argparse.ArgumentParser) -> None:
             f"(default {default.attention})"
         ),
     )
+    quantize.add_argument(
+        "--kv-cache",
+        choices=KV_CACHE_CHOICES,
+        help=(
+            "int4: element type of the LLM's KV cache; float16 (the default with "
+            "--attention gqa) halves the bytes a long-context step reads; the standard "
+            "ops keep float32"
+        ),
+    )
 
 
 def _int4_options(args: argparse.Namespace):
@@ -163,6 +178,7 @@ def _int4_options(args: argparse.Namespace):
         args.embedding,
         args.attention,
         args.head_block_size,
+        kv_cache=args.kv_cache,
     )
 
 
@@ -243,6 +259,8 @@ def _print_int4(build: dict) -> None:
     attention = f"GroupQueryAttention in {fused} layers" if fused else "the exported ops"
     if build.get("grouped_decode_from_past") is not None:
         attention += f"; decode steps in query rows from {build['grouped_decode_from_past']} past"
+    if fused:
+        attention += f"; KV cache {build.get('kv_cache', 'float32')}"
     print(f"  llm attention (onnx/int4): {attention}")
     if build["cross_kv_scales"]:
         print("  llm cross K/V (onnx/int4): int8 memory, dequantized once per video when bound")

@@ -67,6 +67,9 @@ DEVICES = {
     "a100-40gb": Device("A100 40 GB", 40 * GIB, 0, False),
 }
 PRECISION_BYTES = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 1}  # int4: INT8 cross K/V
+# The self-attention cache on ONNX Runtime's CPU provider: float activations keep it
+# float32 in the fp32 and INT8 graphs; onnx/int4's GroupQueryAttention keeps it float16.
+CPU_KV_BYTES = {"fp32": 4, "fp16": 2, "int8": 4, "int4": 2}
 # Bytes per LLM matrix weight at int4 (LM head included): 4 bits plus an fp16 scale
 # per block of 32 (docs/quantization.md); the vision side is the INT8 recipe's. The
 # head's default blocks of 128 hold 0.047 bytes less a weight: an upper bound there.
@@ -251,7 +254,7 @@ def predict_cpu(model: Model, frames: int, context: int, precision: str) -> Pred
     prefill = (
         cross
         + bound
-        + kv_bytes(s, visual + OPT_PREFIX_TEXT + DECODE_TOKENS, item)
+        + kv_bytes(s, visual + OPT_PREFIX_TEXT + DECODE_TOKENS, CPU_KV_BYTES[precision])
         + _prefill_piece_bytes(s, OPT_PREFIX_TEXT, visual, frames * s.patches)
     )
     parts = {

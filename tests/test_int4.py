@@ -33,6 +33,15 @@ def int4_package(tmp_path_factory: pytest.TempPathFactory, embedded_fp16_package
     return _quantized_copy(embedded_fp16_package, tmp_path_factory.mktemp("int4"), *options)
 
 
+@pytest.fixture(scope="module")
+def float32_cache_package(
+    tmp_path_factory: pytest.TempPathFactory, embedded_fp16_package: Path
+) -> Path:
+    """``int4_package``'s options with ``--kv-cache float32`` (the default is float16)."""
+    options = ("--head", "int8", "--head-block-size", "64", "--kv-cache", "float32")
+    return _quantized_copy(embedded_fp16_package, tmp_path_factory.mktemp("int4f32"), *options)
+
+
 def _blocked(model: onnx.ModelProto) -> dict[str, int]:
     """Weight name -> bits of every blocked (or per-channel weight) DequantizeLinear."""
     inits = {t.name: t.data_type for t in model.graph.initializer}
@@ -410,10 +419,12 @@ def _int4_blocks(path: Path) -> list[bytes]:
     )
 
 
-def test_decode_steps_in_query_rows_give_the_one_row_ops_logits(int4_package, tmp_path):
-    """The runtime with every decode step grouped: a copy of onnx/int4 whose ``If`` takes
-    the grouped branch from the first cached position gives the same logits after a video
-    and a question, step after step, on a cache with ``kv_spare_rows`` beyond its capacity."""
+def test_decode_steps_in_query_rows_give_the_one_row_ops_logits(float32_cache_package, tmp_path):
+    """The runtime with every decode step grouped: a copy of a float32-cache onnx/int4
+    whose ``If`` takes the grouped branch from the first cached position gives the same
+    logits after a video and a question, step after step, on a cache with
+    ``kv_spare_rows`` beyond its capacity."""
+    int4_package = float32_cache_package
     import hashlib
 
     from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
@@ -454,3 +465,42 @@ def test_decode_steps_in_query_rows_give_the_one_row_ops_logits(int4_package, tm
         logits.append(np.stack([np.array(step) for step in steps]))
     assert cache.keys[0].shape[2] == cache.capacity + spare  # the grouped package's cache
     np.testing.assert_allclose(logits[1], logits[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_float16_cache_package_answers_as_the_float32_cache_one(
+    int4_package: Path, float32_cache_package: Path, tmp_path: Path
+) -> None:
+    """The default float16 cache: the contract says float16 for the cache only, every
+    decode step runs in query rows, the runtime allocates the cache so, and a video's
+    question gets the float32 cache's logits to half precision and the same answer."""
+    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+    from crosslmm_edge.runtime.inference.generation import run_chunk
+    from crosslmm_edge.runtime.inference.sampling import GenerationOptions
+
+    half = int4_package
+    llm = load_manifest(half).graphs["llm"].find("onnx", "int4")
+    assert llm.build["kv_cache"] == "float16" and llm.build["grouped_decode_from_past"] == 0
+    dtypes = {t.name: t.dtype for t in (*llm.inputs, *llm.outputs)}
+    assert dtypes["past_key.0"] == dtypes["present_value.1"] == "float16"
+    assert dtypes["visual_embeds"] == dtypes["t2v_key.0"] == dtypes["logits"] == "float32"
+    video = tmp_path / "clip.mp4"
+    write_scene_video(video, 4, 2, 8)
+    logits, answers = [], []
+    for package in (float32_cache_package, half):
+        assistant = RuntimeAssistant(package, precision="int4")
+        assistant.set_video(str(video))
+        pipeline, cache = assistant.pipeline, assistant.cache
+        assert cache is not None
+        prompt = assistant.prompt.first_question_ids("what colour is the dot?")
+        no_visual = pipeline.shapes.no_visual()
+        steps = [pipeline.prefill(cache, prompt, no_visual, assistant.text_cross)]
+        memory = pipeline.memory_feeds(assistant.text_cross)
+        for token in (14, 3, 27, 9):
+            steps.append(run_chunk(pipeline.sessions["llm"], cache, [token], no_visual, memory))
+        logits.append(np.stack([np.array(step) for step in steps]))
+        answer = assistant.ask("what colour is the dot?", GenerationOptions(max_new_tokens=8))
+        answers.append(answer.token_ids)
+    assert cache.keys[0].dtype == np.float16 and pipeline.kv_dtype == np.float16
+    scale = np.abs(logits[0]).max()
+    assert np.abs(logits[1] - logits[0]).max() < 2e-2 * scale
+    assert answers[1] == answers[0]

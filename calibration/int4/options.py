@@ -16,6 +16,8 @@ ALGORITHMS = ("rtn", "awq", "hqq", "gptq")
 # Decoder self-attention of onnx/int4: ONNX Runtime's fused GroupQueryAttention with an
 # in-place head-major cache, or the exported standard ops (export/graphs/ort_attention.py).
 ATTENTION_CHOICES = ("gqa", "standard")
+# Element type of that op's KV cache (export/graphs/ort_half_cache.py).
+KV_CACHE_CHOICES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class Int4Options:
     # The head's own block size (docs/quantization.md): ONNX Runtime's 8-bit-activation
     # MatMulNBits kernel spends most of a block-32 head on per-block work, not on bytes.
     head_block_size: int = 128
+    # None: float16 for GroupQueryAttention (a long-context step reads half the bytes;
+    # docs/performance-int4.md), float32 for the standard ops, which keep the export's.
+    kv_cache: str | None = None
     wider: tuple[tuple[str, str], ...] = ()  # (layer group, "int8" or "float")
     search: dict | None = field(default=None, compare=False)
 
@@ -54,6 +59,17 @@ class Int4Options:
             raise UserError(f"--embedding {self.embedding}: choose one of {HEAD_CHOICES}")
         if self.attention not in ATTENTION_CHOICES:
             raise UserError(f"--attention {self.attention}: choose one of {ATTENTION_CHOICES}")
+        if self.kv_cache not in (None, *KV_CACHE_CHOICES):
+            raise UserError(f"--kv-cache {self.kv_cache}: choose one of {KV_CACHE_CHOICES}")
+        if self.kv_cache == "float16" and self.attention != "gqa":
+            raise UserError("--kv-cache float16 needs --attention gqa")
+
+    @property
+    def cache_type(self) -> str:
+        """The element type of the LLM's self-attention cache these options give."""
+        if self.kv_cache is not None:
+            return self.kv_cache
+        return "float16" if self.attention == "gqa" else "float32"
 
     def scheme(self, bits: int) -> BlockScheme:
         """The block scheme of a weight stored at ``bits`` under these options (HQQ's

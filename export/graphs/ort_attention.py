@@ -67,11 +67,14 @@ class AttentionHeads:
         )
 
 
-def shared_kv_specs(manifest: Manifest) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """The rewritten LLM graph's inputs and outputs (float32), from the contract."""
+def shared_kv_specs(
+    manifest: Manifest, kv_dtype: str = "float32"
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The rewritten LLM graph's inputs and outputs (float32, the cache ``kv_dtype``),
+    from the contract."""
     config = CrossLMMConfig.from_dict(manifest.model_config)
     limits = ExportLimits(manifest.limits["max_frames"], manifest.limits["max_context"])
-    spec = llm_spec(config, limits, "float32", shared_kv=True)
+    spec = llm_spec(config, limits, "float32", shared_kv=True, kv_dtype=kv_dtype)
     return spec.inputs, spec.outputs
 
 

@@ -32,6 +32,7 @@ from ...runtime.package.manifest import Manifest
 from .graph_passes import CONTRIB, add_initializer, sole_user
 from .ort_attention import AttentionHeads, fuse_group_query_attention
 from .ort_grouped_decode import GROUPED_FROM_PAST, group_decode_queries, spare_rows
+from .ort_half_cache import cache_in_float16
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,17 @@ def fuse_for_onnx_runtime(
     model: onnx.ModelProto,
     rope: RopeTables,
     heads: AttentionHeads | None = None,
-    grouped_from_past: int = GROUPED_FROM_PAST,
+    grouped_from_past: int | None = None,
+    kv_dtype: str = "float32",
 ) -> dict[str, int]:
     """Rewrite ``model`` in place with the fusions above; how many of each were made.
 
     With ``heads``, the decoder's attention also becomes ``GroupQueryAttention``
     (``ort_attention``), which changes the graph's cache inputs and outputs, and a
-    decode step after ``grouped_from_past`` cached positions runs it with the query
-    heads as rows (``ort_grouped_decode``).
+    decode step after ``grouped_from_past`` cached positions (default: measured per
+    cache type, ``GROUPED_FROM_PAST``) runs it with the query heads as rows
+    (``ort_grouped_decode``); ``kv_dtype`` ``"float16"`` gives the op a float16 cache
+    (``ort_half_cache``).
     """
     from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
     from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_normalization
@@ -82,12 +86,24 @@ def fuse_for_onnx_runtime(
     }
     if heads is not None:
         RemoveUnusedNodesPass()(graph_model)  # the RoPE's dead views would look like readers
-        counts["group_query_attention"] = fuse_group_query_attention(graph_model.graph, heads)
-        if counts["group_query_attention"]:
-            grouped = group_decode_queries(graph_model.graph, heads, grouped_from_past)
-            counts["grouped_decode"] = grouped
+        counts |= _attention_fusions(graph_model.graph, heads, kv_dtype, grouped_from_past)
     RemoveUnusedNodesPass()(graph_model)  # the fused patterns' constants
     model.CopyFrom(ir.to_proto(graph_model))
+    return counts
+
+
+def _attention_fusions(
+    graph: ir.Graph, heads: AttentionHeads, kv_dtype: str, grouped_from_past: int | None
+) -> dict[str, int]:
+    """``GroupQueryAttention``, its cache type, then its decode steps in query rows."""
+    counts = {"group_query_attention": fuse_group_query_attention(graph, heads)}
+    if not counts["group_query_attention"]:
+        return counts
+    if kv_dtype == "float16":
+        counts["float16_cache"] = cache_in_float16(graph)
+    if grouped_from_past is None:
+        grouped_from_past = GROUPED_FROM_PAST[kv_dtype]
+    counts["grouped_decode"] = group_decode_queries(graph, heads, grouped_from_past)
     return counts
 
 

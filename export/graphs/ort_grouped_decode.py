@@ -9,7 +9,7 @@ the same op multiplies ``G`` rows at once per KV head and reads the cache
 once (``benchmarks/attention_reads.py``, formulation ``gqa_rows``).
 
 So each decoder layer's op (``ort_attention``) becomes ``If(one token after
-at least GROUPED_FROM_PAST cached positions)``: then the grouped form, else
+at least GROUPED_FROM_PAST[cache type] cached positions)``: then the grouped form, else
 the op as it was (prefill chunks of many tokens are already many rows; at
 short contexts the one-row products cost no more). The grouped op sees ``G``
 new tokens where there is one:
@@ -38,9 +38,12 @@ from ...runtime.model.contract import POSITIONS_INPUT, SEQLENS_INPUT, TOTAL_LENG
 from .graph_passes import CONTRIB, add_initializer
 from .ort_attention import AttentionHeads
 
-# Below this many cached positions the op's one-row products are as fast (decode_ab on the
-# 0.5B shape: +2-3 % grouped at 256 and 512 past, even at 1024, faster from 2048).
-GROUPED_FROM_PAST = 1024
+# Cached positions from which a decode step is grouped, by the cache's element type.
+# float32: below 1024 the op's one-row products are as fast (decode_ab on the 0.5B shape:
+# +2-3 % grouped at 256 and 512 past, even at 1024, faster from 2048). float16: the
+# one-row op converts its KV head's cache to float32 once per query head, and grouped
+# steps were faster at every past measured (decode_ab: 15.57 -> 13.63 ms at 512).
+GROUPED_FROM_PAST = {"float32": 1024, "float16": 0}
 
 
 def spare_rows(heads: AttentionHeads) -> int:
@@ -56,7 +59,7 @@ def group_decode_queries(graph: ir.Graph, heads: AttentionHeads, min_past: int =
     named = {v.name: v for v in graph.inputs}
     if group < 2 or not attentions or POSITIONS_INPUT not in named:
         return 0
-    shared = _Shared.build(graph, named, heads, group, min_past)
+    shared = _Shared.build(graph, named, heads, group, min_past, _cache_type(attentions[0]))
     for index, attention in enumerate(attentions):
         _wrap(graph, attention, shared, heads, index)
     return len(attentions)
@@ -70,7 +73,7 @@ class _Shared:
     total: ir.Value  # [] int32: total_sequence_length + G - 1
     seqlens: ir.Value  # [1] int32: seqlens_k + G - 1
     positions: ir.Value  # [1, G] int64: the token's position on every row
-    bias: ir.Value  # [1, 1, G, total + G - 1] float: -inf on row j's scratch positions
+    bias: ir.Value  # [1, 1, G, total + G - 1], the cache's type: -inf on row j's scratch rows
     heads_shape: ir.Value  # [1, kvh, G, hd]: the query as the projection lays it out
     rows_shape: ir.Value  # [1, G, kvh·hd]: the op's query, key and value
     row_heads_shape: ir.Value  # [1, G, kvh, hd]
@@ -79,7 +82,13 @@ class _Shared:
 
     @classmethod
     def build(
-        cls, graph: ir.Graph, named: dict, heads: AttentionHeads, group: int, min_past: int
+        cls,
+        graph: ir.Graph,
+        named: dict,
+        heads: AttentionHeads,
+        group: int,
+        min_past: int,
+        cache_type: np.dtype,
     ) -> _Shared:
         first = next(iter(graph))
         seqlens, total, positions = (
@@ -111,7 +120,8 @@ class _Shared:
         row_end = add("Add", [seqlens, row_index], "row_end")  # [G, 1]
         within_row = add("LessOrEqual", [cache_positions, row_end], "within_row")
         hidden = add("And", [after_token, within_row], "hidden")  # [G, T]
-        zero, minus_inf = (np.array(v, np.float32) for v in (0.0, -np.inf))
+        # the op takes its bias in its cache's type
+        zero, minus_inf = (np.array(v, cache_type) for v in (0.0, -np.inf))
         bias = add("Where", [hidden, const("minus_inf", minus_inf), const("zero_f", zero)], "bias")
         widths = [heads.num_heads, kvh, kvh]  # packed [q ; k ; v], in heads
         return cls(
@@ -129,6 +139,14 @@ class _Shared:
 
 
 _LAST = (("last_start", -1), ("last_end", np.iinfo(np.int64).max), ("last_axis", 1))
+
+
+def _cache_type(attention: ir.Node) -> np.dtype:
+    """The element type of the op's cache (float32, or float16 after ``ort_half_cache``)."""
+    cache = attention.inputs[3]
+    if cache is None or cache.dtype is None:
+        return np.dtype(np.float32)
+    return np.dtype(cache.dtype.numpy())
 
 
 def _wrap(

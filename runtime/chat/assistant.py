@@ -73,7 +73,7 @@ class RuntimeAssistant(TurnTaking[KVCache]):
         d = self.dims  # the KV cache is allocated from these sizes: bound them first
         check_allocation(
             kv_cache_bytes(
-                d.num_layers, limit, d.num_kv_heads, d.head_dim, self.pipeline.shapes.dtype.itemsize
+                d.num_layers, limit, d.num_kv_heads, d.head_dim, self.pipeline.kv_dtype.itemsize
             ),
             f"a KV cache of {limit} positions",
             "use a smaller --max-context",

@@ -138,17 +138,20 @@ def cache_from_prefix(
     upload: Callable[[np.ndarray], DeviceArray] = HostArray,
     head_major: bool = False,
     spare_rows: int = 0,
+    dtype: DTypeLike | None = None,
 ) -> KVCache:
     """A cache of capacity ``max_len`` whose first entries are the given prefix.
 
     keys, values: per layer [1, length, kvh, hd] (``prefix_arrays``' layout);
-    ``spare_rows`` as in ``KVCache.empty``.
+    ``spare_rows`` as in ``KVCache.empty``; ``dtype``: the buffers' element type
+    (default the prefix's; a saved state of another cache type is converted).
     """
     _, length, kvh, hd = keys[0].shape
     if length > max_len:
         raise ValueError(f"a prefix of {length} positions does not fit {max_len}")
 
     def filled(prefix: np.ndarray) -> DeviceArray:
+        prefix = prefix.astype(dtype or prefix.dtype, copy=False)
         if head_major:  # [1, kvh, max_len + spare, hd]
             buffer = np.zeros((1, kvh, max_len + spare_rows, hd), dtype=prefix.dtype)
             buffer[:, :, :length] = prefix.transpose(0, 2, 1, 3)

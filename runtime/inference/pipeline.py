@@ -91,9 +91,15 @@ class Pipeline:
         if huge_pages is None:
             huge_pages = self.artifacts.by_role[LLM].precision == "int4"
         self.huge_page_bytes = self.backend.use_huge_pages() if huge_pages else 0
-        past = self.sessions[LLM].inputs[past_names(0)[0]]
+        llm = self.sessions[LLM].inputs
+        # Activations and the cross K/V in the graph's float type; the self-attention cache
+        # in its own (a float16 cache beside float32 activations in onnx/int4).
+        self.kv_dtype = np.dtype(llm[past_names(0)[0]].dtype)
         self.shapes = ChunkShapes(
-            self.dims.hidden_size, self.dims.num_kv_heads, self.dims.head_dim, np.dtype(past.dtype)
+            self.dims.hidden_size,
+            self.dims.num_kv_heads,
+            self.dims.head_dim,
+            np.dtype(llm["visual_embeds"].dtype),
         )
         bind = self.artifacts.by_role[LLM].dequantize_on_bind.items()
         # [kvh, 1]: broadcasts over memory [1, T, kvh, hd]
@@ -117,7 +123,7 @@ class Pipeline:
             capacity,
             d.num_kv_heads,
             d.head_dim,
-            self.shapes.dtype,
+            self.kv_dtype,
             self.backend.zeros,
             self.shared_kv,
             self.kv_spare_rows,
@@ -128,7 +134,7 @@ class Pipeline:
     ) -> KVCache:
         """A cache of ``capacity`` positions holding the host prefix (``prefix_arrays``' layout)."""
         upload, shared, spare = self.backend.upload, self.shared_kv, self.kv_spare_rows
-        return cache_from_prefix(keys, values, capacity, upload, shared, spare)
+        return cache_from_prefix(keys, values, capacity, upload, shared, spare, self.kv_dtype)
 
     def upload(self, array: np.ndarray) -> DeviceArray:
         return self.backend.upload(array)
@@ -239,18 +245,18 @@ class Pipeline:
 
 
 def _refuse_cpu_attention(label: str, inputs: Mapping[str, TensorSpec], backend: Backend) -> None:
-    """A ``UserError`` for a float32 ``GroupQueryAttention`` LLM on a GPU provider.
+    """A ``UserError`` for a ``GroupQueryAttention`` LLM of float32 activations on a GPU.
 
-    ONNX Runtime registers that op's CUDA kernel for fp16 and bf16 only, so a float32
-    one would run on the CPU, its cache copied off and back onto the GPU every step.
+    ONNX Runtime registers that op's CUDA kernel for fp16 and bf16 only, so over a
+    float32 cache it would run on the CPU, its cache copied off and back onto the GPU
+    every step; the float16-cache form (Casts around the op) was measured on the CPU only.
     """
-    past = inputs[past_names(0)[0]]
-    if past.dtype != "float32":
+    if inputs["visual_embeds"].dtype != "float32":
         return
     provider = backend.provider
     raise UserError(
-        f"{label}: its decoder attention is ONNX Runtime's GroupQueryAttention over a float32 "
-        f"cache, which ONNX Runtime runs on the CPU only (its CUDA kernel takes fp16); run it "
+        f"{label}: its decoder attention is ONNX Runtime's GroupQueryAttention in a float32 "
+        f"graph, which runs on the CPU provider only (the op's CUDA kernel takes fp16); run it "
         f"with --provider cpu, or quantize with --attention standard for --provider {provider}"
     )
 

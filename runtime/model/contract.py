@@ -183,8 +183,12 @@ def llm_spec(
     dtype: str,
     all_logits: bool = False,
     shared_kv: bool = False,
+    kv_dtype: str | None = None,
 ) -> GraphSpec:
     """The LLM chunk graph; ``all_logits`` returns every position's logits, not the last.
+
+    ``kv_dtype``: the self-attention cache's element type where it differs from
+    ``dtype`` (``onnx/int4`` may keep a float16 cache beside float32 activations).
 
     ``shared_kv``: the graph takes the whole head-major cache ``[1, kvh,
     cache_len, hd]`` as ``past_*``, writes the chunk into it in place and
@@ -204,9 +208,10 @@ def llm_spec(
     outputs = [TensorSpec("logits", "float32", logits_dims)]
     past_dims = (1, kv[0], "cache_len", kv[1]) if shared_kv else (1, "past_len", *kv)
     present_dims = past_dims if shared_kv else (1, "seq_len", *kv)
+    cache = kv_dtype or dtype
     for i in range(t.num_hidden_layers):
-        inputs += [TensorSpec(name, dtype, past_dims) for name in past_names(i)]
-        outputs += [TensorSpec(name, dtype, present_dims) for name in present_names(i)]
+        inputs += [TensorSpec(name, cache, past_dims) for name in past_names(i)]
+        outputs += [TensorSpec(name, cache, present_dims) for name in present_names(i)]
     for name in cross_names(config.num_dcal):
         inputs.append(
             TensorSpec(name, dtype, (1, "v2v_len" if is_v2v(name) else "memory_len", *kv))
