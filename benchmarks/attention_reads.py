@@ -9,7 +9,7 @@ binding, and is timed interleaved with two references reading the same bytes:
 - ``ours``: the exported pattern, ``MatMul(q [kvh, G, hd], K [P, kvh, hd] permuted)``,
   which ONNX Runtime runs as ``FusedMatMul(transBatchB)`` on the cache in place
   (``ours_scores_only``, ``ours_values_only``: its two products apart, each
-  reading half of the bytes printed);
+  reading half of the bytes);
 - ``cache_rows``: the cache as the streamed (left) operand of both products, with
   a block-diagonal query matrix (no packing of the cache, kvh× the multiply-adds);
 - ``head_rows``: a head-major K cache and a transposed (``[kvh, hd, P]``) V cache, each
@@ -22,10 +22,13 @@ binding, and is timed interleaved with two references reading the same bytes:
 - ``gqa_rows``: the same op with each KV head's G query heads as G rows of kvh heads
   (``export/graphs/ort_grouped_decode.py``; an ``attention_bias`` hides the G-1 scratch
   rows it writes after the token);
+- ``gqa_fp16``, ``gqa_rows_fp16``: those two over a float16 cache (query, key, value
+  and bias in float16 too; the kernel computes in float32), reading half the bytes:
+  ``onnx/int4``'s default cache (``export/graphs/ort_half_cache.py``);
 - ``weight_matmul``: ``[1, 896] @ W`` with W as large as the KV cache (a weight read);
 - ``numpy_read``: the bandwidth probe's sum over the same bytes (``machine.bandwidth_gbs``).
 
-Prints the median ms and GB/s of each.
+Prints the median ms of each and the GB/s of the bytes it reads.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ import numpy as np
 
 LAYERS, KV_HEADS, GROUP, HEAD = 24, 2, 7, 64
 HEADS = KV_HEADS * GROUP
+# Formulations that read half of the float32 K/V bytes: one product, or a float16 cache.
+HALF_READERS = dict.fromkeys(
+    ("ours_scores_only", "ours_values_only", "gqa_fp16", "gqa_rows_fp16"), 0.5
+)
 
 
 def _model(nodes, inputs, outputs, inits=()):
@@ -50,10 +57,12 @@ def _model(nodes, inputs, outputs, inits=()):
     return helper.make_model(graph, opset_imports=opsets).SerializeToString()
 
 
-def _float(name: str, shape):
-    from onnx import TensorProto, helper
+def _float(name: str, shape, dtype=np.float32):
+    from onnx import helper
 
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+    return helper.make_tensor_value_info(
+        name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape
+    )
 
 
 def ours_graph(past: int, parts: str = "kv") -> bytes:
@@ -148,22 +157,26 @@ def head_major_graph(past: int) -> bytes:
     return _model(nodes, inputs, [_float("out", None)])
 
 
-def gqa_graph(capacity: int) -> bytes:
-    """GroupQueryAttention per layer over past/present buffers ``[1, kvh, capacity, hd]``."""
-    inputs = [_float("q", [1, 1, HEADS * HEAD]), _float("k_new", [1, 1, KV_HEADS * HEAD])]
-    inputs += [_float("v_new", [1, 1, KV_HEADS * HEAD])]
-    return _gqa_layers(capacity, inputs, HEADS, ())
+def gqa_graph(capacity: int, dtype=np.float32) -> bytes:
+    """GroupQueryAttention per layer over past/present buffers ``[1, kvh, capacity, hd]``
+    of ``dtype`` (its query, key and value too)."""
+    inputs = [_float("q", [1, 1, HEADS * HEAD], dtype)]
+    inputs += [_float(n, [1, 1, KV_HEADS * HEAD], dtype) for n in ("k_new", "v_new")]
+    return _gqa_layers(capacity, inputs, HEADS, (), dtype)
 
 
-def gqa_rows_graph(capacity: int) -> bytes:
+def gqa_rows_graph(capacity: int, dtype=np.float32) -> bytes:
     """GroupQueryAttention with G query rows of kvh heads each, over the same buffers."""
     width = KV_HEADS * HEAD
-    inputs = [_float(name, [1, GROUP, width]) for name in ("q_rows", "k_rows", "v_rows")]
-    inputs.append(_float("bias", [1, 1, GROUP, "total"]))
-    return _gqa_layers(capacity, inputs, KV_HEADS, ("", "", "", "bias"))
+    names = ("q_rows", "k_rows", "v_rows")
+    inputs = [_float(name, [1, GROUP, width], dtype) for name in names]
+    inputs.append(_float("bias", [1, 1, GROUP, "total"], dtype))
+    return _gqa_layers(capacity, inputs, KV_HEADS, ("", "", "", "bias"), dtype)
 
 
-def _gqa_layers(capacity: int, inputs: list, heads: int, extra: tuple[str, ...]) -> bytes:
+def _gqa_layers(
+    capacity: int, inputs: list, heads: int, extra: tuple[str, ...], dtype=np.float32
+) -> bytes:
     """24 layers of the op on ``inputs``' first three (query, key, value) and ``extra``."""
     from onnx import TensorProto, helper
 
@@ -173,8 +186,8 @@ def _gqa_layers(capacity: int, inputs: list, heads: int, extra: tuple[str, ...])
     nodes, outs, outputs = [], [], []
     for i in range(LAYERS):
         shape = [1, KV_HEADS, capacity, HEAD]
-        inputs += [_float(f"k{i}", shape), _float(f"v{i}", shape)]
-        outputs += [_float(f"k{i}_out", shape), _float(f"v{i}_out", shape)]
+        inputs += [_float(f"k{i}", shape, dtype), _float(f"v{i}", shape, dtype)]
+        outputs += [_float(f"k{i}_out", shape, dtype), _float(f"v{i}_out", shape, dtype)]
         nodes.append(
             helper.make_node(
                 "GroupQueryAttention",
@@ -187,7 +200,7 @@ def _gqa_layers(capacity: int, inputs: list, heads: int, extra: tuple[str, ...])
         )
         outs.append(f"o{i}")
     nodes.append(helper.make_node("Sum", outs, ["out"]))
-    return _model(nodes, inputs, [_float("out", None), *outputs])
+    return _model(nodes, inputs, [_float("out", None, dtype), *outputs])
 
 
 def scratch_bias(past: int) -> np.ndarray:
@@ -223,7 +236,7 @@ def bound_run(graph: bytes, arrays: dict[str, np.ndarray], threads: int, aliases
         binding.bind_input(name, "cpu", 0, array.dtype.type, list(array.shape), array.ctypes.data)
     for output, source in aliases:
         array = arrays[source]
-        binding.bind_output(output, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
+        binding.bind_output(output, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
     binding.bind_output("out", "cpu")
     return BoundRun(session, binding, arrays)
 
@@ -248,6 +261,7 @@ def variants(past: int, threads: int) -> tuple[dict[str, Callable], int]:
     def caches(shape) -> dict[str, np.ndarray]:
         return {f"{kind}{i}": normal(*shape) for i in range(LAYERS) for kind in "kv"}
 
+    half = np.float16
     kv_bytes = 2 * LAYERS * past * KV_HEADS * HEAD * 4
     ours = {"q": normal(KV_HEADS, GROUP, HEAD), **caches((1, past, KV_HEADS, HEAD))}
     head_major = {"q": normal(KV_HEADS, GROUP, 1, HEAD), **caches((KV_HEADS, 1, past, HEAD))}
@@ -279,9 +293,18 @@ def variants(past: int, threads: int) -> tuple[dict[str, Callable], int]:
         "head_major_gemv": bound_run(head_major_graph(past), head_major, threads),
         "gqa": bound_run(gqa_graph(past + 8), gqa, threads, aliases),
         "gqa_rows": bound_run(gqa_rows_graph(past + 8 + GROUP), rows, threads, aliases),
+        "gqa_fp16": bound_run(gqa_graph(past + 8, half), _halved(gqa), threads, aliases),
+        "gqa_rows_fp16": bound_run(
+            gqa_rows_graph(past + 8 + GROUP, half), _halved(rows), threads, aliases
+        ),
         "weight_matmul": bound_run(weight_graph(weight["w"].shape[1]), weight, threads),
         "numpy_read": lambda: list(pool.map(_sum_all, [flat[::2], flat[1::2]])),
     }, kv_bytes
+
+
+def _halved(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` with every float array in float16 (the lengths stay int32)."""
+    return {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in arrays.items()}
 
 
 def _sum_all(arrays: list[np.ndarray]) -> None:
@@ -303,11 +326,12 @@ def main() -> None:
             run()
             if round_index:  # round 0 warms up
                 times[name].append(time.perf_counter() - start)
-    print(f"past {args.past}: {kv_bytes / 1e6:.1f} MB of K/V per step, {args.threads} threads")
+    print(f"past {args.past}: {kv_bytes / 1e6:.1f} MB of float32 K/V, {args.threads} threads")
     print(f"{'':16s} {'median':>8s} {'fastest':>8s}   GB/s of the median")
     for name, seconds in times.items():
         median, fastest = statistics.median(seconds), min(seconds)
-        rate = kv_bytes / median / 1e9
+        read = kv_bytes * HALF_READERS.get(name, 1.0)
+        rate = read / median / 1e9
         print(f"{name:16s} {median * 1000:8.2f} {fastest * 1000:8.2f} ms {rate:6.2f}")
 
 

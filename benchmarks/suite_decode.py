@@ -36,7 +36,7 @@ def step_bytes(pipeline, past: int, frames: int = 1) -> dict[str, int]:
     llm_file = pipeline.package.path(pipeline.artifacts.by_role["llm"], verify=False)
     weights = weight_bytes_per_step(llm_file)["read"]  # a Gather-only table: one row
     cross_dtype = pipeline.sessions[LLM].inputs[T2V_KEY].dtype  # INT8 in quantized packages
-    memory = cache_bytes(pipeline.dims, past, pipeline.shapes.dtype, cross_dtype, frames)
+    memory = cache_bytes(pipeline.dims, past, pipeline.kv_dtype, cross_dtype, frames)
     return {"weights": weights, **memory}
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from ..runtime.model.contract import LLM
+from ..runtime.model.contract import LLM, past_names
 from ..runtime.package.loader import open_package
 from .graph_bytes import weight_bytes_per_step
 from .models import BenchModel
@@ -53,10 +53,11 @@ def run_int4(model: BenchModel, args, machine: dict) -> dict:
     past = prefix + len(prompt) + new // 2  # the middle step of the decode
     systems = {}
     for name, graph in graphs.items():
-        memory = cache_bytes(dims, past, "float32", "float32")["kv"]  # fp32 K/V everywhere
-        if name != GENAI:  # genai's LLM has no DCAL, so no T2V memory
-            cross = next(t.dtype for t in held[name[5:]].inputs if t.name == T2V_KEY)
-            memory += cache_bytes(dims, past, "float32", cross)["cross"]
+        memory = cache_bytes(dims, past, "float32", "float32")["kv"]  # genai's CPU cache: fp32
+        if name != GENAI:  # ours: the artifact's cache type; genai's LLM has no T2V memory
+            inputs = {t.name: t.dtype for t in held[name[5:]].inputs}
+            kv = cache_bytes(dims, past, inputs[past_names(0)[0]], inputs[T2V_KEY])
+            memory = kv["kv"] + kv["cross"]
         systems[name] = figures(
             medians[name], weight_bytes_per_step(graph)["read"] + memory, machine
         )

@@ -43,3 +43,27 @@ def test_gqa_rows_attends_as_the_one_row_op_does() -> None:
         reads.gqa_rows_graph(capacity), grouped | {"bias": np.zeros_like(grouped["bias"])}
     )
     assert not np.allclose(unmasked.reshape(group, kvh, hd)[1:], got[1:], atol=1e-3)
+
+
+def test_the_float16_formulations_attend_as_the_float32_ones() -> None:
+    """``gqa_fp16`` and ``gqa_rows_fp16`` on the same (half-rounded) inputs give the float32
+    op's output to half precision."""
+    rng = np.random.default_rng(1)
+    kvh, group, hd = reads.KV_HEADS, reads.GROUP, reads.HEAD
+    capacity = PAST + 8 + group
+    feeds = {"q": rng.standard_normal((1, 1, kvh * group * hd), dtype=np.float32)}
+    feeds |= {
+        n: rng.standard_normal((1, 1, kvh * hd), dtype=np.float32) for n in ("k_new", "v_new")
+    }
+    feeds |= {
+        f"{kind}{i}": rng.standard_normal((1, kvh, capacity, hd), dtype=np.float32)
+        for i in range(reads.LAYERS)
+        for kind in "kv"
+    }
+    feeds |= {"seqlens": np.array([PAST], np.int32), "total": np.array([PAST + 1], np.int32)}
+    half = reads._halved(feeds)
+    rounded = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in half.items()}
+    expected = _run(reads.gqa_graph(capacity), rounded)
+    got = _run(reads.gqa_graph(capacity, np.float16), half)
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), expected, rtol=1e-2, atol=1e-2)
