@@ -424,20 +424,16 @@ def test_decode_steps_in_query_rows_give_the_one_row_ops_logits(float32_cache_pa
     whose ``If`` takes the grouped branch from the first cached position gives the same
     logits after a video and a question, step after step, on a cache with
     ``kv_spare_rows`` beyond its capacity."""
-    int4_package = float32_cache_package
     import hashlib
 
-    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
-    from crosslmm_edge.runtime.inference.generation import run_chunk
-
-    manifest = load_manifest(int4_package)
+    manifest = load_manifest(float32_cache_package)
     llm = manifest.graphs["llm"].find("onnx", "int4")
     heads = manifest.model_config["text_config"]
     spare = heads["num_attention_heads"] // heads["num_key_value_heads"] - 1
     assert llm.kv_spare_rows == spare > 0
     assert llm.build["ort_fusions"]["grouped_decode"] == heads["num_hidden_layers"]
     always = tmp_path / "always"
-    shutil.copytree(int4_package, always)
+    shutil.copytree(float32_cache_package, always)
     graph = onnx.load(str(always / llm.file), load_external_data=False)
     threshold = next(t for t in graph.graph.initializer if t.name == "grouped_decode.min_total")
     assert int(onnx.numpy_helper.to_array(threshold)) == llm.build["grouped_decode_from_past"]
@@ -450,21 +446,30 @@ def test_decode_steps_in_query_rows_give_the_one_row_ops_logits(float32_cache_pa
     (always / "manifest.json").write_text(json.dumps(record))
     video = tmp_path / "clip.mp4"
     write_scene_video(video, 4, 2, 8)
-    logits = []
-    for package in (int4_package, always):
-        assistant = RuntimeAssistant(package, precision="int4")
-        assistant.set_video(str(video))
-        pipeline, cache = assistant.pipeline, assistant.cache
-        assert cache is not None
-        prompt = assistant.prompt.first_question_ids("what colour is the dot?")
-        no_visual = pipeline.shapes.no_visual()
-        steps = [pipeline.prefill(cache, prompt, no_visual, assistant.text_cross)]
-        memory = pipeline.memory_feeds(assistant.text_cross)
-        for token in (14, 3, 27, 9, 14, 5):  # fed tokens: one decode step each
-            steps.append(run_chunk(pipeline.sessions["llm"], cache, [token], no_visual, memory))
-        logits.append(np.stack([np.array(step) for step in steps]))
-    assert cache.keys[0].shape[2] == cache.capacity + spare  # the grouped package's cache
-    np.testing.assert_allclose(logits[1], logits[0], rtol=1e-4, atol=1e-4)
+    expected, _ = _question_logits(float32_cache_package, video, (14, 3, 27, 9, 14, 5))
+    got, assistant = _question_logits(always, video, (14, 3, 27, 9, 14, 5))
+    cache = assistant.cache
+    assert cache is not None and cache.keys[0].shape[2] == cache.capacity + spare
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def _question_logits(package: Path, video: Path, tokens: tuple[int, ...]):
+    """The logits of a question's prefill after ``video``, then of one decode step per
+    fed token, on ``package``'s INT4 set; and the assistant that ran them."""
+    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
+    from crosslmm_edge.runtime.inference.generation import run_chunk
+
+    assistant = RuntimeAssistant(package, precision="int4")
+    assistant.set_video(str(video))
+    pipeline, cache = assistant.pipeline, assistant.cache
+    assert cache is not None
+    prompt = assistant.prompt.first_question_ids("what colour is the dot?")
+    no_visual = pipeline.shapes.no_visual()
+    steps = [pipeline.prefill(cache, prompt, no_visual, assistant.text_cross)]
+    memory = pipeline.memory_feeds(assistant.text_cross)
+    for token in tokens:
+        steps.append(run_chunk(pipeline.sessions["llm"], cache, [token], no_visual, memory))
+    return np.stack([np.array(step) for step in steps]), assistant
 
 
 def test_a_float16_cache_package_answers_as_the_float32_cache_one(
@@ -473,8 +478,6 @@ def test_a_float16_cache_package_answers_as_the_float32_cache_one(
     """The default float16 cache: the contract says float16 for the cache only, every
     decode step runs in query rows, the runtime allocates the cache so, and a video's
     question gets the float32 cache's logits to half precision and the same answer."""
-    from crosslmm_edge.runtime.chat.assistant import RuntimeAssistant
-    from crosslmm_edge.runtime.inference.generation import run_chunk
     from crosslmm_edge.runtime.inference.sampling import GenerationOptions
 
     half = int4_package
@@ -487,20 +490,13 @@ def test_a_float16_cache_package_answers_as_the_float32_cache_one(
     write_scene_video(video, 4, 2, 8)
     logits, answers = [], []
     for package in (float32_cache_package, half):
-        assistant = RuntimeAssistant(package, precision="int4")
-        assistant.set_video(str(video))
-        pipeline, cache = assistant.pipeline, assistant.cache
-        assert cache is not None
-        prompt = assistant.prompt.first_question_ids("what colour is the dot?")
-        no_visual = pipeline.shapes.no_visual()
-        steps = [pipeline.prefill(cache, prompt, no_visual, assistant.text_cross)]
-        memory = pipeline.memory_feeds(assistant.text_cross)
-        for token in (14, 3, 27, 9):
-            steps.append(run_chunk(pipeline.sessions["llm"], cache, [token], no_visual, memory))
-        logits.append(np.stack([np.array(step) for step in steps]))
+        steps, assistant = _question_logits(package, video, (14, 3, 27, 9))
+        logits.append(steps)
         answer = assistant.ask("what colour is the dot?", GenerationOptions(max_new_tokens=8))
         answers.append(answer.token_ids)
-    assert cache.keys[0].dtype == np.float16 and pipeline.kv_dtype == np.float16
+    cache = assistant.cache
+    assert cache is not None and cache.keys[0].dtype == np.float16
+    assert assistant.pipeline.kv_dtype == np.float16
     scale = np.abs(logits[0]).max()
     assert np.abs(logits[1] - logits[0]).max() < 2e-2 * scale
     assert answers[1] == answers[0]
