@@ -154,7 +154,7 @@ def _decode_in_place(plain, fused, manifest, past: int, shift: int, kv=np.float3
     were written."""
     # float16 cache: q, k, v and the attention output are rounded to half precision
     # (the op alone: 3-9e-4 of its output's range); through the embedded model's layers
-    # the logits moved by up to 0.12 of a range of 13 at past 511 (a random prefix).
+    # the logits moved by up to 0.12 at past 511 (a random prefix).
     half = kv == np.float16
     close = {"rtol": 1e-2, "atol": 1e-2} if half else {"rtol": 1e-4, "atol": 1e-4}
     logits_close = {"rtol": 5e-2, "atol": 5e-2} if half else close
