@@ -153,7 +153,7 @@ def _decode_in_place(plain, fused, manifest, past: int, shift: int, kv=np.float3
     ones against the exported graph. Returns whether the scratch rows after the token
     were written."""
     # float16 cache: q, k, v and the attention output are rounded to half precision
-    # (the op alone: 3-9e-4 of its output's range); through the embedded model's layers
+    # (the op alone: 3-9e-4 of its largest output); through the embedded model's layers
     # the logits moved by up to 0.12 at past 511 (a random prefix).
     half = kv == np.float16
     close = {"rtol": 1e-2, "atol": 1e-2} if half else {"rtol": 1e-4, "atol": 1e-4}
