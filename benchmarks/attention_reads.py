@@ -261,7 +261,6 @@ def variants(past: int, threads: int) -> tuple[dict[str, Callable], int]:
     def caches(shape) -> dict[str, np.ndarray]:
         return {f"{kind}{i}": normal(*shape) for i in range(LAYERS) for kind in "kv"}
 
-    half = np.float16
     kv_bytes = 2 * LAYERS * past * KV_HEADS * HEAD * 4
     ours = {"q": normal(KV_HEADS, GROUP, HEAD), **caches((1, past, KV_HEADS, HEAD))}
     head_major = {"q": normal(KV_HEADS, GROUP, 1, HEAD), **caches((KV_HEADS, 1, past, HEAD))}
@@ -293,9 +292,9 @@ def variants(past: int, threads: int) -> tuple[dict[str, Callable], int]:
         "head_major_gemv": bound_run(head_major_graph(past), head_major, threads),
         "gqa": bound_run(gqa_graph(past + 8), gqa, threads, aliases),
         "gqa_rows": bound_run(gqa_rows_graph(past + 8 + GROUP), rows, threads, aliases),
-        "gqa_fp16": bound_run(gqa_graph(past + 8, half), _halved(gqa), threads, aliases),
+        "gqa_fp16": bound_run(gqa_graph(past + 8, np.float16), _halved(gqa), threads, aliases),
         "gqa_rows_fp16": bound_run(
-            gqa_rows_graph(past + 8 + GROUP, half), _halved(rows), threads, aliases
+            gqa_rows_graph(past + 8 + GROUP, np.float16), _halved(rows), threads, aliases
         ),
         "weight_matmul": bound_run(weight_graph(weight["w"].shape[1]), weight, threads),
         "numpy_read": lambda: list(pool.map(_sum_all, [flat[::2], flat[1::2]])),

@@ -53,8 +53,9 @@ def run_int4(model: BenchModel, args, machine: dict) -> dict:
     past = prefix + len(prompt) + new // 2  # the middle step of the decode
     systems = {}
     for name, graph in graphs.items():
-        memory = cache_bytes(dims, past, "float32", "float32")["kv"]  # genai's CPU cache: fp32
-        if name != GENAI:  # ours: the artifact's cache type; genai's LLM has no T2V memory
+        if name == GENAI:  # its CPU cache is fp32; its LLM has no DCAL, so no T2V memory
+            memory = cache_bytes(dims, past, "float32", "float32")["kv"]
+        else:  # ours: the artifact's cache type and T2V memory type
             inputs = {t.name: t.dtype for t in held[name[5:]].inputs}
             kv = cache_bytes(dims, past, inputs[past_names(0)[0]], inputs[T2V_KEY])
             memory = kv["kv"] + kv["cross"]

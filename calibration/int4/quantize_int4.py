@@ -251,7 +251,8 @@ def int4_llm(
     # once per video (the artifact's ``dequantize_on_bind``), not every step in the graph.
     scales = kv_int8.head_scales(calibration.cross_max) if options.int8_cross_kv else {}
     heads = AttentionHeads.from_manifest(manifest) if int4.attention == "gqa" else None
-    fusions = fuse_for_onnx_runtime(model, rope_tables(manifest), heads, kv_dtype=int4.cache_type)
+    kv_cache, from_past = int4.cache_type, GROUPED_FROM_PAST[int4.cache_type]
+    fusions = fuse_for_onnx_runtime(model, rope_tables(manifest), heads, from_past, kv_cache)
     if heads is not None and fusions["group_query_attention"] != heads.num_layers:
         raise UserError(
             f"{source.file}: the decoder attention does not have the exported pattern; "
@@ -279,17 +280,10 @@ def int4_llm(
         **cross_kv_record(scales),
         "ort_fusions": fusions,
         "attention": int4.attention,
-        "kv_cache": "float16" if fusions.get("float16_cache") else "float32",
-        "grouped_decode_from_past": _grouped_from_past(fusions),
+        "kv_cache": kv_cache,
+        "grouped_decode_from_past": from_past if fusions.get("grouped_decode") else None,
     }
     return files, record, factors
-
-
-def _grouped_from_past(fusions: dict[str, int]) -> int | None:
-    """Where the graph's decode steps start running in query rows (None: never)."""
-    if not fusions.get("grouped_decode"):
-        return None
-    return GROUPED_FROM_PAST["float16" if fusions.get("float16_cache") else "float32"]
 
 
 def _spare_rows(manifest: Manifest, record: dict) -> int:
