@@ -98,32 +98,38 @@ def _seconds(session, binding, runs: int) -> float:
     return time.perf_counter() - start
 
 
+def rates(shapes: list[tuple], layers: int, block_size: int, threads: int, repeats: int) -> dict:
+    """Streamed and resident GB/s of ``layers`` layers of ``shapes`` in blocks of
+    ``block_size``, and their ms per step (medians of ``repeats`` alternating rounds)."""
+    streamed, streamed_bytes = weight_session(shapes, layers, block_size, threads)
+    resident, layer_bytes = weight_session(shapes, 1, block_size, threads)
+    bound = {"streamed": _bound(streamed), "resident": _bound(resident)}
+    runs = {"streamed": (streamed, 1), "resident": (resident, layers)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_index in range(repeats + 1):  # round 0 warms up
+        for name, (session, count) in runs.items():
+            time.sleep(0.05)  # the other session's pool stops spinning
+            seconds = _seconds(session, bound[name][0], count)
+            if round_index:
+                times[name].append(seconds)
+    step = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "step_ms_streamed": step["streamed"] * 1000,
+        "step_ms_resident": step["resident"] * 1000,
+        "gbs_streamed": streamed_bytes / step["streamed"] / 1e9,
+        "gbs_resident": layer_bytes * layers / step["resident"] / 1e9,
+        "weight_mb": streamed_bytes / 1e6,
+        "layer_mb": layer_bytes / 1e6,
+    }
+
+
 def measure(args: argparse.Namespace) -> dict[int, dict[str, float]]:
     """Per block size: streamed and resident GB/s of weight bytes, ms per step of weights."""
     shapes = layer_shapes(args.hidden, args.intermediate, args.heads, args.kv_heads)
-    result = {}
-    for block_size in args.block_sizes:
-        streamed, streamed_bytes = weight_session(shapes, args.layers, block_size, args.threads)
-        resident, layer_bytes = weight_session(shapes, 1, block_size, args.threads)
-        bound = {"streamed": _bound(streamed), "resident": _bound(resident)}
-        runs = {"streamed": (streamed, 1), "resident": (resident, args.layers)}
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for round_index in range(args.repeats + 1):  # round 0 warms up
-            for name, (session, count) in runs.items():
-                time.sleep(0.05)  # the other session's pool stops spinning
-                seconds = _seconds(session, bound[name][0], count)
-                if round_index:
-                    times[name].append(seconds)
-        step = {name: statistics.median(t) for name, t in times.items()}
-        result[block_size] = {
-            "step_ms_streamed": step["streamed"] * 1000,
-            "step_ms_resident": step["resident"] * 1000,
-            "gbs_streamed": streamed_bytes / step["streamed"] / 1e9,
-            "gbs_resident": layer_bytes * args.layers / step["resident"] / 1e9,
-            "weight_mb": streamed_bytes / 1e6,
-            "layer_mb": layer_bytes / 1e6,
-        }
-    return result
+    return {
+        block_size: rates(shapes, args.layers, block_size, args.threads, args.repeats)
+        for block_size in args.block_sizes
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,11 @@ at each precision the package holds, and onnxruntime-genai's int4 CPU model
 (``--genai-python``: a venv with onnxruntime-genai) built from our
 checkpoint's LLM. Each gets tokens/s, ms per step, the bytes a step reads
 (``graph_bytes``: weights as the graph reads them, KV, T2V memory) and the
-fraction of the bandwidth limit those bytes give.
+fraction of the bandwidth limit those bytes give. After the rounds, the INT4
+decoder's weight products alone (``int4_kernel_rate`` at the package's shape
+and block size) give the rate ONNX Runtime's kernel reads those weights at:
+they are most of a step's bytes, so a whole step's fraction stays near that
+kernel's own.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from ..runtime.model.contract import LLM, past_names
 from ..runtime.package.loader import open_package
 from .graph_bytes import weight_bytes_per_step
+from .int4_kernel_rate import layer_shapes, rates
 from .models import BenchModel
 from .ours import ours_decode_child
 from .peer_genai import genai_decode, genai_int4_model
@@ -64,6 +69,8 @@ def run_int4(model: BenchModel, args, machine: dict) -> dict:
         )
     llm_bytes = {p: _artifact_bytes(package.path(a, verify=False), a) for p, a in held.items()}
     out = summary(systems, llm_bytes)
+    if "int4" in held:
+        out["int4_weights_alone"] = weights_alone(package, held["int4"], args.threads, machine)
     out["genai"] = str(graphs[GENAI].parent) if genai else "skipped: no --genai-python"
     out["package_bytes"] = sum(f.stat().st_size for f in package.folder.rglob("*") if f.is_file())
     out["settings"] = {"threads": args.threads, "prompt_tokens": len(prompt), "new_tokens": new}
@@ -81,6 +88,28 @@ def figures(median: dict, step_bytes: int, machine: dict) -> dict:
         "bytes_per_step": step_bytes,
         "limit_tok_s": limit_tok_s,
         "bandwidth_fraction": median["tok_s"] / limit_tok_s,
+    }
+
+
+def weights_alone(package, artifact, threads: int, machine: dict, repeats: int = 5) -> dict:
+    """The decoder's INT4 weight products of one decode step alone, streamed (every layer
+    its own weights, at M = 1, as ``int4_kernel_rate`` times them) in ``artifact``'s block
+    size: GB/s of their bytes and that rate over the probe's."""
+    text = package.config.text_config
+    shapes = layer_shapes(
+        text.hidden_size,
+        text.intermediate_size,
+        text.num_attention_heads,
+        text.num_key_value_heads,
+    )
+    block_size = int(artifact.build.get("block_size", 32))
+    rate = rates(shapes, text.num_hidden_layers, block_size, threads, repeats)
+    return {
+        "block_size": block_size,
+        "weight_bytes": round(rate["weight_mb"] * 1e6),
+        "gbs": rate["gbs_streamed"],
+        "resident_gbs": rate["gbs_resident"],
+        "fraction_of_probe": rate["gbs_streamed"] / machine["bandwidth_gbs"],
     }
 
 

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from crosslmm_edge.benchmarks.graph_bytes import weight_bytes_per_step
 from crosslmm_edge.benchmarks.models import BenchModel
 from crosslmm_edge.benchmarks.suite_context import context_report, run_context
-from crosslmm_edge.benchmarks.suite_int4 import run_int4, summary
+from crosslmm_edge.benchmarks.suite_int4 import run_int4, summary, weights_alone
 from crosslmm_edge.models import embedded_model_dir
 from crosslmm_edge.runtime.package.loader import open_package
 
@@ -179,3 +179,24 @@ def test_the_kernel_rate_benchmark_times_the_products_it_counts() -> None:
     result = rate.measure(args)
     assert set(result) == {32, 64} and result[64]["weight_mb"] < result[32]["weight_mb"]
     assert all(row["gbs_streamed"] > 0 and row["gbs_resident"] > 0 for row in result.values())
+
+
+def test_the_weights_alone_are_the_packages_decoder_in_its_block_size(model) -> None:
+    """The suite times the INT4 decoder's products at the package's shape and block size,
+    and divides their bytes by the same probe as the step's fraction."""
+    from types import SimpleNamespace
+
+    from crosslmm_edge.benchmarks.int4_kernel_rate import layer_shapes
+
+    package = open_package(model.package, verify=False)
+    text = package.config.text_config
+    artifact = SimpleNamespace(build={"block_size": 16})
+    out = weights_alone(package, artifact, threads=1, machine=MACHINE, repeats=1)
+    shapes = layer_shapes(
+        text.hidden_size, text.intermediate_size, text.num_attention_heads, text.num_key_value_heads
+    )
+    per_layer = sum(k * n // 2 + 4 * (-(-k // 16)) * n for k, n in shapes)  # nibbles, scales
+    assert out["block_size"] == 16
+    assert out["weight_bytes"] == text.num_hidden_layers * per_layer
+    assert out["gbs"] > 0 and out["resident_gbs"] > 0
+    assert out["fraction_of_probe"] == pytest.approx(out["gbs"] / MACHINE["bandwidth_gbs"])
