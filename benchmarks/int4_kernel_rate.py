@@ -118,6 +118,7 @@ def rates(shapes: list[tuple], layers: int, block_size: int, threads: int, repea
         "step_ms_resident": step["resident"] * 1000,
         "gbs_streamed": streamed_bytes / step["streamed"] / 1e9,
         "gbs_resident": layer_bytes * layers / step["resident"] / 1e9,
+        "weight_bytes": streamed_bytes,
         "weight_mb": streamed_bytes / 1e6,
         "layer_mb": layer_bytes / 1e6,
     }

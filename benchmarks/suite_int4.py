@@ -106,7 +106,7 @@ def weights_alone(package, artifact, threads: int, machine: dict, repeats: int =
     rate = rates(shapes, text.num_hidden_layers, block_size, threads, repeats)
     return {
         "block_size": block_size,
-        "weight_bytes": round(rate["weight_mb"] * 1e6),
+        "weight_bytes": rate["weight_bytes"],
         "gbs": rate["gbs_streamed"],
         "resident_gbs": rate["gbs_resident"],
         "fraction_of_probe": rate["gbs_streamed"] / machine["bandwidth_gbs"],
