@@ -107,6 +107,12 @@ def log_softmax64(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.sum(np.exp(x), axis=-1, keepdims=True))
 
 
+def kl_per_row(ref_logits: np.ndarray, test_logits: np.ndarray) -> np.ndarray:
+    """KL(ref || test) of each row's next-token distribution ([..., V] -> [...])."""
+    p, q = log_softmax64(ref_logits), log_softmax64(test_logits)
+    return np.maximum(np.sum(np.exp(p) * (p - q), axis=-1), 0.0)  # rounding can dip below 0
+
+
 @dataclass
 class TokenDrift:
     """KL(ref || test) and top-1 agreement over next-token distributions."""
@@ -117,9 +123,7 @@ class TokenDrift:
 
     def add(self, ref_logits: np.ndarray, test_logits: np.ndarray) -> None:
         """Rows of logits [steps, V] at the same teacher-forced positions."""
-        p, q = log_softmax64(ref_logits), log_softmax64(test_logits)
-        kl = np.sum(np.exp(p) * (p - q), axis=-1)
-        self.kl_sum += float(np.sum(np.maximum(kl, 0.0)))  # rounding can dip below 0
+        self.kl_sum += float(np.sum(kl_per_row(ref_logits, test_logits)))
         self.agree += int(np.sum(ref_logits.argmax(-1) == test_logits.argmax(-1)))
         self.count += ref_logits.shape[0]
 
