@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 
 from . import genai_steps
-from .ours import decode_run, open_pipeline
+from .ours import decode_run, open_pipeline, prefix_length
 from .peers import random_prompt
 from .timing import rotating_rounds
 
@@ -37,7 +37,7 @@ def main() -> None:
     pipelines = {str(p): open_pipeline(p, args.threads, args.precision) for p in args.packages}
     first = next(iter(pipelines.values()))
     prompt = random_prompt(args.prompt_tokens, first.dims.vocab_size)
-    prefix = 4 + first.dims.tokens_per_frame  # ours decodes after a 1-frame video prefix
+    prefix = prefix_length(first.dims)  # ours decodes after a 1-frame video prefix
     genai_prompt = random_prompt(prefix + args.prompt_tokens, first.dims.vocab_size, seed=1)
     model = genai_steps.load_model(args.genai_model, args.threads)
     runs: dict[str, Callable[[], dict]] = {

@@ -27,15 +27,14 @@ from ..calibration.drift.drift import StageDrift, TokenDrift, kl_per_row
 from ..calibration.drift.drift_run import check_same_model, parse_side
 from ..runtime.errors import UserError
 from ..runtime.inference.pipeline import Pipeline
-from .ours import video_cache
+from .ours import prefix_length, video_cache
 from .peers import random_prompt
 
 
 def filled_logits(pipeline: Pipeline, prompt: list[int], steps: int) -> tuple:
     """A cache after a 1-frame video and ``prompt`` (its T2V feeds too) and the prompt's
     last logits [V]."""
-    capacity = 4 + pipeline.dims.tokens_per_frame + len(prompt) + steps
-    cache, text = video_cache(pipeline, 1, capacity)
+    cache, text = video_cache(pipeline, 1, prefix_length(pipeline.dims) + len(prompt) + steps)
     return cache, text, pipeline.prefill(cache, prompt, pipeline.shapes.no_visual(), text).copy()
 
 
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         ref, test = (Pipeline(f, precision=p, threads=args.threads) for f, p in sides)
     except UserError as error:  # a package that is not there, not one model, no such precision
         parser.error(str(error))
-    prefix = 4 + ref.dims.tokens_per_frame
+    prefix = prefix_length(ref.dims)
     room = min(p.package.max_context for p in (test, ref)) - args.steps
     if any(not prefix < n <= room for n in args.positions):
         parser.error(f"--positions must lie in {prefix + 1}..{room} (video prefix .. context)")

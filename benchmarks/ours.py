@@ -15,7 +15,7 @@ from ..runtime.backends.base import DeviceArray
 from ..runtime.backends.ort_backend import OrtSession
 from ..runtime.inference.pipeline import Pipeline
 from ..runtime.inference.sampling import Sampler
-from ..runtime.model.contract import LLM
+from ..runtime.model.contract import LLM, ModelDims
 
 
 class TimedSession:
@@ -59,13 +59,22 @@ def _ort_llm(pipeline: Pipeline) -> OrtSession:
     return llm
 
 
+VIDEO_PREFIX_IDS = [1, 2, 3, 4]  # the text tokens before the video in ``video_cache``
+
+
+def prefix_length(dims: ModelDims, frames: int = 1) -> int:
+    """Positions ``video_cache`` fills: its text tokens and ``frames`` frames of visual tokens."""
+    return len(VIDEO_PREFIX_IDS) + frames * dims.tokens_per_frame
+
+
 def video_cache(pipeline: Pipeline, frames: int, capacity: int, seed: int = 0):
-    """A KV cache holding a prefilled 4-token + ``frames``-frame video prefix, and T2V feeds."""
+    """A KV cache holding a prefilled ``prefix_length(dims, frames)``-position video
+    prefix (``VIDEO_PREFIX_IDS``, then the frames), and T2V feeds."""
     size = pipeline.dims.image_size
     pixels = np.random.default_rng(seed).standard_normal((frames, 3, size, size), np.float32)
     _, embeds, cross = pipeline.encode([pixels.astype(pipeline.shapes.dtype)])
     cache = pipeline.new_cache(capacity)
-    pipeline.prefill(cache, [1, 2, 3, 4], embeds, cross)
+    pipeline.prefill(cache, VIDEO_PREFIX_IDS, embeds, cross)
     empty = pipeline.shapes.no_memory()
     text: dict[str, np.ndarray | DeviceArray] = {n: empty for n in cross if n.startswith("v2v")}
     text |= pipeline.upload_memory({n: v for n, v in cross.items() if n.startswith("t2v")})
@@ -74,7 +83,7 @@ def video_cache(pipeline: Pipeline, frames: int, capacity: int, seed: int = 0):
 
 def decode_run(pipeline: Pipeline, prompt: list[int], new_tokens: int, frames: int = 1) -> dict:
     """TTFT, decode tokens/s and per-step time outside ONNX Runtime for one greedy run."""
-    capacity = 4 + frames * pipeline.dims.tokens_per_frame + len(prompt) + new_tokens + 1
+    capacity = prefix_length(pipeline.dims, frames) + len(prompt) + new_tokens + 1
     cache, text = video_cache(pipeline, frames, capacity)
     stamps = [time.perf_counter()]
     for _ in pipeline.generate(cache, text, prompt, Sampler(), new_tokens, [], False):
@@ -85,7 +94,7 @@ def decode_run(pipeline: Pipeline, prompt: list[int], new_tokens: int, frames: i
 
 def python_ms_per_step(pipeline: Pipeline, steps: int = 64, past: int = 64) -> float:
     """Milliseconds per decode step spent outside ``run_with_iobinding``."""
-    cache, text = video_cache(pipeline, 1, 4 + pipeline.dims.tokens_per_frame + past + steps + 2)
+    cache, text = video_cache(pipeline, 1, prefix_length(pipeline.dims) + past + steps + 2)
     timed = _ort_llm(pipeline).session  # the TimedSession of open_pipeline
     sampler = Sampler()
     no_visual = pipeline.shapes.no_visual()

@@ -10,7 +10,7 @@ import numpy as np
 from ..runtime.inference.sampling import Sampler
 from ..runtime.package.manifest import load_manifest
 from .models import BenchModel
-from .ours import open_pipeline, video_cache
+from .ours import open_pipeline, prefix_length, video_cache
 from .suite_decode import step_bytes
 
 PASTS = (128, 512, 1024, 2048, 4096)
@@ -19,7 +19,7 @@ PASTS = (128, 512, 1024, 2048, 4096)
 def filled_cache(pipeline, past: int, steps: int, frames: int = 1):
     """A cache of ``past`` positions (a ``frames``-frame video prefix, then random K/V) with
     room for ``steps`` more, its T2V feeds, and the logits of one first step."""
-    prefix = 4 + frames * pipeline.dims.tokens_per_frame
+    prefix = prefix_length(pipeline.dims, frames)
     if past < prefix:
         raise ValueError(f"past {past} is shorter than the {frames}-frame prefix ({prefix})")
     cache, text = video_cache(pipeline, frames, past + steps + 2)

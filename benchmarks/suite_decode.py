@@ -18,6 +18,7 @@ from .ours import (
     decode_run,
     open_pipeline,
     ours_decode_child,
+    prefix_length,
     python_ms_per_step,
 )
 from .peers import (
@@ -82,7 +83,7 @@ def run_decode(model: BenchModel, args, machine: dict) -> dict:
                 )
             )(binding)
     medians = interleaved(runs, args.repeats)
-    past = 4 + pipeline.dims.tokens_per_frame + len(prompt) + new // 2
+    past = prefix_length(pipeline.dims) + len(prompt) + new // 2
     read = sum(step_bytes(pipeline, past).values())
     limit_tok_s = machine["bandwidth_gbs"] * 1e9 / read
     out: dict[str, object] = {name: figures for name, figures in medians.items()}

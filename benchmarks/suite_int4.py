@@ -22,7 +22,7 @@ from ..runtime.package.loader import open_package
 from .graph_bytes import weight_bytes_per_step
 from .int4_kernel_rate import layer_shapes, rates
 from .models import BenchModel
-from .ours import ours_decode_child
+from .ours import ours_decode_child, prefix_length
 from .peer_genai import genai_decode, genai_int4_model
 from .peers import random_prompt
 from .suite_decode import T2V_KEY, cache_bytes
@@ -38,7 +38,7 @@ def run_int4(model: BenchModel, args, machine: dict) -> dict:
     entry = package.manifest.graphs[LLM]
     held = {p: a for p in PRECISIONS if (a := entry.find("onnx", p)) is not None}
     dims, new = package.dims, args.new_tokens
-    prefix = 4 + dims.tokens_per_frame  # ours decodes after a 1-frame video prefix
+    prefix = prefix_length(dims)  # ours decodes after a 1-frame video prefix
     prompt = random_prompt(args.prompt_tokens, dims.vocab_size)
     runs = {
         f"ours_{p}": partial(
@@ -102,7 +102,7 @@ def weights_alone(package, artifact, threads: int, machine: dict, repeats: int =
         text.num_attention_heads,
         text.num_key_value_heads,
     )
-    block_size = int(artifact.build.get("block_size", 32))
+    block_size = int(artifact.build["block_size"])  # every INT4 build records it
     rate = rates(shapes, text.num_hidden_layers, block_size, threads, repeats)
     return {
         "block_size": block_size,

@@ -10,7 +10,7 @@ import numpy as np
 from ..runtime.model.contract import POOLING, VISION_ENCODER
 from ..runtime.package.manifest import load_manifest
 from .models import BenchModel
-from .ours import open_pipeline, video_cache
+from .ours import open_pipeline, prefix_length, video_cache
 
 FRAMES = 8
 
@@ -21,7 +21,7 @@ def _graph_ms(pipeline, repeats: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     pixels = rng.standard_normal((FRAMES, 3, d.image_size, d.image_size)).astype(np.float32)
     features = pipeline.sessions[VISION_ENCODER].run({"pixel_values": pixels})["patch_features"]
-    cache, text = video_cache(pipeline, 1, 4 + d.tokens_per_frame + 130 + repeats)
+    cache, text = video_cache(pipeline, 1, prefix_length(pipeline.dims) + 130 + repeats)
     pipeline.prefill(cache, [5] * 128, pipeline.shapes.no_visual(), text)
     runs = {
         "vision_encoder": lambda: pipeline.sessions[VISION_ENCODER].run({"pixel_values": pixels}),

@@ -31,7 +31,7 @@ from ...runtime.model.contract import POSITIONS_INPUT
 from ...runtime.package.manifest import Manifest
 from .graph_passes import CONTRIB, add_initializer, sole_user
 from .ort_attention import AttentionHeads, fuse_group_query_attention
-from .ort_grouped_decode import GROUPED_FROM_PAST, group_decode_queries, spare_rows
+from .ort_grouped_decode import group_decode_queries, spare_rows
 from .ort_half_cache import cache_in_float16
 
 
@@ -60,17 +60,17 @@ def fuse_for_onnx_runtime(
     model: onnx.ModelProto,
     rope: RopeTables,
     heads: AttentionHeads | None = None,
-    grouped_from_past: int | None = None,
+    grouped_from_past: int = 0,
     kv_dtype: str = "float32",
 ) -> dict[str, int]:
     """Rewrite ``model`` in place with the fusions above; how many of each were made.
 
     With ``heads``, the decoder's attention also becomes ``GroupQueryAttention``
     (``ort_attention``), which changes the graph's cache inputs and outputs, and a
-    decode step after ``grouped_from_past`` cached positions (default: measured per
-    cache type, ``GROUPED_FROM_PAST``) runs it with the query heads as rows
-    (``ort_grouped_decode``); ``kv_dtype`` ``"float16"`` gives the op a float16 cache
-    (``ort_half_cache``).
+    decode step after ``grouped_from_past`` cached positions runs it with the query
+    heads as rows (``ort_grouped_decode``; ``quantize`` passes the threshold measured
+    for its cache type, ``GROUPED_FROM_PAST``); ``kv_dtype`` ``"float16"`` gives the op
+    a float16 cache (``ort_half_cache``).
     """
     from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
     from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_normalization
@@ -93,7 +93,7 @@ def fuse_for_onnx_runtime(
 
 
 def _attention_fusions(
-    graph: ir.Graph, heads: AttentionHeads, kv_dtype: str, grouped_from_past: int | None
+    graph: ir.Graph, heads: AttentionHeads, kv_dtype: str, grouped_from_past: int
 ) -> dict[str, int]:
     """``GroupQueryAttention``, its cache type, then its decode steps in query rows."""
     counts = {"group_query_attention": fuse_group_query_attention(graph, heads)}
@@ -101,8 +101,6 @@ def _attention_fusions(
         return counts
     if kv_dtype == "float16":
         counts["float16_cache"] = cache_in_float16(graph)
-    if grouped_from_past is None:
-        grouped_from_past = GROUPED_FROM_PAST[kv_dtype]
     counts["grouped_decode"] = group_decode_queries(graph, heads, grouped_from_past)
     return counts
 
