@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from crosslmm_edge.benchmarks.long_context_drift import compare_logits, main
+from crosslmm_edge.benchmarks.long_context_drift import compare_logits, main, teacher_forced
 from crosslmm_edge.runtime.package.loader import open_package
 
 
@@ -49,3 +49,20 @@ def test_positions_past_the_context_are_refused_in_one_line(embedded_fp16_packag
         main([str(pkg), str(pkg), "--positions", str(too_long), "--steps", "4"])
     assert exit_info.value.code == 2
     assert "--positions must lie in" in capsys.readouterr().err
+
+
+def test_each_step_keeps_its_own_logits(embedded_fp16_package) -> None:
+    """Every row is its own step's logits, not the session's reused output buffer: a
+    decoded step's logits differ from the prompt's, and re-running the prompt alone gives
+    its row again."""
+    from crosslmm_edge.benchmarks.long_context_drift import filled_logits
+    from crosslmm_edge.runtime.inference.pipeline import Pipeline
+
+    ref = Pipeline(embedded_fp16_package, precision="fp32", threads=1)
+    test = Pipeline(embedded_fp16_package, precision="fp16", threads=1)
+    prompt = [11, 12, 13, 14, 15]
+    ref_rows, test_rows, positions = teacher_forced(ref, test, prompt, steps=3)
+    assert ref_rows.shape[0] == test_rows.shape[0] == 4
+    assert positions == 4 + ref.dims.tokens_per_frame + len(prompt)
+    assert not np.array_equal(ref_rows[0], ref_rows[-1])
+    np.testing.assert_array_equal(filled_logits(ref, prompt, 3)[2], ref_rows[0])
